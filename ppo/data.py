@@ -1,0 +1,154 @@
+"""Prompts: read with `datasets`, checked row by row, chat-templated, split train/eval.
+
+Only a prompt field is needed. A prompt is a string or a list of chat messages
+({"role": ..., "content": ...}); the tokenizer's chat template is applied when it has one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ppo.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str  # "<split>:<row>" in the source data
+    text: str  # what a judge reads: the user's words, no template tokens
+    tokens: tuple[int, ...]  # what the policy reads: the templated prompt
+
+
+@dataclass
+class PromptSplits:
+    train: list[Prompt]
+    eval: list[Prompt]
+    skipped_rows: int
+
+
+def _load_rows(path: str, split: str):
+    """A `datasets.Dataset` from a hub id, a local file or a local folder."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    local = Path(path).expanduser()
+    try:
+        if local.is_file():
+            fmt = _FORMATS.get(local.suffix.lower())
+            if fmt is None:
+                raise ConfigError(f"data.path={path}: unsupported file type {local.suffix!r}; use .json, .jsonl, .parquet or .csv")
+            return datasets.load_dataset(fmt, data_files={split: str(local)}, split=split)
+        if local.is_dir():
+            return datasets.load_dataset(str(local), split=split)
+        if path.startswith((".", "/", "~")) or path.endswith(tuple(_FORMATS)):
+            raise ConfigError(f"data.path={path} does not exist: give an existing json/jsonl/parquet file or folder, or a hub dataset id")
+        return datasets.load_dataset(path, split=split)
+    except ConfigError:
+        raise
+    except Exception as err:  # datasets raises many types; the user needs one line
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"could not read data.path={path} (split {split!r}): {first_line}") from err
+
+
+def _prompt_text(value, row: int, field: str) -> str | list[dict]:
+    """The prompt of one row, or a ValueError naming the row and the field."""
+    if value is None:
+        raise ValueError(f"row {row}: field {field!r} is missing")
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"row {row}: field {field!r} is empty")
+        return value
+    if isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in value
+    ):
+        if not any(m["content"].strip() for m in value):
+            raise ValueError(f"row {row}: field {field!r} has only empty messages")
+        return value
+    raise ValueError(
+        f"row {row}: field {field!r} must be a string or a list of {{role, content}} messages, got {type(value).__name__}"
+    )
+
+
+def format_prompt(tokenizer, prompt: str | list[dict]) -> tuple[str, list[int]]:
+    """(judge-readable text, policy token ids) for one prompt."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    text = "\n".join(m["content"] for m in messages if m["role"] != "system") if not isinstance(prompt, str) else prompt
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict):  # transformers >= 5 may return a BatchEncoding
+            ids = ids["input_ids"]
+    else:
+        ids = tokenizer.encode(text)
+    return text, list(ids)
+
+
+def read_prompts(path: str, split: str, field: str, tokenizer, on_bad_row: str) -> tuple[list[Prompt], int]:
+    rows = _load_rows(path, split)
+    if field not in rows.column_names:
+        raise ConfigError(
+            f"data.prompt_field={field!r} is not a column of {path} (columns: {', '.join(rows.column_names)}); set data.prompt_field"
+        )
+    prompts, skipped = [], 0
+    for row, value in enumerate(rows[field]):
+        try:
+            prompt = _prompt_text(value, row, field)
+        except ValueError as err:
+            if on_bad_row == "skip":
+                skipped += 1
+                continue
+            raise ConfigError(f"bad row in {path}: {err} (fix the row or set data.on_bad_row=skip)") from None
+        text, ids = format_prompt(tokenizer, prompt)
+        prompts.append(Prompt(id=f"{split}:{row}", text=text, tokens=tuple(ids)))
+    if skipped:
+        log.warning("skipped %d bad rows of %s (data.on_bad_row=skip)", skipped, path)
+    if not prompts:
+        raise ConfigError(f"no usable prompts in {path} (split {split!r}, field {field!r})")
+    return prompts, skipped
+
+
+def load_prompts(cfg, tokenizer, seed: int) -> PromptSplits:
+    """Train and held-out eval prompts as the data config says."""
+    train, skipped = read_prompts(cfg.path, cfg.split, cfg.prompt_field, tokenizer, cfg.on_bad_row)
+    if cfg.eval_split:
+        evals, more = read_prompts(cfg.path, cfg.eval_split, cfg.prompt_field, tokenizer, cfg.on_bad_row)
+        skipped += more
+    else:
+        order = np.random.default_rng(seed).permutation(len(train))
+        n_eval = int(round(len(train) * cfg.eval_fraction))
+        if n_eval and len(train) - n_eval < 1:
+            raise ConfigError(f"data.eval_fraction={cfg.eval_fraction} leaves no training prompts; lower it")
+        evals = [train[i] for i in sorted(order[:n_eval])]
+        train = [train[i] for i in sorted(order[n_eval:])]
+    return PromptSplits(train=train, eval=evals[: cfg.max_eval_prompts], skipped_rows=skipped)
+
+
+class PromptSampler:
+    """Endless batches of prompts: a seeded shuffle per epoch; position saved in checkpoints."""
+
+    def __init__(self, prompts: list[Prompt], batch_size: int, seed: int, shuffle: bool = True):
+        self.prompts = prompts
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.position = 0  # prompts consumed so far
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.prompts))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
+
+    def next_batch(self) -> list[Prompt]:
+        batch = []
+        n = len(self.prompts)
+        while len(batch) < self.batch_size:
+            epoch, index = divmod(self.position, n)
+            batch.append(self.prompts[self._order(epoch)[index]])
+            self.position += 1
+        return batch

@@ -1,0 +1,152 @@
+"""Environment check: which BLAS MLX uses and how fast its CPU matmul is.
+
+    python -m ppo.doctor [--size N] [--repeats R]
+
+Prints one JSON object.  mlx and numpy are imported inside functions, after
+:func:`ppo.blas.ensure_fast_blas` had a chance to preload OpenBLAS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+from ppo.blas import (
+    BLAS_WARNING,
+    blas_in_use,
+    ensure_fast_blas,
+    fast_blas_preloaded,
+)
+
+SLOW_RATIO = 0.7
+
+
+def _gflops(n: int, seconds: float) -> float:
+    return 2.0 * n**3 / max(seconds, 1e-12) / 1e9
+
+
+def _time_median(fn, repeats: int) -> float:
+    """Median wall time of fn() after a warm-up.
+
+    The warm-up runs at least 2 calls and ~0.25 s so BLAS thread pools are
+    spun up (the first few OpenBLAS calls are several times slower)."""
+    t_start, calls = time.perf_counter(), 0
+    while calls < 2 or (time.perf_counter() - t_start < 0.25 and calls < 50):
+        fn()
+        calls += 1
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def mlx_matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """float32 n x n matmul on MLX's CPU device (warmed up, median of repeats)."""
+    import mlx.core as mx
+
+    dev = mx.cpu
+    a = mx.random.normal((n, n), dtype=mx.float32, stream=dev)
+    b = mx.random.normal((n, n), dtype=mx.float32, stream=dev)
+    mx.eval(a, b)
+    return _gflops(n, _time_median(lambda: mx.eval(mx.matmul(a, b, stream=dev)), repeats))
+
+
+def numpy_matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Same measurement with numpy, in this process."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    return _gflops(n, _time_median(lambda: a @ b, repeats))
+
+
+def numpy_blas() -> str:
+    """Short description of numpy's BLAS."""
+    try:
+        from threadpoolctl import threadpool_info  # optional
+
+        import numpy  # noqa: F401 - load its BLAS first
+
+        for info in threadpool_info():
+            if info.get("user_api") == "blas":
+                return (
+                    f"{info.get('internal_api')} {info.get('version') or ''}".strip()
+                    + f" ({info.get('filepath')})"
+                )
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import numpy as np
+
+        cfg = np.show_config(mode="dicts")  # numpy >= 1.25
+        blas = cfg["Build Dependencies"]["blas"]
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
+    import mlx.core as mx
+    import numpy as np
+
+    mlx_gf = mlx_matmul_gflops(n, repeats)
+    # Let the BLAS threads of the first benchmark park (OpenBLAS workers
+    # busy-wait briefly after each call) before timing the second one.
+    time.sleep(0.2)
+    np_gf = numpy_matmul_gflops(n, repeats)
+    ratio = mlx_gf / np_gf if np_gf > 0 else float("nan")
+    preloaded = fast_blas_preloaded()
+
+    warnings: list[str] = []
+    if sys.platform.startswith("linux") and not preloaded:
+        warnings.append(BLAS_WARNING)
+    if ratio < SLOW_RATIO:
+        warnings.append(
+            f"MLX float32 matmul is {np_gf / max(mlx_gf, 1e-12):.1f}x slower than numpy "
+            f"({mlx_gf:.1f} vs {np_gf:.1f} GFLOP/s at n={n}); fix: preload OpenBLAS "
+            "(Debian/Ubuntu: sudo apt-get install libopenblas0-pthread, or set "
+            "PPO_BLAS_LIBRARY=/path/to/libopenblas.so; the ppo entry points then "
+            "preload it automatically unless PPO_NO_BLAS_PRELOAD=1)"
+        )
+
+    return {
+        "mlx_version": getattr(mx, "__version__", "unknown"),
+        "mlx_device": str(mx.default_device()),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "blas": blas_in_use(),
+        "fast_blas_preloaded": preloaded,
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
+        "matmul_size": n,
+        "mlx_matmul_gflops": round(mlx_gf, 2),
+        "numpy_matmul_gflops": round(np_gf, 2),
+        "mlx_over_numpy": round(ratio, 3),
+        "numpy_version": np.__version__,
+        "numpy_blas": numpy_blas(),
+        "warnings": warnings,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ensure_fast_blas()  # before mlx is imported; may re-exec this command
+    parser = argparse.ArgumentParser(prog="ppo-doctor", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--size", type=int, default=int(os.environ.get("PPO_DOCTOR_SIZE", "1024")),
+        help="matmul size n (n x n float32; default 1024 or $PPO_DOCTOR_SIZE)",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    args = parser.parse_args(argv)
+    print(json.dumps(doctor_report(args.size, args.repeats), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Held-out evaluation: the judge compares the policy's completion with the reference's.
+
+Each pair is judged in both orders and averaged, so a judge's position bias cannot
+move the win rate. A tie (p = 0.5) counts as half a win.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ppo.data import Prompt
+from ppo.judges.base import Pair
+from ppo.models import reference_model
+from ppo.rollout import sample
+
+
+def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
+    """95% normal-approximation interval of the mean of per-pair scores in [0, 1]."""
+    n = len(wins)
+    if n == 0:
+        return (math.nan, math.nan)
+    mean = float(wins.mean())
+    half = 1.96 * float(wins.std(ddof=1 if n > 1 else 0)) / math.sqrt(n)
+    return (max(0.0, mean - half), min(1.0, mean + half))
+
+
+def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg) -> dict:
+    """eval/win_rate of the policy against the reference on held-out prompts."""
+    if not prompts:
+        return {}
+    kwargs = dict(
+        eos_token_ids=tokenizer.eos_token_ids,
+        max_tokens=gen_cfg.max_completion_length,
+        temperature=gen_cfg.temperature,
+        top_p=gen_cfg.top_p,
+    )
+    ids = [list(p.tokens) for p in prompts]
+    policy.eval()
+    ours = sample(policy, ids, **kwargs)
+    with reference_model(policy, reference) as ref:
+        theirs = sample(ref, ids, **kwargs)
+    ours_text = tokenizer._tokenizer.batch_decode(ours.token_ids, skip_special_tokens=True)
+    theirs_text = tokenizer._tokenizer.batch_decode(theirs.token_ids, skip_special_tokens=True)
+
+    forward = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
+    backward = [Pair(x.prompt, x.b, x.a, x.b_finished, x.a_finished, x.prompt_id) for x in forward]
+    p_forward = judge(forward).p
+    p_backward = judge(backward).p
+    p = np.nanmean(np.stack([p_forward, 1.0 - p_backward]), axis=0)
+    valid = ~np.isnan(p)
+    wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
+    low, high = win_rate_interval(wins)
+    ref_eos = float(np.mean(theirs.finished))
+    return {
+        "eval/win_rate": float(wins.mean()) if len(wins) else math.nan,
+        "eval/win_rate_low": low,
+        "eval/win_rate_high": high,
+        "eval/pairs": int(valid.sum()),
+        "eval/eos_rate": float(np.mean(ours.finished)),
+        "eval/ref_eos_rate": ref_eos,
+        "eval/mean_length": float(np.mean([len(t) for t in ours.token_ids])),
+        "eval/ref_mean_length": float(np.mean([len(t) for t in theirs.token_ids])),
+    }

@@ -1,0 +1,192 @@
+"""Losses on judged pairs: the seed's PPO-clip and the online-DPO family.
+
+Every function here is pure: per-sequence log-probabilities in, a scalar loss and a
+dict of scalar metrics out. No model, no sampling, so each one is tested against its
+formula.
+
+Numerics: a sequence log-ratio summed over hundreds of tokens can be +-1000, and
+exp(1000) overflows float32. Every log-ratio that is exponentiated is first clamped
+to [-max_log_ratio, +max_log_ratio] (default 20, so a ratio lies in [2e-9, 4.9e8]).
+Beyond the clamp the ratio is constant, so an out-of-range sequence contributes a
+finite loss and no gradient through its ratio. The KL term is linear in the
+log-ratios and needs no clamp.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+DEFAULT_MAX_LOG_RATIO = 20.0
+
+
+def logprob_gap_advantages(chosen_logps: mx.array, rejected_logps: mx.array) -> mx.array:
+    """The seed-literal advantage (what mlx-lm-lora 5.10.2 ships).
+
+        A = log pi(y_c) - log pi(y_r);   A_norm = (A - mean(A)) / (std(A) + 1e-8)
+
+    with the population std over the batch of pairs. This advantage is blind to the
+    judge: swapping chosen and rejected maps A to -A and the two surrogate terms of
+    `ppo_loss` trade places, so loss and gradient are unchanged; with one pair it is 0.
+    Kept to reproduce the seed, not as a default.
+    """
+    gap = mx.stop_gradient(chosen_logps - rejected_logps)
+    return (gap - gap.mean()) / (mx.sqrt(mx.var(gap)) + 1e-8)
+
+
+def _clipped_surrogate(log_ratio: mx.array, advantages: mx.array, epsilon: float, max_log_ratio: float):
+    """L = -min(rho * A, clip(rho, 1-eps, 1+eps) * A) per sequence, and whether rho was clipped."""
+    ratio = mx.exp(mx.clip(log_ratio, -max_log_ratio, max_log_ratio))
+    unclipped = ratio * advantages
+    clipped = mx.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * advantages
+    outside = (ratio < 1.0 - epsilon) | (ratio > 1.0 + epsilon)
+    return -mx.minimum(unclipped, clipped), ratio, outside
+
+
+def ppo_loss(
+    policy_chosen_logps: mx.array,
+    policy_rejected_logps: mx.array,
+    ref_chosen_logps: mx.array,
+    ref_rejected_logps: mx.array,
+    *,
+    epsilon: float,
+    beta: float,
+    advantages: mx.array | None = None,
+    old_chosen_logps: mx.array | None = None,
+    old_rejected_logps: mx.array | None = None,
+    kl_per_sequence: mx.array | None = None,
+    max_log_ratio: float = DEFAULT_MAX_LOG_RATIO,
+) -> tuple[mx.array, dict[str, mx.array]]:
+    """PPO-clip on B judged pairs, in the seed's notation (MISSION.md, "The loop", step 5).
+
+        rho_c = exp(logp_c - ref_c),   rho_r = exp(logp_r - ref_r)
+        L_c   = -min(rho_c * A, clip(rho_c, 1 - eps, 1 + eps) * A)
+        L_r   = -min(rho_r * (-A), clip(rho_r, 1 - eps, 1 + eps) * (-A))
+        policy_loss   = mean_pairs(L_c) + mean_pairs(L_r)
+        kl            = mean over the 2B sequences of (logp - ref)
+        kl_penalty    = beta * kl
+        loss          = policy_loss + kl_penalty
+        clip_fraction = share of the 2B ratios outside [1 - eps, 1 + eps]
+
+    Args:
+        policy_*_logps, ref_*_logps: shape (B,), per-sequence log-probs of the chosen and
+            rejected completions under the policy (with gradient) and the reference.
+        advantages: shape (B,), the judge's advantage a of each chosen completion (its
+            rejected twin gets -a), used as is. ``None`` selects the seed-literal
+            log-prob-gap advantage (`logprob_gap_advantages`). Always a constant in the
+            gradient.
+        old_*_logps: when given, the ratio is taken against these (the policy at sampling
+            time, textbook PPO) instead of the reference; the KL stays against the reference.
+        kl_per_sequence: shape (2B,), a per-sequence KL estimate (chosen first) to use
+            instead of the seed's ``logp - ref`` (for example the per-token k3 estimator).
+        max_log_ratio: log-ratios are clamped to +-this before exp (see module docstring).
+
+    Returns:
+        (loss, metrics) with metrics ``policy_loss``, ``kl``, ``kl_penalty``,
+        ``clip_fraction``, ``ratio/mean``, ``ratio/max``, ``advantage/mean``.
+    """
+    if advantages is None:
+        advantages = logprob_gap_advantages(policy_chosen_logps, policy_rejected_logps)
+    advantages = mx.stop_gradient(advantages.astype(mx.float32))
+
+    base_chosen = ref_chosen_logps if old_chosen_logps is None else old_chosen_logps
+    base_rejected = ref_rejected_logps if old_rejected_logps is None else old_rejected_logps
+    loss_c, ratio_c, out_c = _clipped_surrogate(
+        policy_chosen_logps - mx.stop_gradient(base_chosen), advantages, epsilon, max_log_ratio
+    )
+    loss_r, ratio_r, out_r = _clipped_surrogate(
+        policy_rejected_logps - mx.stop_gradient(base_rejected), -advantages, epsilon, max_log_ratio
+    )
+    policy_loss = loss_c.mean() + loss_r.mean()
+
+    if kl_per_sequence is None:
+        kl_per_sequence = mx.concatenate(
+            [policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps]
+        )
+    kl = kl_per_sequence.mean()
+    kl_penalty = beta * kl
+    loss = policy_loss + kl_penalty
+
+    ratios = mx.stop_gradient(mx.concatenate([ratio_c, ratio_r]))
+    metrics = {
+        "policy_loss": policy_loss,
+        "kl": kl,
+        "kl_penalty": kl_penalty,
+        "clip_fraction": mx.concatenate([out_c, out_r]).astype(mx.float32).mean(),
+        "ratio/mean": ratios.mean(),
+        "ratio/max": ratios.max(),
+        "advantage/mean": advantages.mean(),
+    }
+    return loss, metrics
+
+
+def dpo_loss(
+    policy_chosen_logps: mx.array,
+    policy_rejected_logps: mx.array,
+    ref_chosen_logps: mx.array,
+    ref_rejected_logps: mx.array,
+    *,
+    beta: float,
+    loss_type: str = "sigmoid",
+    delta: float = 50.0,
+    weights: mx.array | None = None,
+) -> tuple[mx.array, dict[str, mx.array]]:
+    """Online DPO on the same judged pairs, one of four variants.
+
+        h = (logp_c - ref_c) - (logp_r - ref_r)            (the implicit reward margin / beta)
+        sigmoid: L = -log sigmoid(beta * h)                  (DPO, Rafailov et al. 2023)
+        hinge:   L = max(0, 1 - beta * h)                    (SLiC)
+        ipo:     L = (h - 1 / (2 * beta))^2                  (IPO, Azar et al. 2023)
+        dpop:    L = -log sigmoid(beta * (h - delta * max(0, ref_c - logp_c)))   (DPO-Positive)
+
+    loss = weighted mean over pairs of L, with ``weights`` the judge's confidence per pair
+    (1 for a hard verdict, 0 for a tie or an invalid judgement); ``None`` weighs all pairs 1.
+    """
+    chosen_log_ratio = policy_chosen_logps - ref_chosen_logps
+    rejected_log_ratio = policy_rejected_logps - ref_rejected_logps
+    h = chosen_log_ratio - rejected_log_ratio
+    if loss_type == "sigmoid":
+        losses = -nn.log_sigmoid(beta * h)
+    elif loss_type == "hinge":
+        losses = nn.relu(1.0 - beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    elif loss_type == "dpop":
+        penalty = nn.relu(ref_chosen_logps - policy_chosen_logps)
+        losses = -nn.log_sigmoid(beta * (h - delta * penalty))
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose sigmoid, hinge, ipo or dpop")
+    if weights is None:
+        weights = mx.ones_like(h)
+    weights = mx.stop_gradient(weights.astype(mx.float32))
+    loss = (weights * losses).sum() / mx.maximum(weights.sum(), 1e-8)
+    kl = mx.concatenate([chosen_log_ratio, rejected_log_ratio]).mean()
+    metrics = {
+        "policy_loss": loss,
+        "kl": kl,
+        "kl_penalty": mx.array(0.0),
+        "clip_fraction": mx.array(0.0),
+        "ratio/mean": mx.array(1.0),
+        "ratio/max": mx.array(1.0),
+        "advantage/mean": weights.mean(),
+    }
+    return loss, metrics
+
+
+def implicit_rewards(
+    policy_chosen_logps: mx.array,
+    policy_rejected_logps: mx.array,
+    ref_chosen_logps: mx.array,
+    ref_rejected_logps: mx.array,
+    *,
+    beta: float,
+) -> dict[str, mx.array]:
+    """TRL's reward metrics: implicit reward r = beta * (logp - ref) of each completion."""
+    chosen = mx.stop_gradient(beta * (policy_chosen_logps - ref_chosen_logps))
+    rejected = mx.stop_gradient(beta * (policy_rejected_logps - ref_rejected_logps))
+    return {
+        "rewards/chosen": chosen.mean(),
+        "rewards/rejected": rejected.mean(),
+        "rewards/margins": (chosen - rejected).mean(),
+        "rewards/accuracies": (chosen > rejected).astype(mx.float32).mean(),
+    }

@@ -1,0 +1,121 @@
+"""Loading the policy (base + adapters through mlx-lm) and its frozen reference.
+
+The reference costs no second copy: with `model.reference_path` empty it is the
+policy's own base weights with the adapters switched off (`adapters_disabled`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from ppo.config import ConfigError
+
+ADAPTER_FILE = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def load_model(path: str, trust_remote_code: bool = False):
+    """mlx_lm.load on a local folder or a hub id, with a one-line error when it fails."""
+    from mlx_lm import load
+
+    local = Path(path).expanduser()
+    looks_local = path.startswith((".", "/", "~")) or local.exists() or path.count("/") != 1
+    if looks_local and not local.is_dir():
+        raise ConfigError(
+            f"model path {path} does not exist: build the demo model with `python -m ppo.tiny {path}`, "
+            "or give a local mlx-lm model folder or a hub id (org/name)"
+        )
+    try:
+        return load(str(local) if looks_local else path, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"could not load model {path}: {first_line}") from err
+
+
+def lora_parameters(ft) -> dict:
+    params = {"rank": ft.rank, "scale": ft.scale, "dropout": ft.dropout}
+    if ft["keys"]:  # item access: a DictConfig's .keys is the dict method
+        params["keys"] = list(ft["keys"])
+    return params
+
+
+def add_adapters(model: nn.Module, ft) -> None:
+    """Freeze the base and add LoRA (or DoRA) layers with mlx-lm's tuner."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    if ft.type == "full":
+        model.unfreeze()
+        return
+    num_layers = min(ft.num_layers, len(model.layers)) if ft.num_layers >= 0 else len(model.layers)
+    linear_to_lora_layers(model, num_layers, lora_parameters(ft), use_dora=ft.type == "dora")
+
+
+def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
+    from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
+
+    kinds = (LoRALinear, LoRASwitchLinear, LoRAEmbedding, DoRALinear, DoRAEmbedding)
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """Run the base model: each adapter layer is swapped for the base layer it wraps.
+
+    Swapping modules (rather than setting a LoRA scale to 0) also switches DoRA off,
+    whose learnt magnitude would otherwise still rescale the base weights.
+    """
+    adapters = _adapter_modules(model)
+    base_name = lambda m: "linear" if hasattr(m, "linear") else "embedding"  # noqa: E731
+    model.update_modules(tree_unflatten([(name, getattr(m, base_name(m))) for name, m in adapters]))
+    try:
+        yield model
+    finally:
+        model.update_modules(tree_unflatten(adapters))
+
+
+def load_policy_and_reference(model_cfg, ft):
+    """(policy, reference, tokenizer). `reference` is None when it is the policy's base."""
+    policy, tokenizer = load_model(model_cfg.path, model_cfg.trust_remote_code)
+    add_adapters(policy, ft)
+    reference = None
+    if model_cfg.reference_path:
+        reference, _ = load_model(model_cfg.reference_path, model_cfg.trust_remote_code)
+        reference.freeze()
+        reference.eval()
+    return policy, reference, tokenizer
+
+
+@contextlib.contextmanager
+def reference_model(policy: nn.Module, reference: nn.Module | None):
+    """The frozen reference: a separate model when one was loaded, else the policy's base."""
+    if reference is not None:
+        yield reference
+    else:
+        with adapters_disabled(policy):
+            yield policy
+
+
+def adapter_weights(model: nn.Module) -> dict:
+    """What `mlx_lm` reads from adapters.safetensors: the trainable parameters."""
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def adapter_config(model_cfg, ft) -> dict:
+    """adapter_config.json as mlx-lm's `load_adapters` and `mlx_lm.fuse` read it."""
+    return {
+        "model": model_cfg.path,
+        "fine_tune_type": ft.type,
+        "num_layers": ft.num_layers,
+        "lora_parameters": lora_parameters(ft),
+    }
+
+
+def write_adapter_config(path: Path, model_cfg, ft) -> None:
+    path.write_text(json.dumps(adapter_config(model_cfg, ft), indent=2))

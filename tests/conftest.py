@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny real models built by ppo.tiny, real Hydra composition."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-weight qwen3 model with a ChatML tokenizer (built once per session)."""
+    from ppo.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", hidden=64, layers=2, vocab=512, seed=0)
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory) -> Path:
+    from ppo import corpus
+
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    rows = list(dict.fromkeys(corpus.prompts(200, seed=7)))[:40]
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
+    return path
+
+
+def compose(overrides: list[str]):
+    """conf/train.yaml composed by Hydra exactly as ppo-train does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from ppo.config import PROJECT_ROOT, register
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+        return hydra_compose("train", overrides=overrides)
+
+
+def small_run_overrides(model_dir: Path, data_path: Path, **extra) -> list[str]:
+    base = {
+        "model.path": str(model_dir),
+        "data.path": str(data_path),
+        "train.iters": 4,
+        "train.batch_size": 2,
+        "generation.max_completion_length": 12,
+        "train.steps_per_eval": 2,
+        "train.progress": "false",
+        "data.max_eval_prompts": 4,
+        "logger": "none",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_cli(args: list[str], cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ppo.cli", *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,165 @@
+"""ppo.loss against an independent float64 numpy implementation of MISSION.md's formulas."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from ppo.loss import dpo_loss, implicit_rewards, logprob_gap_advantages, ppo_loss
+
+MAX_LOG_RATIO = 20.0
+
+
+def reference_ppo(pc, pr, rc, rr, eps, beta, adv=None):
+    """MISSION.md step 5, written out plainly in numpy float64 (log-ratio clamp as documented)."""
+    pc, pr, rc, rr = (np.asarray(x, np.float64) for x in (pc, pr, rc, rr))
+    if adv is None:
+        gap = pc - pr
+        adv = (gap - gap.mean()) / (gap.std() + 1e-8)  # population std
+    adv = np.asarray(adv, np.float64)
+    rho_c = np.exp(np.clip(pc - rc, -MAX_LOG_RATIO, MAX_LOG_RATIO))
+    rho_r = np.exp(np.clip(pr - rr, -MAX_LOG_RATIO, MAX_LOG_RATIO))
+    l_c = -np.minimum(rho_c * adv, np.clip(rho_c, 1 - eps, 1 + eps) * adv)
+    l_r = -np.minimum(rho_r * -adv, np.clip(rho_r, 1 - eps, 1 + eps) * -adv)
+    policy_loss = l_c.mean() + l_r.mean()
+    kl = np.concatenate([pc - rc, pr - rr]).mean()
+    ratios = np.concatenate([rho_c, rho_r])
+    clip_fraction = np.mean((ratios < 1 - eps) | (ratios > 1 + eps))
+    return policy_loss + beta * kl, {"policy_loss": policy_loss, "kl": kl, "kl_penalty": beta * kl, "clip_fraction": clip_fraction}
+
+
+def _inputs(rng, b, scale_policy, scale_gap):
+    ref_c = rng.normal(-30, 5, b)
+    ref_r = rng.normal(-30, 5, b)
+    return (ref_c + rng.normal(0, scale_gap, b), ref_r + rng.normal(0, scale_gap, b), ref_c, ref_r)
+
+
+CASES = [
+    ("random-small", 8, 0.1),
+    ("random-medium", 16, 1.0),
+    ("single-pair", 1, 0.3),
+    ("extreme", 8, 1000.0),
+]
+
+
+@pytest.mark.parametrize("name,b,scale", CASES)
+@pytest.mark.parametrize("judge_advantage", [True, False])
+def test_ppo_loss_matches_formula(name, b, scale, judge_advantage):
+    rng = np.random.default_rng(hash(name) % 2**32)
+    pc, pr, rc, rr = _inputs(rng, b, 1.0, scale)
+    adv = rng.uniform(0, 1, b) if judge_advantage else None
+    for eps, beta in [(0.2, 0.1), (0.1, 0.0), (0.3, 0.5)]:
+        expected, expected_metrics = reference_ppo(pc, pr, rc, rr, eps, beta, adv)
+        loss, metrics = ppo_loss(*(mx.array(x, mx.float32) for x in (pc, pr, rc, rr)), epsilon=eps, beta=beta,
+                                 advantages=None if adv is None else mx.array(adv, mx.float32))
+        scale_tol = max(1.0, abs(expected))
+        assert np.isfinite(loss.item())
+        assert abs(loss.item() - expected) <= 1e-4 * scale_tol, (name, eps, beta)
+        for key, value in expected_metrics.items():
+            assert abs(metrics[key].item() - value) <= 1e-4 * max(1.0, abs(value)), key
+
+
+@pytest.mark.parametrize("log_ratio", [1000.0, -1000.0, 88.0, -88.0])
+def test_no_nan_or_inf_in_loss_or_gradient_for_extreme_log_ratios(log_ratio):
+    b = 4
+    ref = mx.full((b,), -50.0)
+    adv = mx.array([1.0, -1.0, 0.5, 0.0])
+
+    def f(pc, pr):
+        loss, _ = ppo_loss(pc, pr, ref, ref, epsilon=0.2, beta=0.1, advantages=adv)
+        return loss
+
+    pc = ref + log_ratio
+    pr = ref - log_ratio
+    loss, (gc, gr) = mx.value_and_grad(f, argnums=(0, 1))(pc, pr)
+    assert np.isfinite(loss.item())
+    assert np.all(np.isfinite(np.array(gc))) and np.all(np.isfinite(np.array(gr)))
+    _, metrics = ppo_loss(pc, pr, ref, ref, epsilon=0.2, beta=0.1, advantages=adv)
+    assert all(np.isfinite(v.item()) for v in metrics.values())
+
+
+def test_ratio_one_means_no_clipping_and_loss_minus_zero():
+    x = mx.array([-10.0, -20.0])
+    loss, metrics = ppo_loss(x, x, x, x, epsilon=0.2, beta=0.1, advantages=mx.array([1.0, 0.5]))
+    assert metrics["clip_fraction"].item() == 0.0
+    assert metrics["kl"].item() == 0.0
+    # rho = 1: L_c = -A, L_r = +A, they cancel
+    assert abs(loss.item()) < 1e-7
+
+
+def _grad_of_policy(pc, pr, rc, rr, adv):
+    def f(pc, pr):
+        return ppo_loss(pc, pr, rc, rr, epsilon=0.2, beta=0.1, advantages=adv)[0]
+
+    return mx.grad(f, argnums=(0, 1))(pc, pr)
+
+
+def test_judge_advantage_swap_changes_gradient():
+    rng = np.random.default_rng(0)
+    pc, pr, rc, rr = (mx.array(x, mx.float32) for x in _inputs(rng, 6, 1.0, 0.05))
+    adv = mx.ones((6,))
+    gc, gr = _grad_of_policy(pc, pr, rc, rr, adv)
+    # swap which completion is chosen: the gradient on the first sequences must flip sign
+    sc, sr = _grad_of_policy(pr, pc, rr, rc, adv)
+    # gradient on the first sequences: gc when they are chosen, sr when they are rejected
+    assert np.abs(np.array(gc) - np.array(sr)).max() > 0.1
+    # the policy term pushes them up when chosen and down when rejected
+    assert np.all(np.array(gc) < 0) and np.all(np.array(sr) > 0)
+
+
+def test_logprob_gap_advantage_is_label_blind():
+    """The seed-literal advantage gives the same loss when chosen and rejected swap (MISSION.md)."""
+    rng = np.random.default_rng(1)
+    pc, pr, rc, rr = (mx.array(x, mx.float32) for x in _inputs(rng, 6, 1.0, 0.05))
+    loss, _ = ppo_loss(pc, pr, rc, rr, epsilon=0.2, beta=0.1)
+    swapped, _ = ppo_loss(pr, pc, rr, rc, epsilon=0.2, beta=0.1)
+    assert abs(loss.item() - swapped.item()) < 1e-5
+
+    def f(pc, pr, rc, rr):
+        return ppo_loss(pc, pr, rc, rr, epsilon=0.2, beta=0.1)[0]
+
+    gc, gr = mx.grad(f, argnums=(0, 1))(pc, pr, rc, rr)
+    sc, sr = mx.grad(f, argnums=(0, 1))(pr, pc, rr, rc)
+    assert np.allclose(np.array(gc), np.array(sr), atol=1e-5)
+    one, _ = ppo_loss(pc[:1], pr[:1], rc[:1], rr[:1], epsilon=0.2, beta=0.0)
+    assert abs(one.item()) < 1e-6  # batch of one pair: zero advantage
+
+
+def test_logprob_gap_uses_population_std():
+    c, r = mx.array([1.0, 2.0, 4.0]), mx.array([0.0, 0.0, 0.0])
+    gap = np.array([1.0, 2.0, 4.0])
+    expected = (gap - gap.mean()) / (gap.std(ddof=0) + 1e-8)
+    assert np.allclose(np.array(logprob_gap_advantages(c, r)), expected, atol=1e-6)
+
+
+def test_advantages_carry_no_gradient():
+    pc, pr, rc, rr = mx.array([-5.0]), mx.array([-6.0]), mx.array([-5.5]), mx.array([-5.5])
+
+    def f(a):
+        return ppo_loss(pc, pr, rc, rr, epsilon=0.2, beta=0.1, advantages=a)[0]
+
+    assert mx.grad(f)(mx.array([0.7])).item() == 0.0
+
+
+def reference_dpo(pc, pr, rc, rr, beta, kind, delta=50.0):
+    h = (pc - rc) - (pr - rr)
+    if kind == "sigmoid":
+        return np.mean(np.log1p(np.exp(-beta * h)))
+    if kind == "hinge":
+        return np.mean(np.maximum(0, 1 - beta * h))
+    if kind == "ipo":
+        return np.mean((h - 1 / (2 * beta)) ** 2)
+    return np.mean(np.log1p(np.exp(-beta * (h - delta * np.maximum(0, rc - pc)))))
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "hinge", "ipo", "dpop"])
+def test_dpo_family_matches_formula(kind):
+    rng = np.random.default_rng(3)
+    pc, pr, rc, rr = _inputs(rng, 8, 1.0, 0.5)
+    loss, _ = dpo_loss(*(mx.array(x, mx.float32) for x in (pc, pr, rc, rr)), beta=0.1, loss_type=kind)
+    assert abs(loss.item() - reference_dpo(pc, pr, rc, rr, 0.1, kind)) < 1e-4 * max(1, abs(loss.item()))
+
+
+def test_implicit_rewards():
+    m = implicit_rewards(mx.array([-1.0]), mx.array([-3.0]), mx.array([-2.0]), mx.array([-2.0]), beta=0.5)
+    assert m["rewards/chosen"].item() == 0.5 and m["rewards/rejected"].item() == -0.5
+    assert m["rewards/margins"].item() == 1.0 and m["rewards/accuracies"].item() == 1.0

@@ -1,0 +1,83 @@
+"""ppo-train end to end: real Hydra, a tiny real model, real files in the run directory."""
+
+import json
+
+import pytest
+
+from conftest import run_cli, small_run_overrides
+
+NAMED_METRICS = [
+    "loss", "policy_loss", "kl", "kl_penalty", "clip_fraction", "ratio/mean", "ratio/max", "advantage/mean",
+    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "completions/mean_length",
+    "completions/eos_rate", "tokens_per_second", "timing/step_seconds", "memory/peak_gb", "learning_rate",
+    "judge/tie_rate", "judge/invalid_rate",
+]
+
+
+# Readings of the machine, not of the run: they vary between identical runs.
+MEASUREMENTS = ("timing/", "tokens_per_second", "memory/")
+
+
+def _read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_writes_all_outputs(tmp_path, tiny_model_dir, prompts_file):
+    run_dir = tmp_path / "run"
+    overrides = small_run_overrides(tiny_model_dir, prompts_file) + [
+        "judge=rule", "loss.epsilon=0.2", "loss.beta=0.1", "loss.advantage=judge", "seed=3",
+        "generation.temperature=0.9", f"hydra.run.dir={run_dir}",
+    ]
+    result = run_cli(overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("metrics.jsonl", "summary.json", "adapters.safetensors", "adapter_config.json", ".hydra/config.yaml"):
+        assert (run_dir / name).exists(), name
+    rows = _read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for row in rows:
+        for name in NAMED_METRICS:
+            assert name in row and row[name] is not None, name
+    assert rows[0]["clip_fraction"] == 0.0 and rows[0]["ratio/mean"] == pytest.approx(1.0)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and "eval/win_rate" in summary["eval"]
+    assert summary["packages"]["mlx"] and summary["command"]
+
+    from mlx_lm import load
+
+    model, _ = load(str(tiny_model_dir), adapter_path=str(run_dir))
+    assert model is not None
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics(tmp_path, tiny_model_dir, prompts_file):
+    def run(name, seed):
+        run_dir = tmp_path / name
+        result = run_cli(small_run_overrides(tiny_model_dir, prompts_file) + [f"seed={seed}", f"hydra.run.dir={run_dir}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [{k: v for k, v in r.items() if not k.startswith(MEASUREMENTS)} for r in _read_metrics(run_dir)]
+
+    assert run("a", 5) == run("b", 5)
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("loss.epsilon=1.5", "loss.epsilon"),
+        ("loss.epsilon=0", "loss.epsilon"),
+        ("loss.beta=-0.1", "loss.beta"),
+        ("generation.temperature=0", "generation.temperature"),
+        ("model.path=/does/not/exist", "/does/not/exist"),
+        ("data.path=/does/not/exist.jsonl", "/does/not/exist.jsonl"),
+        ("no_such_key=1", "no_such_key"),
+        ("loss.epsilon=abc", "loss.epsilon"),
+        ("loss.advantage=magic", "loss.advantage"),
+    ],
+)
+def test_bad_input_gets_one_clear_error(tmp_path, tiny_model_dir, prompts_file, override, needle):
+    overrides = small_run_overrides(tiny_model_dir, prompts_file) + [override, f"hydra.run.dir={tmp_path}/r"]
+    result = run_cli(overrides)
+    assert result.returncode != 0
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
