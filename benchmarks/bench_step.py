@@ -1,0 +1,89 @@
+"""Seconds per PPO iteration, split into rollout, judge and scoring+update.
+
+Setting of the foundation issue (and of MISSION.md's mlx-lm-lora figure, 0.51 s/iter):
+a tiny Qwen3 with hidden 256, 4 layers, vocab 4096 (about 4.2M parameters), batch of 2
+prompts (4 completions), 32-token completions, the rule judge.
+
+    .venv/bin/python benchmarks/bench_step.py [--iters 30] [--warmup 5]
+
+Prints one JSON object. Runs through the real trainer (`ppo.trainer.train`) and reads
+the per-step timings it writes to metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ppo.blas import ensure_fast_blas  # noqa: E402
+
+ensure_fast_blas()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    args = parser.parse_args()
+
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from mlx_lm.utils import get_total_parameters
+
+    from ppo.blas import blas_in_use
+    from ppo.config import PROJECT_ROOT, register
+    from ppo.tiny import build_tiny_model
+    from ppo.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "model", hidden=256, layers=4, vocab=4096, heads=4, seed=0)
+        register()
+        overrides = [
+            f"model.path={model_dir}",
+            f"train.iters={args.iters + args.warmup}",
+            f"train.batch_size={args.batch_size}",
+            f"generation.max_completion_length={args.max_tokens}",
+            f"train.steps_per_eval={10**6}",
+            f"train.save_every={10**6}",
+            "train.progress=false",
+            "logger=none",
+            "judge=rule",
+        ]
+        with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+            cfg = compose("train", overrides=overrides)
+        from mlx_lm import load
+
+        n_params = get_total_parameters(load(str(model_dir))[0])
+        run_dir = Path(tmp) / "run"
+        train(cfg, run_dir)
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][args.warmup :]
+
+    def median(key: str) -> float:
+        return float(np.median([r[key] for r in rows]))
+
+    print(json.dumps({
+        "benchmark": "ppo_step",
+        "model_parameters": n_params,
+        "batch_prompts": args.batch_size,
+        "completion_tokens_max": args.max_tokens,
+        "iters_measured": len(rows),
+        "seconds_per_iter": median("timing/step_seconds"),
+        "rollout_seconds": median("timing/rollout_seconds"),
+        "judge_seconds": median("timing/judge_seconds"),
+        "scoring_update_seconds": median("timing/step_seconds") - median("timing/rollout_seconds") - median("timing/judge_seconds"),
+        "generated_tokens_per_second": median("tokens_per_second"),
+        "mean_completion_tokens": median("completions/mean_length"),
+        "mlx_lm_lora_reference_seconds_per_iter": 0.51,
+        "blas": blas_in_use(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
