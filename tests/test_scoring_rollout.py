@@ -1,0 +1,85 @@
+"""Scoring masks exactly the completion tokens; rollout keeps sampled ids and EOS; the
+reference is the base with adapters off."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from ppo.config import FinetuneConfig
+from ppo.models import add_adapters, adapters_disabled
+from ppo.rollout import sample, sample_pairs
+from ppo.scoring import build_scoring_batch, sequence_logps
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model_dir):
+    from mlx_lm import load
+
+    return load(str(tiny_model_dir))
+
+
+def _manual_logp(model, prompt, completion):
+    ids = mx.array([prompt + completion])
+    logits = model(ids[:, :-1]).astype(mx.float32)
+    logps = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    total = 0.0
+    for t in range(len(prompt), len(prompt) + len(completion)):
+        total += logps[0, t - 1, ids[0, t]].item()
+    return total
+
+
+def test_sequence_logps_score_only_completion_tokens_and_ignore_padding(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 4, 4, 4, 4, 4]]
+    completions = [[10, 11, 2], [12], [13, 14, 15, 16, 2]]
+    batch = build_scoring_batch(prompts, completions, pad_id=0)
+    got = np.array(sequence_logps(model, batch))
+    want = np.array([_manual_logp(model, p, c) for p, c in zip(prompts, completions)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.array(batch.completion_lengths).tolist() == [3, 1, 5]
+    mean = np.array(sequence_logps(model, batch, reduction="mean"))
+    np.testing.assert_allclose(mean, want / np.array([3, 1, 5]), rtol=1e-4, atol=1e-4)
+
+
+def test_rollout_keeps_ids_stops_at_eos_and_respects_cap(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "tell me about the dog"}], add_generation_prompt=True)
+    mx.random.seed(0)
+    out = sample(model, [prompt] * 16, eos_token_ids=tokenizer.eos_token_ids, max_tokens=10, temperature=1.0)
+    eos = set(tokenizer.eos_token_ids)
+    assert len(out.token_ids) == 16 and out.num_tokens == sum(len(t) for t in out.token_ids)
+    for ids, finished in zip(out.token_ids, out.finished):
+        assert 1 <= len(ids) <= 10
+        assert finished == (ids[-1] in eos)
+        assert not eos & set(ids[:-1])
+
+
+def test_sample_pairs_gives_two_completions_per_prompt_and_is_seeded(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompts = [[1, 5, 6], [1, 7, 8, 9]]
+    kwargs = dict(eos_token_ids=tokenizer.eos_token_ids, max_tokens=6, temperature=1.0)
+    mx.random.seed(3)
+    a1, b1 = sample_pairs(model, prompts, **kwargs)
+    mx.random.seed(3)
+    a2, b2 = sample_pairs(model, prompts, **kwargs)
+    assert len(a1.token_ids) == len(b1.token_ids) == 2
+    assert a1.token_ids == a2.token_ids and b1.token_ids == b2.token_ids
+    assert a1.token_ids != b1.token_ids
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_reference_is_base_with_adapters_off(tiny_model_dir, kind):
+    from mlx.utils import tree_map
+    from mlx_lm import load
+
+    base, _ = load(str(tiny_model_dir))
+    policy, _ = load(str(tiny_model_dir))
+    add_adapters(policy, OmegaConf.structured(FinetuneConfig(type=kind, rank=4, num_layers=2)))
+    # move the adapters away from their zero-initialised start
+    policy.update(tree_map(lambda p: p + 0.05, policy.trainable_parameters()))
+    x = mx.array([[1, 5, 6, 7, 8]])
+    assert not np.allclose(np.array(policy(x)), np.array(base(x)), atol=1e-4)
+    with adapters_disabled(policy) as ref:
+        np.testing.assert_array_equal(np.array(ref(x)), np.array(base(x)))
+    assert not np.allclose(np.array(policy(x)), np.array(base(x)), atol=1e-4)  # adapters back on
