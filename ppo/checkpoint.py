@@ -1,20 +1,41 @@
-"""Saving what a run produces, atomically: a temporary file, then a rename.
+"""Crash-safe checkpoints and the adapter files a run leaves for mlx-lm.
 
-A file is either the previous complete version or the new complete version, never a
-half-written one, whatever kills the process.
+Every file is written to a temporary name and renamed into place, and a checkpoint is a
+folder assembled under a temporary name and renamed whole: whatever kills the process
+(SIGKILL, a full disk), the newest complete checkpoint is intact and a half-written one
+is never read. A checkpoint holds what an exact resume needs: trainable weights,
+optimizer state, the step, the data position, the trainer's running state and the wandb
+run id. Random state needs no saving: the trainer re-seeds MLX from (seed, step) at
+every step.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
 
 from ppo.models import ADAPTER_CONFIG, ADAPTER_FILE, adapter_config, adapter_weights
 
+log = logging.getLogger(__name__)
 
-def _replace(tmp: Path, final: Path) -> None:
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message says which and what to do."""
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
@@ -24,20 +45,137 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
-    _replace(tmp, path)
+    _fsync_replace(tmp, path)
 
 
 def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.safetensors")  # mx appends .safetensors otherwise
     mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
-    _replace(tmp, path)
+    _fsync_replace(tmp, path)
 
 
 def save_adapters(out_dir: Path, model, cfg) -> None:
     """adapters.safetensors + adapter_config.json, as `mlx_lm.load(..., adapter_path=)` reads them."""
-    import json
-
     out_dir = Path(out_dir)
     atomic_save_safetensors(out_dir / ADAPTER_FILE, adapter_weights(model))
     atomic_write_text(out_dir / ADAPTER_CONFIG, json.dumps(adapter_config(cfg.model, cfg.finetune), indent=2))
+
+
+@dataclass
+class TrainerState:
+    """Everything besides weights and optimizer that an exact resume needs."""
+
+    step: int
+    data_position: int
+    wandb_id: str | None
+    config_fingerprint: dict
+    extra: dict  # the trainer's running values (report window, best eval, health)
+
+
+def _step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:07d}"
+
+
+def save(run_dir: Path, model, optimizer, state: TrainerState, cfg, keep: int = 3) -> Path:
+    """Write checkpoint `step-NNNNNNN/` atomically and the run's adapter files; keep the last `keep`."""
+    final = _step_dir(run_dir, state.step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        mx.save_safetensors(str(tmp / ADAPTER_FILE), adapter_weights(model))
+        mx.save_safetensors(str(tmp / OPTIMIZER_FILE), dict(tree_flatten(optimizer.state)))
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(cfg.model, cfg.finetune), indent=2))
+        (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        save_adapters(run_dir, model, cfg)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest(run_dir)
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        reason = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        raise CheckpointError(
+            f"could not save checkpoint step {state.step} to {final.parent} ({reason}); {kept}; "
+            "free space and resume with train.resume=auto"
+        ) from None
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of interrupted saves are ignored)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).exists())
+
+
+def latest(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_state(path: Path) -> TrainerState:
+    try:
+        return TrainerState(**json.loads((Path(path) / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({err}); delete it to resume from an earlier one") from None
+
+
+def load(path: Path, model, optimizer) -> TrainerState:
+    """Restore weights and optimizer state from checkpoint folder `path`; return its trainer state."""
+    path = Path(path)
+    state = read_state(path)
+    try:
+        weights = mx.load(str(path / ADAPTER_FILE))
+        optimizer_state = mx.load(str(path / OPTIMIZER_FILE))
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt ({str(err).splitlines()[0]}); delete it to resume from an earlier one") from None
+    expected = adapter_weights(model)
+    mismatched = [k for k, v in weights.items() if k not in expected or expected[k].shape != v.shape]
+    if mismatched or len(weights) != len(expected):
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model ({len(mismatched)} mismatched tensors, e.g. {mismatched[:1]}): "
+            "it comes from another model or fine-tune config; use a new hydra.run.dir or train.resume=never"
+        )
+    model.load_weights(list(weights.items()), strict=False)
+    optimizer.state = tree_unflatten(list(optimizer_state.items()))
+    mx.eval(model.parameters(), optimizer.state)
+    return state
+
+
+def config_fingerprint(cfg) -> dict:
+    """The parts of a config that must not change across a resume (flattened key -> value)."""
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    changeable = {"train.iters", "train.progress", "train.resume", "train.save_every", "train.keep_checkpoints", "experiment_name"}
+    flat = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            flat[prefix[:-1]] = node
+
+    walk("", container)
+    return {k: v for k, v in flat.items() if k not in changeable and not k.startswith("logger.")}
+
+
+def check_fingerprint(saved: dict, current: dict, path: Path) -> None:
+    differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if differing:
+        key = differing[0]
+        raise CheckpointError(
+            f"checkpoint {path} was made with a different config ({key}: {saved.get(key)!r} there, {current.get(key)!r} now"
+            f"{f', and {len(differing) - 1} more' if len(differing) > 1 else ''}); "
+            "resume with the same config, or start fresh with a new hydra.run.dir or train.resume=never"
+        )

@@ -32,6 +32,8 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str = "${ppo_cache:}/models/demo"  # mlx-lm hub id or local folder
     reference_path: str = ""  # empty: the policy's own base weights, adapters off
+    quantize: str = "none"  # none | 4 | 8: quantize the base through mlx-lm (QLoRA-style)
+    quantize_group_size: int = 64
     trust_remote_code: bool = False
 
 
@@ -83,10 +85,17 @@ class TrainConfig:
     grad_accumulation_steps: int = 1
     optimizer: str = "adamw"  # adam | adamw | sgd
     learning_rate: float = 1e-5
+    lr_schedule: str = "constant"  # constant | cosine | linear (decay to min_learning_rate)
+    warmup_steps: int = 0  # linear warm-up from 0 before the schedule
+    min_learning_rate: float = 0.0
     weight_decay: float = 0.0
+    grad_checkpoint: bool = False
+    max_seq_length: int = 2048  # prompt + completion; longer prompts are left-truncated
     steps_per_report: int = 1
     steps_per_eval: int = 50
     save_every: int = 100
+    keep_checkpoints: int = 3
+    resume: str = "auto"  # auto (newest checkpoint in the run folder) | never | PATH to a checkpoint
     progress: bool = True
 
 
@@ -160,6 +169,15 @@ def validate(cfg) -> None:
     _check(train.grad_accumulation_steps >= 1, "train.grad_accumulation_steps", train.grad_accumulation_steps, "must be >= 1")
     _check(train.learning_rate > 0, "train.learning_rate", train.learning_rate, "must be > 0, e.g. 1e-5")
     _check(train.optimizer in ("adam", "adamw", "sgd"), "train.optimizer", train.optimizer, "choose adam, adamw or sgd")
+    _check(train.lr_schedule in ("constant", "cosine", "linear"), "train.lr_schedule", train.lr_schedule,
+           "choose constant, cosine or linear")
+    _check(0 <= train.warmup_steps < train.iters, "train.warmup_steps", train.warmup_steps, "must lie in [0, train.iters)")
+    _check(train.keep_checkpoints >= 1, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 1")
+    _check(train.max_seq_length > gen.max_completion_length, "train.max_seq_length", train.max_seq_length,
+           "must exceed generation.max_completion_length so a prompt fits")
+    _check(cfg.model.quantize in ("none", "4", "8"), "model.quantize", cfg.model.quantize, "choose none, 4 or 8")
+    _check(not (ft.type == "full" and cfg.model.quantize != "none"), "model.quantize", cfg.model.quantize,
+           "quantized weights cannot be trained in full: use finetune=lora or finetune=dora, or model.quantize=none")
     for key in ("steps_per_report", "steps_per_eval", "save_every"):
         _check(getattr(train, key) >= 1, f"train.{key}", getattr(train, key), "must be >= 1")
     _check(ft.type in ("lora", "dora", "full"), "finetune.type", ft.type, "choose lora, dora or full (finetune=NAME)")

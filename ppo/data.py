@@ -31,6 +31,18 @@ class PromptSplits:
     train: list[Prompt]
     eval: list[Prompt]
     skipped_rows: int
+    truncated_prompts: int = 0
+
+
+def truncate_left(prompts: list[Prompt], max_tokens: int) -> tuple[list[Prompt], int]:
+    """Keep the last `max_tokens` tokens of each prompt (the end is what the answer follows)."""
+    out, truncated = [], 0
+    for p in prompts:
+        if len(p.tokens) > max_tokens:
+            p = Prompt(p.id, p.text, p.tokens[-max_tokens:])
+            truncated += 1
+        out.append(p)
+    return out, truncated
 
 
 def _load_rows(path: str, split: str):
@@ -113,8 +125,8 @@ def read_prompts(path: str, split: str, field: str, tokenizer, on_bad_row: str) 
     return prompts, skipped
 
 
-def load_prompts(cfg, tokenizer, seed: int) -> PromptSplits:
-    """Train and held-out eval prompts as the data config says."""
+def load_prompts(cfg, tokenizer, seed: int, max_prompt_tokens: int | None = None) -> PromptSplits:
+    """Train and held-out eval prompts as the data config says, left-truncated to `max_prompt_tokens`."""
     train, skipped = read_prompts(cfg.path, cfg.split, cfg.prompt_field, tokenizer, cfg.on_bad_row)
     if cfg.eval_split:
         evals, more = read_prompts(cfg.path, cfg.eval_split, cfg.prompt_field, tokenizer, cfg.on_bad_row)
@@ -126,7 +138,16 @@ def load_prompts(cfg, tokenizer, seed: int) -> PromptSplits:
             raise ConfigError(f"data.eval_fraction={cfg.eval_fraction} leaves no training prompts; lower it")
         evals = [train[i] for i in sorted(order[:n_eval])]
         train = [train[i] for i in sorted(order[n_eval:])]
-    return PromptSplits(train=train, eval=evals[: cfg.max_eval_prompts], skipped_rows=skipped)
+    evals = evals[: cfg.max_eval_prompts]
+    truncated = 0
+    if max_prompt_tokens is not None:
+        train, truncated = truncate_left(train, max_prompt_tokens)
+        evals, more = truncate_left(evals, max_prompt_tokens)
+        truncated += more
+        if truncated:
+            log.warning("left-truncated %d prompts to %d tokens (train.max_seq_length - generation.max_completion_length)",
+                        truncated, max_prompt_tokens)
+    return PromptSplits(train=train, eval=evals, skipped_rows=skipped, truncated_prompts=truncated)
 
 
 class PromptSampler:

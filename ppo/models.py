@@ -80,15 +80,40 @@ def adapters_disabled(model: nn.Module):
         model.update_modules(tree_unflatten(adapters))
 
 
+def quantize_base(model: nn.Module, model_cfg) -> None:
+    """Quantize the base weights in place through mlx-lm (QLoRA-style: adapters stay float)."""
+    if model_cfg.quantize == "none":
+        return
+    from mlx_lm.utils import quantize_model
+
+    quantize_model(model, {}, group_size=model_cfg.quantize_group_size, bits=int(model_cfg.quantize))
+
+
+def load_frozen(path: str, model_cfg) -> nn.Module:
+    model, _ = load_model(path, model_cfg.trust_remote_code)
+    quantize_base(model, model_cfg)
+    model.freeze()
+    model.eval()
+    return model
+
+
 def load_policy_and_reference(model_cfg, ft):
-    """(policy, reference, tokenizer). `reference` is None when it is the policy's base."""
+    """(policy, reference, tokenizer). `reference` is None when it is the policy's base.
+
+    LoRA and DoRA: the reference is the policy with its adapters switched off, so it
+    costs no memory and, on a quantized base, uses the very same quantized weights
+    (every ratio is exactly 1 before the first update). Full fine-tuning changes the base
+    itself, so it keeps one frozen copy. A set `model.reference_path` loads that model,
+    quantized like the policy.
+    """
     policy, tokenizer = load_model(model_cfg.path, model_cfg.trust_remote_code)
+    quantize_base(policy, model_cfg)
     add_adapters(policy, ft)
     reference = None
     if model_cfg.reference_path:
-        reference, _ = load_model(model_cfg.reference_path, model_cfg.trust_remote_code)
-        reference.freeze()
-        reference.eval()
+        reference = load_frozen(model_cfg.reference_path, model_cfg)
+    elif ft.type == "full":
+        reference = load_frozen(model_cfg.path, model_cfg)
     return policy, reference, tokenizer
 
 

@@ -2,13 +2,18 @@
 
     prompts -> two completions each (policy) -> judge -> chosen / rejected
             -> log-probs (policy with gradient, reference without) -> loss -> optimizer step
+
+Reproducibility: MLX's random state is re-seeded from (seed, step) at the start of every
+step, so a run resumed from a checkpoint samples exactly what the uninterrupted run did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +23,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from hydra.utils import instantiate
+from mlx.utils import tree_map
 from omegaconf import OmegaConf
 
 from ppo import checkpoint
@@ -38,8 +44,41 @@ CLIP_FRACTION_HIGH = 0.3
 CLIP_FRACTION_IDLE_STEPS = 20
 
 
-def make_optimizer(train_cfg) -> optim.Optimizer:
-    lr = train_cfg.learning_rate
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM: a checkpoint was saved; `train.resume=auto` continues."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by signal {signum} after step {step}; checkpoint saved, resume with train.resume=auto")
+        self.exit_code = 128 + signum
+
+
+def step_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def learning_rate_schedule(train_cfg):
+    """A constant, cosine or linear learning rate with an optional linear warm-up."""
+    lr, steps, warmup = train_cfg.learning_rate, train_cfg.iters, train_cfg.warmup_steps
+    decay_steps = max(steps - warmup, 1)
+    if train_cfg.lr_schedule == "cosine":
+        schedule = optim.cosine_decay(lr, decay_steps, train_cfg.min_learning_rate)
+    elif train_cfg.lr_schedule == "linear":
+        schedule = optim.linear_schedule(lr, train_cfg.min_learning_rate, decay_steps)
+    elif not warmup:
+        return lr
+    else:
+        schedule = optim.linear_schedule(lr, lr, 1)  # constant, as a schedule join_schedules accepts
+    if not warmup:
+        return schedule
+    return optim.join_schedules([optim.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+
+
+def learning_rate_at(schedule, update: int) -> float:
+    """The learning rate of optimizer update number `update` (0-based), as the optimizer applies it."""
+    return float(mx.array(schedule(update))) if callable(schedule) else float(schedule)
+
+
+def make_optimizer(train_cfg, lr) -> optim.Optimizer:
     if train_cfg.optimizer == "adam":
         return optim.Adam(learning_rate=lr)
     if train_cfg.optimizer == "adamw":
@@ -52,32 +91,22 @@ class HealthMonitor:
     """Warns once per episode when clip_fraction says the policy is idle or moving too far."""
 
     idle_steps: int = 0
-    warned: set = field(default_factory=set)
+    warned: list = field(default_factory=list)
 
     def check(self, step: int, clip_fraction: float) -> None:
         self.idle_steps = self.idle_steps + 1 if clip_fraction == 0.0 else 0
         if self.idle_steps == CLIP_FRACTION_IDLE_STEPS and "idle" not in self.warned:
             log.warning("step %d: clip_fraction has been 0 for %d steps: the policy is not moving "
                         "(raise train.learning_rate or check the judge's advantages)", step, self.idle_steps)
-            self.warned.add("idle")
+            self.warned.append("idle")
         if clip_fraction > CLIP_FRACTION_HIGH and "high" not in self.warned:
             log.warning("step %d: clip_fraction %.2f > %.0f%%: the policy moves too far per step "
                         "(lower train.learning_rate or raise loss.epsilon)", step, clip_fraction, 100 * CLIP_FRACTION_HIGH)
-            self.warned.add("high")
+            self.warned.append("high")
 
 
-def judge_pairs(judge, prompts, first, second, first_text, second_text) -> tuple[np.ndarray, dict]:
-    pairs = [
-        Pair(p.text, a, b, fa, fb, p.id)
-        for p, a, b, fa, fb in zip(prompts, first_text, second_text, first.finished, second.finished)
-    ]
-    verdicts = judge(pairs)
-    return np.asarray(verdicts.p, dtype=np.float64), verdicts.diagnostics
-
-
-def make_loss_fn(cfg, reduction: str):
+def make_loss_fn(loss_cfg, reduction: str = "sum"):
     """loss(model, batch, chosen, rejected, ref_logps, advantages) for the configured loss_type."""
-    loss_cfg = cfg.loss
 
     def loss_fn(model, batch, chosen, rejected, ref_logps, advantages):
         logps = sequence_logps(model, batch, reduction)
@@ -98,142 +127,186 @@ def make_loss_fn(cfg, reduction: str):
     return loss_fn
 
 
+@contextlib.contextmanager
+def stop_requests():
+    """SIGINT / SIGTERM set a flag the loop checks after each step (so a step is never torn)."""
+    requested: list[int] = []
+    handler = lambda signum, frame: requested.append(signum)  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def train(cfg, run_dir: Path) -> dict:
     """Train PPO as `cfg` says, writing every output into `run_dir`. Returns the summary."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    train_cfg, gen_cfg = cfg.train, cfg.generation
 
     mx.random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
     policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
-    splits = load_prompts(cfg.data, tokenizer, cfg.seed)
-    sampler = PromptSampler(splits.train, cfg.train.batch_size, cfg.seed, cfg.data.shuffle)
+    if train_cfg.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(policy.layers[0])
+    splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - gen_cfg.max_completion_length)
+    sampler = PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle)
     judge = instantiate(cfg.judge, _convert_="all")
-    optimizer = make_optimizer(cfg.train)
-    loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg, "sum"))
-    tracker = Tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
-    health = HealthMonitor()
-    gen_kwargs = dict(
-        eos_token_ids=tokenizer.eos_token_ids,
-        max_tokens=cfg.generation.max_completion_length,
-        temperature=cfg.generation.temperature,
-        top_p=cfg.generation.top_p,
-    )
+    lr_schedule = learning_rate_schedule(train_cfg)
+    optimizer = make_optimizer(train_cfg, lr_schedule)
+    loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
+
+    # Resume: the newest complete checkpoint of this run folder (or the one named).
+    fingerprint = checkpoint.config_fingerprint(cfg)
+    resume_from = None if train_cfg.resume == "never" else (
+        checkpoint.latest(run_dir) if train_cfg.resume == "auto" else Path(train_cfg.resume))
+    state = None
+    if resume_from is not None:
+        state = checkpoint.read_state(resume_from)
+        checkpoint.check_fingerprint(state.config_fingerprint, fingerprint, resume_from)
+        state = checkpoint.load(resume_from, policy, optimizer)
+        sampler.position = state.data_position
+        log.info("resumed from %s (step %d)", resume_from, state.step)
+    start_step = state.step if state else 0
+    running = state.extra if state else {"window": [], "last_eval": {}, "best_win_rate": None, "health": {}}
+    health = HealthMonitor(**running["health"])
+    if start_step >= train_cfg.iters and (run_dir / "summary.json").exists():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if summary.get("status") == "finished":
+            log.info("run already finished at step %d; nothing to do", start_step)
+            return summary
+
+    tracker = Tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True),
+                      resume_step=start_step if state else None, wandb_id=state.wandb_id if state else None)
+    gen_kwargs = dict(eos_token_ids=tokenizer.eos_token_ids, max_tokens=gen_cfg.max_completion_length,
+                      temperature=gen_cfg.temperature, top_p=gen_cfg.top_p)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    decode = lambda ids: tokenizer._tokenizer.batch_decode(ids, skip_special_tokens=True)  # noqa: E731
+    decode = lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True)  # noqa: E731
+    progress = _Progress(train_cfg.iters, start_step) if train_cfg.progress else None
 
-    window: list[dict] = []
-    last_eval: dict = {}
-    best_win_rate = -math.inf
-    progress = _progress(cfg.train.progress, cfg.train.iters)
-    exit_code = 1
+    def save(step: int) -> None:
+        extra = {**running, "health": health.__dict__}
+        st = checkpoint.TrainerState(step, sampler.position, tracker.wandb_id, fingerprint, extra)
+        checkpoint.save(run_dir, policy, optimizer, st, cfg, keep=train_cfg.keep_checkpoints)
+
+    status, step = "failed", start_step
     try:
-        for step in range(1, cfg.train.iters + 1):
-            step_start = time.perf_counter()
-            grads_sum, step_metrics = None, []
-            for _ in range(cfg.train.grad_accumulation_steps):
-                prompts = sampler.next_batch()
-                prompt_ids = [list(p.tokens) for p in prompts]
+        with stop_requests() as stop:
+            for step in range(start_step + 1, train_cfg.iters + 1):
+                mx.random.seed(step_seed(cfg.seed, step))
+                step_start = time.perf_counter()
+                grads_sum, micro_metrics = None, []
+                for _ in range(train_cfg.grad_accumulation_steps):
+                    prompts = sampler.next_batch()
+                    prompt_ids = [list(p.tokens) for p in prompts]
 
-                # 1. Rollout: two completions per prompt, one batched decode, ids kept.
-                policy.eval()
-                first, second = sample_pairs(policy, prompt_ids, **gen_kwargs)
-                rollout_seconds = first.seconds + second.seconds
+                    # 1. Rollout: two completions per prompt, one batched decode, ids kept.
+                    policy.eval()
+                    first, second = sample_pairs(policy, prompt_ids, **gen_kwargs)
+                    rollout_seconds = first.seconds + second.seconds
 
-                # 2. Judge: P(first is better) -> chosen / rejected and the advantage.
-                judge_start = time.perf_counter()
-                p, _ = judge_pairs(judge, prompts, first, second, decode(first.token_ids), decode(second.token_ids))
-                judge_seconds = time.perf_counter() - judge_start
-                first_is_chosen, confidence, valid = advantages_from_verdicts(p, cfg.loss.tie_threshold)
+                    # 2. Judge: P(first is better) -> chosen / rejected and the advantage.
+                    judge_start = time.perf_counter()
+                    pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(
+                        prompts, decode(first.token_ids), decode(second.token_ids), first.finished, second.finished)]
+                    p = np.asarray(judge(pairs).p, dtype=np.float64)
+                    judge_seconds = time.perf_counter() - judge_start
+                    first_is_chosen, confidence, valid = advantages_from_verdicts(p, cfg.loss.tie_threshold)
 
-                # 3. Score: rows 0..B-1 are the first completions, B..2B-1 the second.
-                update_start = time.perf_counter()
-                batch = build_scoring_batch(prompt_ids * 2, first.token_ids + second.token_ids, pad_id)
-                n = len(prompts)
-                keep = np.flatnonzero(valid)
-                chosen = mx.array(np.where(first_is_chosen, np.arange(n), np.arange(n) + n)[keep])
-                rejected = mx.array(np.where(first_is_chosen, np.arange(n) + n, np.arange(n))[keep])
-                advantages = mx.array(confidence[keep])
-                with reference_model(policy, reference) as ref:
-                    ref_logps = mx.stop_gradient(sequence_logps(ref, batch))
-                mx.eval(ref_logps)  # frozen before the policy's forward
+                    # 3. Score: rows 0..B-1 hold the first completions, B..2B-1 the second.
+                    update_start = time.perf_counter()
+                    batch = build_scoring_batch(prompt_ids * 2, first.token_ids + second.token_ids, pad_id)
+                    n, keep = len(prompts), np.flatnonzero(valid)
+                    chosen = mx.array(np.where(first_is_chosen, np.arange(n), np.arange(n) + n)[keep])
+                    rejected = mx.array(np.where(first_is_chosen, np.arange(n) + n, np.arange(n))[keep])
+                    advantages = mx.array(confidence[keep])
+                    with reference_model(policy, reference) as ref:
+                        ref_logps = mx.stop_gradient(sequence_logps(ref, batch))
+                    mx.eval(ref_logps)  # frozen before the policy's forward
 
-                # 4. Loss and gradient (pairs the judge could not decide are left out).
-                metrics = {}
-                if len(keep):
-                    policy.train()
-                    (loss, metrics), grads = loss_and_grad(policy, batch, chosen, rejected, ref_logps, advantages)
-                    grads_sum = grads if grads_sum is None else _tree_add(grads_sum, grads)
-                    mx.eval(loss, metrics, grads_sum)
-                    metrics = {"loss": loss, **metrics}
-                lengths = np.array([len(t) for t in first.token_ids + second.token_ids])
-                metrics.update({
-                    "completions/mean_length": lengths.mean(),
-                    "completions/eos_rate": np.mean(first.finished + second.finished),
-                    "judge/invalid_rate": 1.0 - valid.mean(),
-                    "judge/tie_rate": float(np.mean((confidence == 0) & valid)),
-                    "judge/first_position_win_rate": float(np.mean(p[valid] > 0.5)) if valid.any() else math.nan,
-                    "tokens_per_second": (first.num_tokens + second.num_tokens) / max(rollout_seconds, 1e-9),
-                    "timing/rollout_seconds": rollout_seconds,
-                    "timing/judge_seconds": judge_seconds,
-                    "timing/update_seconds": time.perf_counter() - update_start,
-                })
-                step_metrics.append({k: float(v.item() if isinstance(v, mx.array) else v) for k, v in metrics.items()})
+                    # 4. Loss and gradient (pairs the judge could not decide are left out).
+                    metrics = {}
+                    if len(keep):
+                        policy.train()
+                        (loss, metrics), grads = loss_and_grad(policy, batch, chosen, rejected, ref_logps, advantages)
+                        grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
+                        mx.eval(loss, metrics, grads_sum)
+                        metrics = {"loss": loss, **metrics}
+                    lengths = np.array([len(t) for t in first.token_ids + second.token_ids])
+                    metrics.update({
+                        "completions/mean_length": lengths.mean(),
+                        "completions/eos_rate": np.mean(first.finished + second.finished),
+                        "judge/invalid_rate": 1.0 - valid.mean(),
+                        "judge/tie_rate": np.mean((confidence == 0) & valid),
+                        "judge/first_position_win_rate": np.mean(p[valid] > 0.5) if valid.any() else math.nan,
+                        "tokens_per_second": (first.num_tokens + second.num_tokens) / max(rollout_seconds, 1e-9),
+                        "timing/rollout_seconds": rollout_seconds,
+                        "timing/judge_seconds": judge_seconds,
+                        "timing/update_seconds": time.perf_counter() - update_start,
+                    })
+                    micro_metrics.append({k: float(v.item() if isinstance(v, mx.array) else v) for k, v in metrics.items()})
 
-            # 5. One optimizer step on the accumulated gradient.
-            if grads_sum is not None:
-                accumulated = sum(1 for m in step_metrics if "loss" in m)
-                optimizer.update(policy, _tree_scale(grads_sum, 1.0 / accumulated))
-                mx.eval(policy.trainable_parameters(), optimizer.state)
+                # 5. One optimizer step on the mean gradient of the micro-batches.
+                metrics = _mean_dicts(micro_metrics)
+                metrics["learning_rate"] = learning_rate_at(lr_schedule, step - 1)
+                if grads_sum is not None:
+                    scored = sum(1 for m in micro_metrics if "loss" in m)
+                    optimizer.update(policy, tree_map(lambda g: g / scored, grads_sum))
+                    mx.eval(policy.trainable_parameters(), optimizer.state)
+                metrics["timing/step_seconds"] = time.perf_counter() - step_start
+                metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
+                if "clip_fraction" in metrics:
+                    health.check(step, metrics["clip_fraction"])
+                running["window"].append(metrics)
 
-            metrics = _mean_dicts(step_metrics)
-            metrics["learning_rate"] = float(optimizer.learning_rate.item())
-            metrics["timing/step_seconds"] = time.perf_counter() - step_start
-            metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
-            if "clip_fraction" in metrics:
-                health.check(step, metrics["clip_fraction"])
-            window.append(metrics)
-
-            if step % cfg.train.steps_per_eval == 0 or step == cfg.train.iters:
-                last_eval = evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation)
-                if last_eval:
-                    best_win_rate = max(best_win_rate, last_eval["eval/win_rate"])
-            if step % cfg.train.steps_per_report == 0 or step == cfg.train.iters:
-                reported = _mean_dicts(window)
-                if step % cfg.train.steps_per_eval == 0 or step == cfg.train.iters:
-                    reported.update(last_eval)
-                tracker.log(step, reported)
-                window = []
-                if progress:
-                    progress.update(reported, step)
-            if step % cfg.train.save_every == 0 or step == cfg.train.iters:
-                checkpoint.save_adapters(run_dir, policy, cfg)
-        exit_code = 0
+                # 6. Evaluate, report, save.
+                is_last = step == train_cfg.iters
+                if step % train_cfg.steps_per_eval == 0 or is_last:
+                    running["last_eval"] = evaluate(policy, reference, tokenizer, judge, splits.eval, gen_cfg)
+                    win_rate = running["last_eval"].get("eval/win_rate")
+                    if win_rate is not None and not math.isnan(win_rate):
+                        running["best_win_rate"] = max(running["best_win_rate"] or -1.0, win_rate)
+                if step % train_cfg.steps_per_report == 0 or is_last:
+                    reported = _mean_dicts(running["window"])
+                    if step % train_cfg.steps_per_eval == 0 or is_last:
+                        reported.update(running["last_eval"])
+                    tracker.log(step, reported)
+                    running["window"] = []
+                    if progress:
+                        progress.update(reported, step)
+                if stop or step % train_cfg.save_every == 0 or is_last:
+                    save(step)
+                if stop:
+                    raise TrainingInterrupted(stop[0], step)
+        status = "finished"
+    except TrainingInterrupted:
+        status = "interrupted"
+        raise
     finally:
         if progress:
             progress.close()
-        summary = _summary(cfg, run_dir, started, step_metrics_last=window or [], last_eval=last_eval,
-                           best_win_rate=best_win_rate, exit_code=exit_code, skipped_rows=splits.skipped_rows)
-        tracker.finish(summary, exit_code)
+        summary = _summary(run_dir, started, running, status, step, splits)
+        tracker.finish(summary, 0 if status == "finished" else 1)
     return summary
 
 
-def _summary(cfg, run_dir, started, step_metrics_last, last_eval, best_win_rate, exit_code, skipped_rows) -> dict:
+def _summary(run_dir: Path, started: float, running: dict, status: str, step: int, splits) -> dict:
     from ppo.provenance import provenance
 
-    final = {}
-    metrics_file = run_dir / "metrics.jsonl"
-    if metrics_file.exists():
-        lines = metrics_file.read_text().splitlines()
-        final = json.loads(lines[-1]) if lines else {}
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
     summary = {
-        "status": "finished" if exit_code == 0 else "failed",
-        "final": final,
-        "eval": last_eval,
-        "best_eval_win_rate": best_win_rate if math.isfinite(best_win_rate) else None,
-        "skipped_rows": skipped_rows,
+        "status": status,
+        "step": step,
+        "final": json.loads(lines[-1]) if lines else {},
+        "eval": running["last_eval"],
+        "best_eval_win_rate": running["best_win_rate"],
+        "skipped_rows": splits.skipped_rows,
+        "truncated_prompts": splits.truncated_prompts,
         "wall_seconds": time.perf_counter() - started,
         **provenance(),
     }
@@ -241,38 +314,25 @@ def _summary(cfg, run_dir, started, step_metrics_last, last_eval, best_win_rate,
     return summary
 
 
-def _tree_add(a, b):
-    from mlx.utils import tree_map
-
-    return tree_map(lambda x, y: x + y, a, b)
-
-
-def _tree_scale(tree, factor: float):
-    from mlx.utils import tree_map
-
-    return tree_map(lambda x: x * factor, tree)
-
-
 def _mean_dicts(dicts: list[dict]) -> dict:
-    keys = {k for d in dicts for k in d}
     out = {}
-    for k in sorted(keys):
+    for k in sorted({k for d in dicts for k in d}):
         values = [d[k] for d in dicts if k in d and d[k] is not None and not math.isnan(d[k])]
         out[k] = float(np.mean(values)) if values else math.nan
     return out
 
 
 class _Progress:
-    """A rich progress bar showing loss, clip_fraction and kl."""
+    """A rich progress bar showing loss, clip_fraction, kl and the eval win rate."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, completed: int = 0):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self._progress = Progress(
             TextColumn("[bold]ppo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}"), transient=False,
+            TextColumn("{task.fields[stats]}"),
         )
-        self._task = self._progress.add_task("train", total=total, stats="")
+        self._task = self._progress.add_task("train", total=total, completed=completed, stats="")
         self._progress.start()
 
     def update(self, metrics: dict, step: int) -> None:
@@ -284,8 +344,4 @@ class _Progress:
         self._progress.stop()
 
 
-def _progress(enabled: bool, total: int):
-    return _Progress(total) if enabled else None
-
-
-__all__ = ["train", "ConfigError"]
+__all__ = ["train", "ConfigError", "TrainingInterrupted"]
