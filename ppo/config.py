@@ -176,8 +176,6 @@ def validate(cfg) -> None:
     _check(train.max_seq_length > gen.max_completion_length, "train.max_seq_length", train.max_seq_length,
            "must exceed generation.max_completion_length so a prompt fits")
     _check(cfg.model.quantize in ("none", "4", "8"), "model.quantize", cfg.model.quantize, "choose none, 4 or 8")
-    _check(not (ft.type == "full" and cfg.model.quantize != "none"), "model.quantize", cfg.model.quantize,
-           "quantized weights cannot be trained in full: use finetune=lora or finetune=dora, or model.quantize=none")
     for key in ("steps_per_report", "steps_per_eval", "save_every"):
         _check(getattr(train, key) >= 1, f"train.{key}", getattr(train, key), "must be >= 1")
     _check(ft.type in ("lora", "dora", "full"), "finetune.type", ft.type, "choose lora, dora or full (finetune=NAME)")

@@ -10,6 +10,7 @@ import contextlib
 import json
 from pathlib import Path
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
@@ -66,32 +67,54 @@ def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module):
-    """Run the base model: each adapter layer is swapped for the base layer it wraps.
+    """Run the base model through the policy's own weights: no second copy.
 
-    Swapping modules (rather than setting a LoRA scale to 0) also switches DoRA off,
-    whose learnt magnitude would otherwise still rescale the base weights.
+    LoRA layers are swapped for the base layers they wrap. A DoRA layer instead keeps its
+    code path with the low-rank update zeroed and the magnitude reset to the base norm
+    (what `DoRALinear.set_linear` computes): on a quantized base DoRA multiplies by the
+    dequantized weight, not the quantized kernel, so only its own path reproduces the
+    initial policy to the last bit.
     """
+    from mlx_lm.tuner.dora import DoRALinear
+
     adapters = _adapter_modules(model)
+    swapped = [(name, m) for name, m in adapters if not isinstance(m, DoRALinear)]
+    doras = [m for _, m in adapters if isinstance(m, DoRALinear)]
+    saved = [(m.lora_b, m.m) for m in doras]
     base_name = lambda m: "linear" if hasattr(m, "linear") else "embedding"  # noqa: E731
-    model.update_modules(tree_unflatten([(name, getattr(m, base_name(m))) for name, m in adapters]))
+    if swapped:
+        model.update_modules(tree_unflatten([(name, getattr(m, base_name(m))) for name, m in swapped]))
+    for m in doras:
+        m.lora_b = mx.zeros_like(m.lora_b)
+        m.m = mx.linalg.norm(m._dequantized_weight().astype(mx.float32), axis=1)
     try:
         yield model
     finally:
-        model.update_modules(tree_unflatten(adapters))
+        if swapped:
+            model.update_modules(tree_unflatten(swapped))
+        for m, (lora_b, magnitude) in zip(doras, saved):
+            m.lora_b, m.m = lora_b, magnitude
 
 
-def quantize_base(model: nn.Module, model_cfg) -> None:
-    """Quantize the base weights in place through mlx-lm (QLoRA-style: adapters stay float)."""
+def quantize_base(model: nn.Module, model_cfg, trainable: bool = False) -> None:
+    """Quantize the base weights in place through mlx-lm (QLoRA-style: adapters stay float).
+
+    Quantized weights cannot take gradients, so for full fine-tuning (`trainable`) the
+    quantized weights are dequantized again: training starts from exactly the values
+    the quantized model computes with, in float.
+    """
     if model_cfg.quantize == "none":
         return
-    from mlx_lm.utils import quantize_model
+    from mlx_lm.utils import dequantize_model, quantize_model
 
     quantize_model(model, {}, group_size=model_cfg.quantize_group_size, bits=int(model_cfg.quantize))
+    if trainable:
+        dequantize_model(model)
 
 
-def load_frozen(path: str, model_cfg) -> nn.Module:
+def load_frozen(path: str, model_cfg, like_trainable: bool = False) -> nn.Module:
     model, _ = load_model(path, model_cfg.trust_remote_code)
-    quantize_base(model, model_cfg)
+    quantize_base(model, model_cfg, trainable=like_trainable)
     model.freeze()
     model.eval()
     return model
@@ -107,13 +130,13 @@ def load_policy_and_reference(model_cfg, ft):
     quantized like the policy.
     """
     policy, tokenizer = load_model(model_cfg.path, model_cfg.trust_remote_code)
-    quantize_base(policy, model_cfg)
+    quantize_base(policy, model_cfg, trainable=ft.type == "full")
     add_adapters(policy, ft)
     reference = None
     if model_cfg.reference_path:
         reference = load_frozen(model_cfg.reference_path, model_cfg)
     elif ft.type == "full":
-        reference = load_frozen(model_cfg.path, model_cfg)
+        reference = load_frozen(model_cfg.path, model_cfg, like_trainable=True)
     return policy, reference, tokenizer
 
 

@@ -1,0 +1,170 @@
+"""Crash-safe checkpoints: exact resume after SIGKILL, signals, bad checkpoints, full disk."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from conftest import ROOT, compose, run_cli, small_run_overrides
+from ppo import checkpoint
+from ppo.checkpoint import CheckpointError
+
+MEASUREMENTS = ("timing/", "tokens_per_second", "memory/")
+
+
+def _metrics(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(MEASUREMENTS)} for r in rows]
+
+
+def _overrides(model, data, run_dir, iters=8, **extra):
+    return small_run_overrides(model, data, **{"train.iters": iters, "train.save_every": 2, "train.steps_per_eval": 4, **extra}) + [
+        f"hydra.run.dir={run_dir}"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, prompts_file):
+    run_dir = tmp_path_factory.mktemp("full") / "run"
+    result = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+def _assert_same_run(a, b):
+    assert _metrics(a) == _metrics(b)
+    wa, wb = mx.load(str(a / "adapters.safetensors")), mx.load(str(b / "adapters.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(np.array(wa[k]), np.array(wb[k]))
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume_is_identical(tmp_path, tiny_model_dir, prompts_file, uninterrupted):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "ppo.cli", *_overrides(tiny_model_dir, prompts_file, run_dir)]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "checkpoints").exists():
+        time.sleep(0.05)
+    while time.time() < deadline:  # kill once a checkpoint exists and the run has gone past it
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+        if len(lines) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.latest(run_dir) is not None
+    result = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    _assert_same_run(uninterrupted, run_dir)
+
+
+@pytest.mark.slow
+def test_half_written_checkpoint_is_ignored(tmp_path, tiny_model_dir, prompts_file, uninterrupted):
+    """A SIGKILL during a save leaves only a temporary folder: resume uses the last complete one."""
+    run_dir = tmp_path / "run"
+    result = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, iters=4))
+    assert result.returncode == 0
+    torn = run_dir / "checkpoints" / ".tmp-step-0000006"
+    torn.mkdir()
+    (torn / "adapters.safetensors").write_bytes(b"\x00garbage")
+    (run_dir / "summary.json").unlink()
+    result = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, iters=8))
+    assert result.returncode == 0, result.stderr[-2000:]
+    _assert_same_run(uninterrupted, run_dir)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path, tiny_model_dir, prompts_file):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "ppo.cli", *_overrides(tiny_model_dir, prompts_file, run_dir, iters=200, **{"train.save_every": 1000})]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "resume with train.resume=auto" in err and "Traceback" not in err
+    state = checkpoint.read_state(checkpoint.latest(run_dir))
+    assert state.step >= 2
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_resume_with_a_different_config_is_refused(tmp_path, tiny_model_dir, prompts_file):
+    run_dir = tmp_path / "run"
+    assert run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, iters=2)).returncode == 0
+    result = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, iters=4) + ["loss.beta=0.3"])
+    assert result.returncode != 0
+    assert "different config (loss.beta: 0.1 there, 0.3 now)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, tiny_model_dir):
+    from mlx_lm import load
+
+    from ppo.models import add_adapters
+    from ppo.trainer import make_optimizer
+
+    cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
+    model, _ = load(str(tiny_model_dir))
+    add_adapters(model, cfg.finetune)
+    optimizer = make_optimizer(cfg.train, 1e-3)
+    state = checkpoint.TrainerState(1, 2, None, {}, {})
+    path = checkpoint.save(tmp_path, model, optimizer, state, cfg)
+    (path / "adapters.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        checkpoint.load(path, model, optimizer)
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    import errno
+
+    from mlx_lm import load
+
+    from ppo.models import add_adapters
+    from ppo.trainer import make_optimizer
+
+    cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
+    model, _ = load(str(tiny_model_dir))
+    add_adapters(model, cfg.finetune)
+    optimizer = make_optimizer(cfg.train, 1e-3)
+    good = checkpoint.save(tmp_path, model, optimizer, checkpoint.TrainerState(1, 2, None, {}, {}), cfg)
+    before = (tmp_path / "adapters.safetensors").read_bytes()
+
+    real_save = mx.save_safetensors
+
+    def full_disk(path, *args, **kwargs):
+        if "optimizer" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "save_safetensors", full_disk)
+    with pytest.raises(CheckpointError, match=r"no space left on device.*step-0000001 is intact"):
+        checkpoint.save(tmp_path, model, optimizer, checkpoint.TrainerState(2, 4, None, {}, {}), cfg)
+    assert checkpoint.latest(tmp_path) == good
+    assert not any(p.name.startswith(".tmp") for p in (tmp_path / "checkpoints").iterdir())
+    assert (tmp_path / "adapters.safetensors").read_bytes() == before
+    monkeypatch.setattr(mx, "save_safetensors", real_save)
+    assert checkpoint.load(good, model, optimizer).step == 1
+
+
+def test_keeps_only_the_last_k(tmp_path, tiny_model_dir):
+    from mlx_lm import load
+
+    from ppo.models import add_adapters
+    from ppo.trainer import make_optimizer
+
+    cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
+    model, _ = load(str(tiny_model_dir))
+    add_adapters(model, cfg.finetune)
+    optimizer = make_optimizer(cfg.train, 1e-3)
+    for step in range(1, 6):
+        checkpoint.save(tmp_path, model, optimizer, checkpoint.TrainerState(step, 0, None, {}, {}), cfg, keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-0000004", "step-0000005"]

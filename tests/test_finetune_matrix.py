@@ -1,0 +1,27 @@
+"""Every fine-tune type on every base precision starts exactly at the reference."""
+
+import json
+
+import pytest
+
+from conftest import run_cli, small_run_overrides
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantize", ["none", "4", "8"])
+@pytest.mark.parametrize("finetune", ["lora", "dora", "full"])
+def test_ratio_is_exactly_one_at_the_first_step(tmp_path, tiny_model_dir, prompts_file, finetune, quantize):
+    run_dir = tmp_path / "run"
+    overrides = small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 2, "train.steps_per_eval": 100}) + [
+        f"finetune={finetune}", f"model.quantize={quantize}", "model.quantize_group_size=32", f"hydra.run.dir={run_dir}",
+        "train.learning_rate=1e-3"]
+    result = run_cli(overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert first["ratio/mean"] == 1.0 and first["ratio/max"] == 1.0
+    assert first["clip_fraction"] == 0.0 and first["kl"] == 0.0
+    assert second["kl"] != 0.0  # and the update moved the policy
+
+    from mlx_lm import load
+
+    load(str(tiny_model_dir), adapter_path=str(run_dir))  # the adapters load in mlx-lm
