@@ -66,6 +66,11 @@ class LossConfig:
     dpo_cpo_loss_type: str = "sigmoid"  # the seed's key, passed through by ppo_clip
     max_log_ratio: float = 20.0
     tie_threshold: float = 0.0
+    # The seed's form is ratio=reference, logprob_reduction=sum, kl_estimator=k1, ppo_epochs=1.
+    ratio: str = "reference"  # reference | rollout (the policy at sampling time: textbook PPO)
+    ppo_epochs: int = 1  # updates per rollout batch
+    logprob_reduction: str = "sum"  # sum | mean over completion tokens
+    kl_estimator: str = "k1"  # k1 (the seed's logp - ref) | k3 (per token, exp(ref-logp) - (ref-logp) - 1)
 
 
 @dataclass
@@ -158,6 +163,10 @@ def validate(cfg) -> None:
     _check(loss.type in ("ppo_clip", "sigmoid", "hinge", "ipo", "dpop"), "loss.type", loss.type,
            "choose ppo_clip, sigmoid, hinge, ipo or dpop (loss_type=NAME)")
     _check(loss.advantage in ("judge", "logprob_gap"), "loss.advantage", loss.advantage, "choose judge or logprob_gap")
+    _check(loss.ratio in ("reference", "rollout"), "loss.ratio", loss.ratio, "choose reference or rollout")
+    _check(loss.ppo_epochs >= 1, "loss.ppo_epochs", loss.ppo_epochs, "must be >= 1")
+    _check(loss.logprob_reduction in ("sum", "mean"), "loss.logprob_reduction", loss.logprob_reduction, "choose sum or mean")
+    _check(loss.kl_estimator in ("k1", "k3"), "loss.kl_estimator", loss.kl_estimator, "choose k1 or k3")
     _check(loss.max_log_ratio > 0, "loss.max_log_ratio", loss.max_log_ratio, "must be > 0, e.g. 20")
     _check(0.0 <= loss.tie_threshold < 1.0, "loss.tie_threshold", loss.tie_threshold, "must lie in [0, 1)")
     _check(loss.type != "ipo" or loss.beta > 0, "loss.beta", loss.beta, "ipo divides by beta: use loss.beta > 0")

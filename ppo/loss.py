@@ -173,6 +173,31 @@ def dpo_loss(
     return loss, metrics
 
 
+def sequence_kl(policy_token_logps: mx.array, ref_token_logps: mx.array, mask: mx.array, *, estimator: str = "k1",
+                reduction: str = "sum") -> mx.array:
+    """Per-sequence KL(pi || ref) estimate from the sampled tokens, summed or averaged over tokens.
+
+        k1_t = logp_t - ref_t                              (the seed's estimator)
+        k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1  (Schulman's k3: >= 0, low variance)
+
+    On the policy's own samples the gradient of k1 averages to zero, so it does not hold
+    the policy near the reference; k3's gradient, 1 - exp(ref_t - logp_t), does.
+    The exponent is clamped like every log-ratio here (module docstring).
+    """
+    delta = ref_token_logps - policy_token_logps
+    if estimator == "k1":
+        per_token = -delta
+    elif estimator == "k3":
+        delta = mx.clip(delta, -DEFAULT_MAX_LOG_RATIO, DEFAULT_MAX_LOG_RATIO)
+        per_token = mx.exp(delta) - delta - 1.0
+    else:
+        raise ValueError(f"unknown KL estimator {estimator!r}; choose k1 or k3")
+    total = (per_token * mask).sum(axis=1)
+    if reduction == "mean":
+        return total / mx.maximum(mask.sum(axis=1), 1.0)
+    return total
+
+
 def implicit_rewards(
     policy_chosen_logps: mx.array,
     policy_rejected_logps: mx.array,

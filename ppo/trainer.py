@@ -31,10 +31,10 @@ from ppo.config import ConfigError, validate
 from ppo.data import PromptSampler, load_prompts
 from ppo.evaluation import evaluate
 from ppo.judges.base import Pair, advantages_from_verdicts
-from ppo.loss import dpo_loss, implicit_rewards, ppo_loss
+from ppo.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
 from ppo.models import load_policy_and_reference, reference_model
 from ppo.rollout import sample_pairs
-from ppo.scoring import build_scoring_batch, sequence_logps
+from ppo.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
 from ppo.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,13 @@ def step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
-def learning_rate_schedule(train_cfg):
-    """A constant, cosine or linear learning rate with an optional linear warm-up."""
-    lr, steps, warmup = train_cfg.learning_rate, train_cfg.iters, train_cfg.warmup_steps
+def learning_rate_schedule(train_cfg, updates_per_step: int = 1):
+    """A constant, cosine or linear learning rate with an optional linear warm-up.
+
+    The optimizer counts updates (loss.ppo_epochs per step); the config counts steps.
+    """
+    lr = train_cfg.learning_rate
+    steps, warmup = train_cfg.iters * updates_per_step, train_cfg.warmup_steps * updates_per_step
     decay_steps = max(steps - warmup, 1)
     if train_cfg.lr_schedule == "cosine":
         schedule = optim.cosine_decay(lr, decay_steps, train_cfg.min_learning_rate)
@@ -105,24 +109,50 @@ class HealthMonitor:
             self.warned.append("high")
 
 
-def make_loss_fn(loss_cfg, reduction: str = "sum"):
-    """loss(model, batch, chosen, rejected, ref_logps, advantages) for the configured loss_type."""
+@dataclass
+class JudgedBatch:
+    """One micro-batch after rollout and judging: everything an update needs, all constants."""
 
-    def loss_fn(model, batch, chosen, rejected, ref_logps, advantages):
-        logps = sequence_logps(model, batch, reduction)
-        args = (logps[chosen], logps[rejected], ref_logps[chosen], ref_logps[rejected])
+    batch: ScoringBatch
+    chosen: mx.array  # row of each kept pair's chosen completion
+    rejected: mx.array
+    advantages: mx.array  # judge confidence of each kept pair
+    ref_token_logps: mx.array  # (2B, T), no gradient
+    old_logps: mx.array | None  # per-sequence log-probs at sampling time (loss.ratio=rollout)
+
+
+def make_loss_fn(loss_cfg):
+    """loss(model, judged) -> (loss, metrics) for the configured loss_type and options."""
+    reduction = loss_cfg.logprob_reduction
+
+    def loss_fn(model, judged: JudgedBatch):
+        token_logps_ = token_logps(model, judged.batch)
+        mask = judged.batch.completion_mask
+        logps = reduce_logps(token_logps_, mask, reduction)
+        ref_logps = reduce_logps(judged.ref_token_logps, mask, reduction)
+        c, r = judged.chosen, judged.rejected
+        args = (logps[c], logps[r], ref_logps[c], ref_logps[r])
         if loss_cfg.type == "ppo_clip":
+            kl_per_sequence = None
+            if loss_cfg.kl_estimator != "k1":
+                kl_all = sequence_kl(token_logps_, judged.ref_token_logps, mask, estimator=loss_cfg.kl_estimator, reduction=reduction)
+                kl_per_sequence = mx.concatenate([kl_all[c], kl_all[r]])
+            old = judged.old_logps
             loss, metrics = ppo_loss(
                 *args,
                 epsilon=loss_cfg.epsilon,
                 beta=loss_cfg.beta,
-                advantages=advantages if loss_cfg.advantage == "judge" else None,
+                advantages=judged.advantages if loss_cfg.advantage == "judge" else None,
+                old_chosen_logps=None if old is None else old[c],
+                old_rejected_logps=None if old is None else old[r],
+                kl_per_sequence=kl_per_sequence,
                 max_log_ratio=loss_cfg.max_log_ratio,
             )
         else:
-            loss, metrics = dpo_loss(*args, beta=loss_cfg.beta, loss_type=loss_cfg.type, delta=loss_cfg.delta, weights=advantages)
+            loss, metrics = dpo_loss(*args, beta=loss_cfg.beta, loss_type=loss_cfg.type, delta=loss_cfg.delta,
+                                     weights=judged.advantages)
         metrics.update(implicit_rewards(*args, beta=loss_cfg.beta))
-        return loss, metrics
+        return loss, {"loss": loss, **metrics}
 
     return loss_fn
 
@@ -157,7 +187,7 @@ def train(cfg, run_dir: Path) -> dict:
     splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - gen_cfg.max_completion_length)
     sampler = PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle)
     judge = instantiate(cfg.judge, _convert_="all")
-    lr_schedule = learning_rate_schedule(train_cfg)
+    lr_schedule = learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs)
     optimizer = make_optimizer(train_cfg, lr_schedule)
     loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
 
@@ -200,7 +230,7 @@ def train(cfg, run_dir: Path) -> dict:
             for step in range(start_step + 1, train_cfg.iters + 1):
                 mx.random.seed(step_seed(cfg.seed, step))
                 step_start = time.perf_counter()
-                grads_sum, micro_metrics = None, []
+                judged_batches, micro_metrics = [], []
                 for _ in range(train_cfg.grad_accumulation_steps):
                     prompts = sampler.next_batch()
                     prompt_ids = [list(p.tokens) for p in prompts]
@@ -219,26 +249,28 @@ def train(cfg, run_dir: Path) -> dict:
                     first_is_chosen, confidence, valid = advantages_from_verdicts(p, cfg.loss.tie_threshold)
 
                     # 3. Score: rows 0..B-1 hold the first completions, B..2B-1 the second.
-                    update_start = time.perf_counter()
+                    #    Reference (and sampling-time) log-probs are frozen before any update.
+                    score_start = time.perf_counter()
                     batch = build_scoring_batch(prompt_ids * 2, first.token_ids + second.token_ids, pad_id)
                     n, keep = len(prompts), np.flatnonzero(valid)
-                    chosen = mx.array(np.where(first_is_chosen, np.arange(n), np.arange(n) + n)[keep])
-                    rejected = mx.array(np.where(first_is_chosen, np.arange(n) + n, np.arange(n))[keep])
-                    advantages = mx.array(confidence[keep])
                     with reference_model(policy, reference) as ref:
-                        ref_logps = mx.stop_gradient(sequence_logps(ref, batch))
-                    mx.eval(ref_logps)  # frozen before the policy's forward
-
-                    # 4. Loss and gradient (pairs the judge could not decide are left out).
-                    metrics = {}
-                    if len(keep):
-                        policy.train()
-                        (loss, metrics), grads = loss_and_grad(policy, batch, chosen, rejected, ref_logps, advantages)
-                        grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
-                        mx.eval(loss, metrics, grads_sum)
-                        metrics = {"loss": loss, **metrics}
+                        ref_token_logps = mx.stop_gradient(token_logps(ref, batch))
+                    old_logps = None
+                    if cfg.loss.ratio == "rollout":
+                        old_logps = mx.stop_gradient(reduce_logps(token_logps(policy, batch), batch.completion_mask,
+                                                                  cfg.loss.logprob_reduction))
+                    mx.eval(ref_token_logps, old_logps)
+                    if len(keep):  # pairs the judge could not decide are left out of the loss
+                        judged_batches.append(JudgedBatch(
+                            batch=batch,
+                            chosen=mx.array(np.where(first_is_chosen, np.arange(n), np.arange(n) + n)[keep]),
+                            rejected=mx.array(np.where(first_is_chosen, np.arange(n) + n, np.arange(n))[keep]),
+                            advantages=mx.array(confidence[keep]),
+                            ref_token_logps=ref_token_logps,
+                            old_logps=old_logps,
+                        ))
                     lengths = np.array([len(t) for t in first.token_ids + second.token_ids])
-                    metrics.update({
+                    micro_metrics.append({
                         "completions/mean_length": lengths.mean(),
                         "completions/eos_rate": np.mean(first.finished + second.finished),
                         "judge/invalid_rate": 1.0 - valid.mean(),
@@ -247,17 +279,24 @@ def train(cfg, run_dir: Path) -> dict:
                         "tokens_per_second": (first.num_tokens + second.num_tokens) / max(rollout_seconds, 1e-9),
                         "timing/rollout_seconds": rollout_seconds,
                         "timing/judge_seconds": judge_seconds,
-                        "timing/update_seconds": time.perf_counter() - update_start,
+                        "timing/score_seconds": time.perf_counter() - score_start,
                     })
-                    micro_metrics.append({k: float(v.item() if isinstance(v, mx.array) else v) for k, v in metrics.items()})
 
-                # 5. One optimizer step on the mean gradient of the micro-batches.
-                metrics = _mean_dicts(micro_metrics)
-                metrics["learning_rate"] = learning_rate_at(lr_schedule, step - 1)
-                if grads_sum is not None:
-                    scored = sum(1 for m in micro_metrics if "loss" in m)
-                    optimizer.update(policy, tree_map(lambda g: g / scored, grads_sum))
+                # 4. Update: loss.ppo_epochs optimizer steps, each on the mean gradient of the micro-batches.
+                update_start = time.perf_counter()
+                policy.train()
+                for _ in range(cfg.loss.ppo_epochs if judged_batches else 0):
+                    grads_sum = None
+                    for judged in judged_batches:
+                        (_, loss_metrics), grads = loss_and_grad(policy, judged)
+                        grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
+                        mx.eval(grads_sum, loss_metrics)
+                        micro_metrics.append({k: v.item() for k, v in loss_metrics.items()})
+                    optimizer.update(policy, tree_map(lambda g: g / len(judged_batches), grads_sum))
                     mx.eval(policy.trainable_parameters(), optimizer.state)
+                metrics = _mean_dicts(micro_metrics)
+                metrics["timing/update_seconds"] = time.perf_counter() - update_start
+                metrics["learning_rate"] = learning_rate_at(lr_schedule, step * cfg.loss.ppo_epochs - 1)
                 metrics["timing/step_seconds"] = time.perf_counter() - step_start
                 metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
                 if "clip_fraction" in metrics:

@@ -163,3 +163,31 @@ def test_implicit_rewards():
     m = implicit_rewards(mx.array([-1.0]), mx.array([-3.0]), mx.array([-2.0]), mx.array([-2.0]), beta=0.5)
     assert m["rewards/chosen"].item() == 0.5 and m["rewards/rejected"].item() == -0.5
     assert m["rewards/margins"].item() == 1.0 and m["rewards/accuracies"].item() == 1.0
+
+
+def test_sequence_kl_estimators_match_formulas():
+    from ppo.loss import sequence_kl
+
+    rng = np.random.default_rng(5)
+    logp = rng.normal(-3, 1, (3, 5)).astype(np.float32)
+    ref = (logp + rng.normal(0, 0.5, (3, 5))).astype(np.float32)
+    mask = np.array([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], np.float32)
+    d = ref - logp
+    k1 = ((logp - ref) * mask).sum(1)
+    k3 = ((np.exp(d) - d - 1) * mask).sum(1)
+    args = (mx.array(logp), mx.array(ref), mx.array(mask))
+    np.testing.assert_allclose(np.array(sequence_kl(*args, estimator="k1")), k1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.array(sequence_kl(*args, estimator="k3")), k3, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.array(sequence_kl(*args, estimator="k3", reduction="mean")), k3 / mask.sum(1), rtol=1e-5)
+    assert np.all(np.array(sequence_kl(*args, estimator="k3")) >= 0)
+    extreme = sequence_kl(mx.full((1, 2), -1000.0), mx.zeros((1, 2)), mx.ones((1, 2)), estimator="k3")
+    assert np.isfinite(extreme.item())
+
+
+def test_ratio_against_rollout_policy():
+    pc, pr = mx.array([-5.0]), mx.array([-6.0])
+    ref = mx.array([-9.0])
+    loss, metrics = ppo_loss(pc, pr, ref, ref, epsilon=0.2, beta=0.0, advantages=mx.array([1.0]),
+                             old_chosen_logps=pc, old_rejected_logps=pr)
+    assert metrics["ratio/mean"].item() == 1.0 and metrics["clip_fraction"].item() == 0.0
+    assert metrics["kl"].item() == pytest.approx(3.5)  # KL still against the reference

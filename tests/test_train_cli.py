@@ -81,3 +81,16 @@ def test_bad_input_gets_one_clear_error(tmp_path, tiny_model_dir, prompts_file, 
     assert needle in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_textbook_ppo_options_run(tmp_path, tiny_model_dir, prompts_file):
+    run_dir = tmp_path / "run"
+    overrides = small_run_overrides(tiny_model_dir, prompts_file) + [
+        "loss.ratio=rollout", "loss.ppo_epochs=2", "loss.logprob_reduction=mean", "loss.kl_estimator=k3",
+        "train.grad_accumulation_steps=2", "train.lr_schedule=cosine", "train.warmup_steps=1", f"hydra.run.dir={run_dir}"]
+    result = run_cli(overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _read_metrics(run_dir)
+    assert len(rows) == 4 and all(r["kl"] is not None and r["kl"] >= 0 for r in rows)  # k3 is never negative
+    assert rows[0]["learning_rate"] < rows[1]["learning_rate"]  # warm-up
