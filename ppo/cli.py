@@ -25,13 +25,13 @@ def train_main() -> None:
     @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
     def _train(cfg) -> float | None:
         from ppo.checkpoint import CheckpointError
-        from ppo.trainer import TrainingInterrupted, train
+        from ppo.trainer import TrainingInterrupted, TrainingStopped, train
 
         try:
             summary = train(cfg, HydraConfig.get().runtime.output_dir)
         except (ConfigError, CheckpointError) as err:
             _fail(str(err))
-        except TrainingInterrupted as err:
+        except (TrainingInterrupted, TrainingStopped) as err:
             _fail(str(err), err.exit_code)
         return (summary.get("eval") or {}).get("eval/win_rate")
 

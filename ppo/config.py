@@ -65,7 +65,6 @@ class LossConfig:
     delta: float = 50.0  # dpop drift penalty
     dpo_cpo_loss_type: str = "sigmoid"  # the seed's key, passed through by ppo_clip
     max_log_ratio: float = 20.0
-    tie_threshold: float = 0.0
     # The seed's form is ratio=reference, logprob_reduction=sum, kl_estimator=k1, ppo_epochs=1.
     ratio: str = "reference"  # reference | rollout (the policy at sampling time: textbook PPO)
     ppo_epochs: int = 1  # updates per rollout batch
@@ -168,7 +167,6 @@ def validate(cfg) -> None:
     _check(loss.logprob_reduction in ("sum", "mean"), "loss.logprob_reduction", loss.logprob_reduction, "choose sum or mean")
     _check(loss.kl_estimator in ("k1", "k3"), "loss.kl_estimator", loss.kl_estimator, "choose k1 or k3")
     _check(loss.max_log_ratio > 0, "loss.max_log_ratio", loss.max_log_ratio, "must be > 0, e.g. 20")
-    _check(0.0 <= loss.tie_threshold < 1.0, "loss.tie_threshold", loss.tie_threshold, "must lie in [0, 1)")
     _check(loss.type != "ipo" or loss.beta > 0, "loss.beta", loss.beta, "ipo divides by beta: use loss.beta > 0")
     _check(gen.temperature > 0.0, "generation.temperature", gen.temperature, "must be > 0, e.g. generation.temperature=0.8")
     _check(gen.max_completion_length >= 1, "generation.max_completion_length", gen.max_completion_length, "must be >= 1")

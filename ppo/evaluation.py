@@ -1,7 +1,8 @@
 """Held-out evaluation: the judge compares the policy's completion with the reference's.
 
-Each pair is judged in both orders and averaged, so a judge's position bias cannot
-move the win rate. A tie (p = 0.5) counts as half a win.
+The judge pipeline handles answer order (`judge.order=both` by default judges each pair
+both ways, so position bias cannot move the win rate). A tie (p = 0.5) counts as half a
+win; a pair the judge could not decide is left out and counted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
     return (max(0.0, mean - half), min(1.0, mean + half))
 
 
-def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg) -> dict:
+def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None) -> dict:
     """eval/win_rate of the policy against the reference on held-out prompts."""
     if not prompts:
         return {}
@@ -41,14 +42,11 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
     ours = sample(policy, ids, **kwargs)
     with reference_model(policy, reference) as ref:
         theirs = sample(ref, ids, **kwargs)
-    ours_text = tokenizer._tokenizer.batch_decode(ours.token_ids, skip_special_tokens=True)
-    theirs_text = tokenizer._tokenizer.batch_decode(theirs.token_ids, skip_special_tokens=True)
+    ours_text = tokenizer.batch_decode(ours.token_ids, skip_special_tokens=True)
+    theirs_text = tokenizer.batch_decode(theirs.token_ids, skip_special_tokens=True)
 
-    forward = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
-    backward = [Pair(x.prompt, x.b, x.a, x.b_finished, x.a_finished, x.prompt_id) for x in forward]
-    p_forward = judge(forward).p
-    p_backward = judge(backward).p
-    p = np.nanmean(np.stack([p_forward, 1.0 - p_backward]), axis=0)
+    pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
+    p = np.asarray(judge(pairs, step=step, phase="eval").p, dtype=np.float64)
     valid = ~np.isnan(p)
     wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
     low, high = win_rate_interval(wins)

@@ -22,7 +22,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from hydra.utils import instantiate
 from mlx.utils import tree_map
 from omegaconf import OmegaConf
 
@@ -30,7 +29,7 @@ from ppo import checkpoint
 from ppo.config import ConfigError, validate
 from ppo.data import PromptSampler, load_prompts
 from ppo.evaluation import evaluate
-from ppo.judges.base import Pair, advantages_from_verdicts
+from ppo.judges import JudgeQuit, JudgeUnavailable, Pair, advantages_from_verdicts, build_judge
 from ppo.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
 from ppo.models import load_policy_and_reference, reference_model
 from ppo.rollout import sample_pairs
@@ -50,6 +49,18 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, step: int):
         super().__init__(f"stopped by signal {signum} after step {step}; checkpoint saved, resume with train.resume=auto")
         self.exit_code = 128 + signum
+
+
+class TrainingStopped(Exception):
+    """The judge cannot go on (a person quit, a server is down); a checkpoint was saved."""
+
+    exit_code = 3
+
+
+def judge_metrics(diagnostics: dict) -> dict:
+    """The judge's per-batch metrics; the cache hit rate is left out, since it depends on
+    what this process happens to remember (it differs between a resumed and a straight run)."""
+    return {k: v for k, v in diagnostics.items() if k.startswith("judge/") and k != "judge/cache_hit_rate"}
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -186,7 +197,7 @@ def train(cfg, run_dir: Path) -> dict:
         grad_checkpoint(policy.layers[0])
     splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - gen_cfg.max_completion_length)
     sampler = PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle)
-    judge = instantiate(cfg.judge, _convert_="all")
+    judge = build_judge(cfg.judge, run_dir=run_dir, seed=cfg.seed, policy=policy, policy_path=cfg.model.path, tokenizer=tokenizer)
     lr_schedule = learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs)
     optimizer = make_optimizer(train_cfg, lr_schedule)
     loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
@@ -229,6 +240,7 @@ def train(cfg, run_dir: Path) -> dict:
         with stop_requests() as stop:
             for step in range(start_step + 1, train_cfg.iters + 1):
                 mx.random.seed(step_seed(cfg.seed, step))
+                position_at_step_start, updated = sampler.position, False
                 step_start = time.perf_counter()
                 judged_batches, micro_metrics = [], []
                 for _ in range(train_cfg.grad_accumulation_steps):
@@ -244,9 +256,9 @@ def train(cfg, run_dir: Path) -> dict:
                     judge_start = time.perf_counter()
                     pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(
                         prompts, decode(first.token_ids), decode(second.token_ids), first.finished, second.finished)]
-                    p = np.asarray(judge(pairs).p, dtype=np.float64)
+                    verdicts = judge(pairs, step=step)
                     judge_seconds = time.perf_counter() - judge_start
-                    first_is_chosen, confidence, valid = advantages_from_verdicts(p, cfg.loss.tie_threshold)
+                    first_is_chosen, confidence, valid = advantages_from_verdicts(verdicts.p)
 
                     # 3. Score: rows 0..B-1 hold the first completions, B..2B-1 the second.
                     #    Reference (and sampling-time) log-probs are frozen before any update.
@@ -273,9 +285,7 @@ def train(cfg, run_dir: Path) -> dict:
                     micro_metrics.append({
                         "completions/mean_length": lengths.mean(),
                         "completions/eos_rate": np.mean(first.finished + second.finished),
-                        "judge/invalid_rate": 1.0 - valid.mean(),
-                        "judge/tie_rate": np.mean((confidence == 0) & valid),
-                        "judge/first_position_win_rate": np.mean(p[valid] > 0.5) if valid.any() else math.nan,
+                        **judge_metrics(verdicts.diagnostics),
                         "tokens_per_second": (first.num_tokens + second.num_tokens) / max(rollout_seconds, 1e-9),
                         "timing/rollout_seconds": rollout_seconds,
                         "timing/judge_seconds": judge_seconds,
@@ -294,6 +304,7 @@ def train(cfg, run_dir: Path) -> dict:
                         micro_metrics.append({k: v.item() for k, v in loss_metrics.items()})
                     optimizer.update(policy, tree_map(lambda g: g / len(judged_batches), grads_sum))
                     mx.eval(policy.trainable_parameters(), optimizer.state)
+                updated = True
                 metrics = _mean_dicts(micro_metrics)
                 metrics["timing/update_seconds"] = time.perf_counter() - update_start
                 metrics["learning_rate"] = learning_rate_at(lr_schedule, step * cfg.loss.ppo_epochs - 1)
@@ -306,7 +317,7 @@ def train(cfg, run_dir: Path) -> dict:
                 # 6. Evaluate, report, save.
                 is_last = step == train_cfg.iters
                 if step % train_cfg.steps_per_eval == 0 or is_last:
-                    running["last_eval"] = evaluate(policy, reference, tokenizer, judge, splits.eval, gen_cfg)
+                    running["last_eval"] = evaluate(policy, reference, tokenizer, judge, splits.eval, gen_cfg, step=step)
                     win_rate = running["last_eval"].get("eval/win_rate")
                     if win_rate is not None and not math.isnan(win_rate):
                         running["best_win_rate"] = max(running["best_win_rate"] or -1.0, win_rate)
@@ -326,7 +337,17 @@ def train(cfg, run_dir: Path) -> dict:
     except TrainingInterrupted:
         status = "interrupted"
         raise
+    except (JudgeQuit, JudgeUnavailable) as err:
+        # Stopped while judging: before this step's update the previous step's state is
+        # exact (the data position is rewound); after it (in evaluation), this step's is.
+        status = "interrupted"
+        if not updated:
+            sampler.position = position_at_step_start
+            step -= 1
+        save(step)
+        raise TrainingStopped(f"{err}; checkpoint of step {step} saved, resume with train.resume=auto") from None
     finally:
+        judge.close()
         if progress:
             progress.close()
         summary = _summary(run_dir, started, running, status, step, splits)
@@ -383,4 +404,4 @@ class _Progress:
         self._progress.stop()
 
 
-__all__ = ["train", "ConfigError", "TrainingInterrupted"]
+__all__ = ["train", "ConfigError", "TrainingInterrupted", "TrainingStopped"]

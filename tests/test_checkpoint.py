@@ -15,7 +15,7 @@ from conftest import ROOT, compose, run_cli, small_run_overrides
 from ppo import checkpoint
 from ppo.checkpoint import CheckpointError
 
-MEASUREMENTS = ("timing/", "tokens_per_second", "memory/")
+MEASUREMENTS = ("timing/", "tokens_per_second", "memory/", "judge/seconds")
 
 
 def _metrics(run_dir):

@@ -1,7 +1,6 @@
 """Rule judges and the verdict -> advantage mapping."""
 
 import numpy as np
-from hydra.utils import instantiate
 
 from conftest import compose
 from ppo.judges import Pair
@@ -38,6 +37,8 @@ def test_verdicts_to_advantages_ties_and_invalid():
 
 
 def test_judge_groups_instantiate_from_config():
+    from ppo.judges import build_judge
+
     for name, cls in [("rule", WordListPreference), ("length", LengthPreference)]:
-        judge = instantiate(compose([f"judge={name}"]).judge, _convert_="all")
-        assert isinstance(judge, cls)
+        judge = build_judge(compose([f"judge={name}"]).judge)
+        assert isinstance(judge.inner, cls) and judge.order == "both"

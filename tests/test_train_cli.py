@@ -15,7 +15,7 @@ NAMED_METRICS = [
 
 
 # Readings of the machine, not of the run: they vary between identical runs.
-MEASUREMENTS = ("timing/", "tokens_per_second", "memory/")
+MEASUREMENTS = ("timing/", "tokens_per_second", "memory/", "judge/seconds")
 
 
 def _read_metrics(run_dir):

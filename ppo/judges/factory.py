@@ -1,0 +1,66 @@
+"""Build the configured judge: instantiate ``judge._target_`` and wrap it in the pipeline.
+
+The judge config node is an untyped dict, so the wrapper's own keys (``order``,
+``tie_threshold``) are popped here before ``_target_`` is instantiated, and validated with
+one-line errors. When ``judge.model`` is the policy's base model, an LLM judge is handed
+the policy itself (read with its adapters switched off) instead of loading a second copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ppo.config import ConfigError
+from ppo.judges.pipeline import JudgePipeline, check_wrapper_options
+from ppo.judges.record import JudgmentLog
+
+WRAPPER_DEFAULTS = {"order": "both", "tie_threshold": 0.0}
+LLM_TARGET = "ppo.judges.llm.LLMJudge"
+JUDGMENTS_FILE = "judgments.jsonl"
+
+
+def same_model(a: str | None, b: str | None) -> bool:
+    """Whether two model ids / paths name the same model (local folders compared resolved)."""
+    if not a or not b:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.is_dir() and pb.is_dir():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, policy=None, policy_path: str | None = None,
+                tokenizer=None) -> JudgePipeline:
+    """The judge the trainer calls: ``judge(pairs, step=None, phase="train") -> Verdicts``.
+
+    Records go to ``run_dir/judgments.jsonl`` (none when run_dir is None); records already
+    there (a resumed run) pre-fill the cache.
+    """
+    from hydra.utils import get_class, instantiate
+
+    cfg = OmegaConf.to_container(judge_cfg, resolve=True) if OmegaConf.is_config(judge_cfg) else dict(judge_cfg)
+    if "_target_" not in cfg:
+        raise ConfigError("invalid judge: a judge config names its class with _target_, e.g. judge=rule")
+    order, tie_threshold = check_wrapper_options(
+        *(cfg.pop(k, default) for k, default in WRAPPER_DEFAULTS.items())
+    )
+    target = cfg["_target_"]
+    if policy is not None and target == LLM_TARGET and same_model(cfg.get("model", "Qwen/Qwen3-0.6B"), policy_path):
+        from ppo.models import adapters_disabled
+
+        kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        inner = get_class(target)(**kwargs, preloaded=(policy, tokenizer), model_context=adapters_disabled)
+    else:
+        try:
+            inner = instantiate(cfg, _convert_="all")
+        except Exception as err:  # Hydra wraps the judge's own one-line ConfigError
+            cause = err
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            raise
+    log = JudgmentLog(Path(run_dir) / JUDGMENTS_FILE) if run_dir is not None else None
+    return JudgePipeline(inner, order=order, tie_threshold=tie_threshold, seed=seed, log=log)

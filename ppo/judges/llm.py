@@ -1,0 +1,165 @@
+"""A local LLM judge: P(A better) from the next-token probabilities of two labels.
+
+Why this shape: the anchors generate a verdict one prompt at a time and parse it, which
+is slow and fails on any unexpected text. Here every pair becomes one judging prompt
+(rubric as system message, prompt and both completions in the user message, the
+assistant turn opened with thinking off), all prompts go through ONE right-padded
+forward pass, and p = softmax over the logits of the two label tokens at each row's last
+real position. Nothing is generated, so nothing can fail to parse.
+
+The judge can share the policy's weights: pass ``preloaded=(model, tokenizer)`` and
+``model_context=ppo.models.adapters_disabled``; the judge then reads the frozen base
+model (adapters switched off for the duration of the forward) and loads no second copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import mlx.core as mx
+import numpy as np
+
+from ppo.config import ConfigError
+from ppo.judges.base import Pair, Verdicts
+from ppo.judges.prompting import check_labels, judging_messages, rubric
+
+
+def _special_strings(tokenizer) -> tuple[str, ...]:
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    special = set(getattr(hf, "all_special_tokens", []) or [])
+    special.update(t.content for t in (getattr(hf, "added_tokens_decoder", None) or {}).values())
+    return tuple(sorted(special, key=len, reverse=True))
+
+
+def label_token_ids(tokenizer, labels: tuple[str, str]) -> list[int]:
+    """The single token each label is, as it appears at the start of the assistant turn."""
+    ids = []
+    for label in labels:
+        encoded = tokenizer.encode(label, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ConfigError(f"invalid judge.labels: {label!r} is {len(encoded)} tokens for this tokenizer; use single-token labels such as '1' and '2'")
+        ids.append(encoded[0])
+    return ids
+
+
+def _body_and_head(model):
+    """(hidden-state body, output head) of an mlx-lm model, looked up at call time, or None.
+
+    Running the head only at the last position of each row avoids a (rows, length, vocab)
+    logits tensor (gigabytes for a 150K vocabulary). Checked once against the full forward.
+    """
+    body = getattr(model, "model", None)
+    if body is None or not callable(body):
+        return None
+    if getattr(model, "lm_head", None) is not None:
+        return body, model.lm_head
+    embed = getattr(body, "embed_tokens", None)
+    if embed is not None and hasattr(embed, "as_linear"):
+        return body, embed.as_linear
+    return None
+
+
+def last_position_logits(model, rows: list[list[int]], pad_id: int, fast: bool = True) -> mx.array:
+    """Logits at each row's last real token for right-padded rows, float32 (rows, vocab).
+
+    Right padding cannot change earlier positions of a causal model, so no mask is needed.
+    """
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    last = mx.array(np.array([len(r) - 1 for r in rows], dtype=np.int32))[:, None, None]
+    parts = _body_and_head(model) if fast else None
+    if parts is None:
+        logits = model(mx.array(ids))
+        return mx.take_along_axis(logits, last, axis=1).squeeze(1).astype(mx.float32)
+    body, head = parts
+    hidden = body(mx.array(ids))
+    return head(mx.take_along_axis(hidden, last, axis=1).squeeze(1)).astype(mx.float32)
+
+
+class LLMJudge:
+    """Any mlx-lm chat model as a pairwise judge (see the module docstring).
+
+    ``model``: hub id or local folder (``judge.model``); ``system``: the rubric
+    (``judge.system``, empty = :data:`ppo.judges.prompting.DEFAULT_RUBRIC`); ``labels``: the
+    two single-token answers for "first" and "second"; ``batch_size``: rows per forward.
+    """
+
+    kind = "llm"
+
+    def __init__(
+        self,
+        model: str = "Qwen/Qwen3-0.6B",
+        system: str = "",
+        labels=("1", "2"),
+        batch_size: int = 16,
+        trust_remote_code: bool = False,
+        preloaded: tuple | None = None,
+        model_context: Callable | None = None,
+    ):
+        self.system = rubric(system)
+        self.labels = check_labels(labels)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"invalid judge.batch_size={batch_size!r}: must be an integer >= 1")
+        self.batch_size = batch_size
+        self.model_name = model
+        if preloaded is not None:
+            self.model, self.tokenizer = preloaded
+        else:
+            from ppo.models import load_model
+
+            try:
+                self.model, self.tokenizer = load_model(model, trust_remote_code)
+            except ConfigError as err:
+                raise ConfigError(f"judge.model={model}: {err}") from None
+            self.model.eval()
+        self.context = model_context or (lambda m: contextlib.nullcontext(m))
+        self.label_ids = label_token_ids(self.tokenizer, self.labels)
+        self._special = _special_strings(self.tokenizer)
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self._fast = self._fast_path_matches()
+
+    def encode(self, pair: Pair) -> list[int]:
+        """Token ids of the judging prompt, ending where the label token would come."""
+        messages = judging_messages(pair, self.system, self.labels, self._special)
+        kwargs = dict(add_generation_prompt=True, enable_thinking=False, tokenize=True)
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, **kwargs)
+        except Exception:  # templates without a system role (e.g. Gemma): rubric joins the user turn
+            merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
+            ids = self.tokenizer.apply_chat_template(merged, **kwargs)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _fast_path_matches(self) -> bool:
+        """Whether body + head equals the model's own forward (some models post-process logits)."""
+        probe = [self.encode(Pair("Say hi.", "hi", "hello"))]
+        with self.context(self.model) as m:
+            full = last_position_logits(m, probe, self.pad_id, fast=False)
+            fast = last_position_logits(m, probe, self.pad_id, fast=True)
+        return bool(mx.allclose(full, fast, rtol=1e-3, atol=1e-3).item())
+
+    def label_logits(self, pairs: list[Pair]) -> np.ndarray:
+        """(pairs, 2) logits of the two labels; rows sorted by length so padding stays small."""
+        rows = [self.encode(x) for x in pairs]
+        out = np.zeros((len(rows), 2), dtype=np.float64)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        labels = mx.array(self.label_ids)
+        with self.context(self.model) as m:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                logits = last_position_logits(m, [rows[i] for i in chunk], self.pad_id, self._fast)
+                picked = np.array(logits[:, labels])
+                out[chunk] = picked
+        return out
+
+    def __call__(self, pairs: list[Pair]) -> Verdicts:
+        if not pairs:
+            return Verdicts(p=np.zeros(0))
+        logits = self.label_logits(list(pairs))
+        p = 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))  # softmax over the two labels
+        return Verdicts(p=p, diagnostics={})

@@ -1,0 +1,91 @@
+"""judgments.jsonl: one JSON line per judged pair, appended and flushed at once.
+
+Why: the judge decides what PPO amplifies, so every decision must be inspectable after
+the run, and a human's decisions must survive a crash or a quit. A line holds the step,
+the prompt id, sha256 hashes of the prompt and both completions (texts are not stored,
+so a record can be shared without the data), the order(s) shown with the raw P(first
+better) of each, the final p, the verdict (a / b / tie / invalid), latency and judge kind.
+`ReplayJudge` (replay.py) answers from these lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from ppo.judges.base import Pair, text_hash
+
+VERDICTS = ("a", "b", "tie", "invalid")
+
+
+def pair_key(pair: Pair) -> tuple:
+    """(prompt, first, second) hashes and finish flags: what makes two comparisons the same."""
+    return (text_hash(pair.prompt), text_hash(pair.a), bool(pair.a_finished), text_hash(pair.b), bool(pair.b_finished))
+
+
+def mirror(key: tuple) -> tuple:
+    return (key[0], key[3], key[4], key[1], key[2])
+
+
+def record_key(r: dict) -> tuple:
+    return (r["prompt_sha256"], r["a_sha256"], bool(r.get("a_finished", True)), r["b_sha256"], bool(r.get("b_finished", True)))
+
+
+def verdict_of(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "invalid"
+    return "a" if p > 0.5 else "b" if p < 0.5 else "tie"
+
+
+def _json_number(x):
+    """NaN is not JSON: an invalid probability is written as null."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+class JudgmentLog:
+    """Appends records to ``path``; each write is flushed and fsynced before returning."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, records: list[dict]) -> None:
+        if not records:
+            return
+        for record in records:
+            clean = {k: ([_json_number(v) for v in val] if k == "p_shown" else _json_number(val) if k in ("p", "p_raw") else val)
+                     for k, val in ((k, record[k]) for k in record)}
+            self._file.write(json.dumps(clean, sort_keys=True) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_judgments(path) -> list[dict]:
+    """All complete records of a judgments file (a torn last line from a crash is skipped)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
