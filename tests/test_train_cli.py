@@ -94,3 +94,21 @@ def test_textbook_ppo_options_run(tmp_path, tiny_model_dir, prompts_file):
     rows = _read_metrics(run_dir)
     assert len(rows) == 4 and all(r["kl"] is not None and r["kl"] >= 0 for r in rows)  # k3 is never negative
     assert rows[0]["learning_rate"] < rows[1]["learning_rate"]  # warm-up
+
+
+@pytest.mark.slow
+def test_unreachable_judge_stops_with_a_checkpoint(tmp_path, tiny_model_dir, prompts_file):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    overrides = small_run_overrides(tiny_model_dir, prompts_file) + [
+        "judge=http", f"judge.base_url=http://127.0.0.1:{port}", "judge.retries=1", "judge.timeout=1", "judge.backoff=0.01",
+        f"hydra.run.dir={run_dir}"]
+    result = run_cli(overrides)
+    assert result.returncode == 3
+    assert f"127.0.0.1:{port}" in result.stderr and "checkpoint of step 0 saved" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (run_dir / "checkpoints" / "step-0000000" / "state.json").exists()
