@@ -48,6 +48,15 @@ def test_train_writes_all_outputs(tmp_path, tiny_model_dir, prompts_file):
     model, _ = load(str(tiny_model_dir), adapter_path=str(run_dir))
     assert model is not None
 
+    import subprocess
+    import sys
+
+    fused = tmp_path / "fused"
+    fuse = subprocess.run([sys.executable, "-m", "mlx_lm", "fuse", "--model", str(tiny_model_dir), "--adapter-path", str(run_dir),
+                           "--save-path", str(fused)], capture_output=True, text=True, timeout=120)
+    assert fuse.returncode == 0, fuse.stderr[-2000:]
+    assert load(str(fused))[0] is not None
+
 
 @pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path, tiny_model_dir, prompts_file):
