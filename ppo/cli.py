@@ -24,18 +24,45 @@ def train_main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
     def _train(cfg) -> float | None:
+        from hydra.types import RunMode
+
         from ppo.checkpoint import CheckpointError
+        from ppo.resume_sweep import SweepJobFailed, record_failure
         from ppo.trainer import TrainingInterrupted, TrainingStopped, train
 
+        hydra_cfg = HydraConfig.get()
+        run_dir, multirun = hydra_cfg.runtime.output_dir, hydra_cfg.mode == RunMode.MULTIRUN
         try:
-            summary = train(cfg, HydraConfig.get().runtime.output_dir)
+            summary = train(cfg, run_dir)
         except (ConfigError, CheckpointError) as err:
+            if multirun:  # Hydra records the job as failed, runs the others, and exits 1
+                record_failure(run_dir, err)
+                raise SweepJobFailed(f"{run_dir}: {err}") from None
             _fail(str(err))
         except (TrainingInterrupted, TrainingStopped) as err:
             _fail(str(err), err.exit_code)
+        except Exception as err:
+            if multirun:
+                record_failure(run_dir, err)
+            raise
         return (summary.get("eval") or {}).get("eval/win_rate")
 
     _train()
+
+
+def report_main() -> None:
+    """`ppo-report SWEEP_DIR`: report.md and PNGs of a sweep (no MLX needed)."""
+    from ppo.report import main
+
+    sys.exit(main())
+
+
+def reproduce_main() -> None:
+    """`ppo-reproduce RUN_DIR [overrides]`: re-run a run from its saved config."""
+    ensure_fast_blas()
+    from ppo.reproduce import main
+
+    sys.exit(main())
 
 
 def doctor_main() -> None:

@@ -186,6 +186,10 @@ def train(cfg, run_dir: Path) -> dict:
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    from ppo.resume_sweep import finished_summary
+
+    if (done := finished_summary(cfg, run_dir)) is not None:  # a finished sweep job: skip it
+        return done
     started = time.perf_counter()
     train_cfg, gen_cfg = cfg.train, cfg.generation
 
@@ -216,11 +220,6 @@ def train(cfg, run_dir: Path) -> dict:
     start_step = state.step if state else 0
     running = state.extra if state else {"window": [], "last_eval": {}, "best_win_rate": None, "health": {}}
     health = HealthMonitor(**running["health"])
-    if start_step >= train_cfg.iters and (run_dir / "summary.json").exists():
-        summary = json.loads((run_dir / "summary.json").read_text())
-        if summary.get("status") == "finished":
-            log.info("run already finished at step %d; nothing to do", start_step)
-            return summary
 
     tracker = Tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True),
                       resume_step=start_step if state else None, wandb_id=state.wandb_id if state else None)

@@ -1,0 +1,489 @@
+"""`ppo-report SWEEP_DIR`: one table, heatmaps and training curves for a sweep (no network).
+
+Every folder under SWEEP_DIR that holds `.hydra/config.yaml` is a run (a Hydra run or one
+multirun job). From each run it reads the config (epsilon, beta, loss type, advantage),
+`metrics.jsonl` (the plain metrics file; no wandb needed) and `summary.json` (status,
+final eval, wall time). It writes into SWEEP_DIR (or --out):
+
+- `report.md`: one row per run, the best configuration, the runs that did not finish;
+- `heatmap_win_rate.png`, `heatmap_clip_fraction.png`, `heatmap_kl.png`: epsilon x beta;
+  (drawn when the runs span more than one epsilon x beta cell);
+- `compare_runs.png`: one bar per run for the same three numbers (loss types, advantages);
+- `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run.
+
+The health verdict is the seed's rule on clip_fraction, taken over the last 20% of steps:
+about 0 = the policy is not moving, above 0.3 = it moves too far per step, else healthy.
+A run with no summary.json is `running-or-killed`; one with no metrics yet is
+`not-started`. Nothing in a run folder is ever written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Mirrors ppo.trainer.CLIP_FRACTION_HIGH (not imported: the report needs no MLX).
+CLIP_FRACTION_HIGH = 0.3
+CLIP_FRACTION_IDLE = 1e-3  # "about 0": below one clipped ratio in a thousand
+LAST_FRACTION = 0.2  # clip_fraction is averaged over this last share of the steps
+SKIP_DIRS = {".hydra", "wandb", "checkpoints", "__pycache__"}
+
+REPORT_FILE = "report.md"
+HEATMAPS = {  # file stem -> (run attribute, title, number format, colour map)
+    "heatmap_win_rate": ("final_win_rate", "Final eval win rate against the reference", "{:.2f}", "viridis"),
+    "heatmap_clip_fraction": ("clip_fraction", "Mean clip_fraction, last 20% of steps", "{:.2f}", "magma"),
+    "heatmap_kl": ("final_kl", "Final KL to the reference (nats per sequence)", "{:.3g}", "cividis"),
+}
+CURVES = {  # file stem -> (metrics key, title, y label)
+    "curves_win_rate": ("eval/win_rate", "Eval win rate against the reference", "win rate"),
+    "curves_kl": ("kl", "KL to the reference", "kl (nats per sequence)"),
+    "curves_clip_fraction": ("clip_fraction", "clip_fraction (share of ratios outside 1 ± epsilon)", "clip_fraction"),
+}
+
+
+class ReportError(Exception):
+    """A sweep folder the report cannot use; the message says why."""
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str  # folder relative to the sweep folder
+    epsilon: float | None = None
+    beta: float | None = None
+    loss_type: str | None = None
+    advantage: str | None = None
+    seed: int | None = None
+    status: str = "not-started"
+    rows: list = field(default_factory=list)
+    final_win_rate: float | None = None
+    best_win_rate: float | None = None
+    clip_fraction: float | None = None
+    final_kl: float | None = None
+    wall_seconds: float | None = None
+    steps: int = 0
+    iters: int | None = None
+    error: str | None = None
+
+    @property
+    def health(self) -> str:
+        if self.loss_type not in (None, "ppo_clip"):
+            return "n/a (no clip)"  # the DPO-family losses have no clip range to judge by
+        return health_verdict(self.clip_fraction)
+
+
+def health_verdict(clip_fraction: float | None) -> str:
+    """The seed's rule: clip_fraction ~0 = not moving; > 30% = moving too far; else healthy."""
+    if clip_fraction is None:
+        return "n/a"
+    if clip_fraction < CLIP_FRACTION_IDLE:
+        return "not moving"
+    if clip_fraction > CLIP_FRACTION_HIGH:
+        return "moving too far"
+    return "healthy"
+
+
+def _finite(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl rows; a torn last line (a killed run) is dropped."""
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _last(rows: list[dict], key: str) -> float | None:
+    for row in reversed(rows):
+        value = _finite(row.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def find_run_dirs(sweep_dir: Path) -> list[Path]:
+    found = []
+    for root, dirs, _files in os.walk(sweep_dir):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("offline-run-"))
+        if (Path(root) / ".hydra" / "config.yaml").is_file():
+            found.append(Path(root))
+    return found
+
+
+def load_run(run_dir: Path, sweep_dir: Path) -> Run:
+    from omegaconf import OmegaConf
+
+    name = str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else run_dir.name
+    run = Run(path=run_dir, name=name)
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+        loss = cfg.get("loss") or {}
+        run.epsilon, run.beta = _finite(loss.get("epsilon")), _finite(loss.get("beta"))
+        run.loss_type, run.advantage = loss.get("type"), loss.get("advantage")
+        run.seed = cfg.get("seed")
+        run.iters = (cfg.get("train") or {}).get("iters")
+    except Exception as err:  # a half-written config: the row says so
+        run.error = f"unreadable config ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+
+    run.rows = _read_metrics(run_dir / "metrics.jsonl")
+    run.steps = int(run.rows[-1].get("step", len(run.rows))) if run.rows else 0
+    summary = None
+    if (run_dir / "summary.json").exists():
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            run.error = run.error or "unreadable summary.json"
+    if summary is not None:
+        run.status = str(summary.get("status", "unknown"))
+        run.wall_seconds = _finite(summary.get("wall_seconds"))
+        if summary.get("error") and not run.error:
+            run.error = str(summary["error"]).splitlines()[0]
+    elif run.rows:
+        run.status = "running-or-killed"
+
+    eval_ = (summary or {}).get("eval") or {}
+    run.final_win_rate = _finite(eval_.get("eval/win_rate"))
+    if run.final_win_rate is None:
+        run.final_win_rate = _last(run.rows, "eval/win_rate")
+    wins = [w for w in (_finite(r.get("eval/win_rate")) for r in run.rows) if w is not None]
+    best = _finite((summary or {}).get("best_eval_win_rate"))
+    run.best_win_rate = best if best is not None else (max(wins) if wins else None)
+
+    clips = [c for c in (_finite(r.get("clip_fraction")) for r in run.rows) if c is not None]
+    if clips:
+        tail = clips[-max(1, math.ceil(LAST_FRACTION * len(clips))):]
+        run.clip_fraction = sum(tail) / len(tail)
+    run.final_kl = _last(run.rows, "kl")
+    return run
+
+
+def load_runs(sweep_dir: Path) -> list[Run]:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ReportError(f"{sweep_dir} is not a folder")
+    run_dirs = find_run_dirs(sweep_dir)
+    if not run_dirs:
+        raise ReportError(f"no run folders under {sweep_dir} (a run folder holds .hydra/config.yaml and metrics.jsonl)")
+    return [load_run(d, sweep_dir) for d in run_dirs]
+
+
+def best_run(runs: list[Run]) -> Run | None:
+    """Highest final eval win rate, then best win rate, then lowest kl; finished runs first."""
+    scored = [r for r in runs if r.final_win_rate is not None]
+    finished = [r for r in scored if r.status == "finished"]
+    pool = finished or scored
+    if not pool:
+        return None
+    return max(pool, key=lambda r: (r.final_win_rate, r.best_win_rate or -1.0, -(abs(r.final_kl) if r.final_kl is not None else math.inf)))
+
+
+def describe(run: Run) -> str:
+    return (f"epsilon={_fmt(run.epsilon)} beta={_fmt(run.beta)} loss_type={run.loss_type} advantage={run.advantage}"
+            f" seed={run.seed}")
+
+
+def _fmt(value, spec: str = "{:.4g}") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return spec.format(value)
+    return str(value)
+
+
+def _labels(runs: list[Run]) -> dict[str, str]:
+    """Short legend labels: the settings that differ between runs (else the folder name)."""
+    keys = [("epsilon", "eps"), ("beta", "beta"), ("loss_type", "loss"), ("advantage", "adv"), ("seed", "seed")]
+    varying = [(k, short) for k, short in keys if len({getattr(r, k) for r in runs}) > 1]
+    labels = {}
+    for r in runs:
+        label = " ".join(f"{short}={_fmt(getattr(r, k))}" for k, short in varying)
+        labels[r.name] = label or r.name
+    if len(set(labels.values())) < len(labels):  # duplicates (e.g. a re-run): fall back to folder names
+        labels = {r.name: r.name for r in runs}
+    return labels
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: Path, sweep_name: str) -> Path | None:
+    """epsilon (rows) x beta (columns); a cell with several runs shows their mean and n."""
+    import numpy as np
+
+    cells: dict[tuple[float, float], list[float]] = {}
+    for r in runs:
+        value = getattr(r, attr)
+        if r.epsilon is None or r.beta is None:
+            continue
+        cells.setdefault((r.epsilon, r.beta), [])
+        if value is not None:
+            cells[(r.epsilon, r.beta)].append(value)
+    if not cells:
+        return None
+    epsilons = sorted({e for e, _ in cells})
+    betas = sorted({b for _, b in cells})
+    grid = np.full((len(epsilons), len(betas)), np.nan)
+    counts = np.zeros_like(grid, dtype=int)
+    for (e, b), values in cells.items():
+        i, j = epsilons.index(e), betas.index(b)
+        counts[i, j] = len(values)
+        if values:
+            grid[i, j] = float(np.mean(values))
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.9 * len(betas) + 3.2, 1.3 * len(epsilons) + 2.2), dpi=120)
+    colormap = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
+    finite = grid[np.isfinite(grid)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if attr == "clip_fraction":  # a share: the same colours in every report
+        vmin, vmax = 0.0, 1.0
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=colormap, vmin=vmin, vmax=vmax, origin="lower", aspect="auto")
+    cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    cbar.ax.tick_params(labelsize=9)
+
+    best_cell = None
+    if attr == "final_win_rate" and finite.size:
+        best_cell = np.unravel_index(np.nanargmax(grid), grid.shape)
+    for i in range(len(epsilons)):
+        for j in range(len(betas)):
+            if (epsilons[i], betas[j]) not in cells:
+                text, colour = "no run", "#555555"
+            elif math.isnan(grid[i, j]):
+                text, colour = "n/a", "#555555"
+            else:
+                text = spec.format(grid[i, j])
+                shade = (grid[i, j] - vmin) / (vmax - vmin)
+                colour = "black" if shade > 0.55 else "white"
+            if counts[i, j] > 1:
+                text += f"\n(mean of {counts[i, j]})"
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=12, fontweight="bold")
+    if best_cell is not None:
+        i, j = best_cell
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e41a1c", linewidth=3))
+    ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas], fontsize=10)
+    ax.set_yticks(range(len(epsilons)), [f"{e:g}" for e in epsilons], fontsize=10)
+    ax.set_xlabel("KL weight beta (loss.beta)", fontsize=11)
+    ax.set_ylabel("clip range epsilon (loss.epsilon)", fontsize=11)
+    subtitle = f"{sweep_name}: {len(runs)} runs" + ("; red box = best" if best_cell is not None else "")
+    ax.set_title(f"{title}\n{subtitle}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_name: str) -> Path | None:
+    series = []
+    labels = _labels(runs)
+    for r in runs:
+        points = [(row.get("step"), _finite(row.get(key))) for row in r.rows]
+        points = [(s, v) for s, v in points if s is not None and v is not None]
+        if points:
+            series.append((labels[r.name], r.status, points))
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9.5, 5.2), dpi=120)
+    colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20").colors
+    sparse = key.startswith("eval/")
+    smoothed = False
+    for n, (label, status, points) in enumerate(sorted(series)):
+        steps, values = zip(*points)
+        style = "-" if status == "finished" else "--"
+        colour = colours[n % len(colours)]
+        label = label + ("" if status == "finished" else f" ({status})")
+        window = 1 if sparse else max(1, len(values) // 20)
+        if window > 1:  # noisy per-step values: faint raw line, bold moving average
+            smoothed = True
+            ax.plot(steps, values, "-", color=colour, linewidth=0.7, alpha=0.25)
+            values = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                      for i in range(len(values))]
+        ax.plot(steps, values, style, color=colour, linewidth=1.8,
+                marker="o" if sparse or len(points) < 15 else None, markersize=4, label=label)
+    note = f"; bold: moving average over {max(len(p) for _, _, p in series) // 20} steps" if smoothed else ""
+    if key == "clip_fraction":
+        ax.axhline(CLIP_FRACTION_HIGH, color="#e41a1c", linestyle=":", linewidth=1.2)
+        ax.text(ax.get_xlim()[0], CLIP_FRACTION_HIGH, " above 0.3: moving too far per step", color="#e41a1c", va="bottom", fontsize=9)
+        ax.set_ylim(-0.03, 1.03)
+    if key == "eval/win_rate":
+        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1.2)
+        ax.text(ax.get_xlim()[0], 0.5, " 0.5: no better than the reference", color="grey", va="bottom", fontsize=9)
+    ax.set_xlabel("step", fontsize=11)
+    ax.set_ylabel(ylabel, fontsize=11)
+    ax.set_title(f"{title}\n{sweep_name}: {len(series)} runs{note}", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
+    """One horizontal bar per run: final win rate, clip_fraction (last 20%), final kl."""
+    labels = _labels(runs)
+    ordered = sorted(runs, key=lambda r: labels[r.name])
+    panels = [("final_win_rate", "final eval win rate", "{:.2f}"), ("clip_fraction", "clip_fraction (last 20%)", "{:.2f}"),
+              ("final_kl", "final kl", "{:.3g}")]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.42 * len(ordered) + 1.8), dpi=120, sharey=True)
+    names = [labels[r.name] + ("" if r.status == "finished" else f" ({r.status})") for r in ordered]
+    for ax, (attr, title, spec) in zip(axes, panels):
+        values = [getattr(r, attr) for r in ordered]
+        heights = [v if v is not None else 0.0 for v in values]
+        colours = ["#4c72b0" if r.status == "finished" else "#bbbbbb" for r in ordered]
+        ax.barh(range(len(ordered)), heights, color=colours)
+        for i, v in enumerate(values):
+            ax.text(heights[i], i, " " + (spec.format(v) if v is not None else "n/a"), va="center", fontsize=9)
+        if attr == "final_win_rate":
+            ax.axvline(0.5, color="grey", linestyle=":", linewidth=1.2)
+        if attr == "clip_fraction":
+            ax.axvline(CLIP_FRACTION_HIGH, color="#e41a1c", linestyle=":", linewidth=1.2)
+            ax.set_xlim(0, 1.15)
+        ax.set_title(title, fontsize=11)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.margins(x=0.25)
+    axes[0].set_yticks(range(len(ordered)), names, fontsize=9)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Runs compared: {sweep_name} ({len(runs)} runs; grey = not finished)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Path) -> str:
+    best = best_run(runs)
+    statuses: dict[str, int] = {}
+    for r in runs:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    lines = [f"# Sweep report: {sweep_dir.name}", "",
+             f"Folder: `{sweep_dir}`  ",
+             f"Runs: {len(runs)} (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ")", ""]
+    if best is not None:
+        lines += [f"**Best configuration:** {describe(best)}: final eval win rate {_fmt(best.final_win_rate, '{:.3f}')}"
+                  f" (best {_fmt(best.best_win_rate, '{:.3f}')}), clip_fraction {_fmt(best.clip_fraction, '{:.3f}')}"
+                  f" ({best.health}), final kl {_fmt(best.final_kl, '{:.4g}')}; run `{best.name}`", ""]
+    else:
+        lines += ["**Best configuration:** none yet (no run has an eval win rate)", ""]
+    lines += [
+        "Health: the seed's rule on clip_fraction averaged over the last 20% of steps "
+        f"(< {CLIP_FRACTION_IDLE:g}: not moving; > {CLIP_FRACTION_HIGH:g}: moving too far; else healthy; "
+        "n/a for losses without a clip).", "",
+        "| run | epsilon | beta | loss_type | advantage | final win rate | best win rate | clip_fraction (last 20%) "
+        "| final kl | health | steps | wall time (s) | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: r.name):
+        steps = f"{r.steps}/{r.iters}" if r.iters else str(r.steps)
+        status = r.status + (f": {r.error}" if r.error else "")
+        lines.append(
+            f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'} "
+            f"| {_fmt(r.final_win_rate, '{:.3f}')} | {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
+            f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")
+    unfinished = [r for r in runs if r.status != "finished"]
+    if unfinished:
+        lines += ["", "## Runs that did not finish", ""]
+        lines += [f"- `{r.name}`: {r.status}" + (f" ({r.error})" if r.error else "") + f", {r.steps} steps logged"
+                  for r in unfinished]
+        lines += ["", "Run the same sweep again with `hydra.sweep.dir=` this folder to finish them "
+                  "(finished runs are skipped, killed ones resume from their last checkpoint)."]
+    if images:
+        lines += ["", "## Figures", ""]
+        for image in images:
+            rel = os.path.relpath(image, out_dir)
+            lines += [f"![{image.stem}]({rel})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Run], Run | None]:
+    """Read the runs under `sweep_dir`; write report.md and the PNGs into `out_dir` (default sweep_dir)."""
+    sweep_dir = Path(sweep_dir).resolve()
+    runs = load_runs(sweep_dir)
+    out_dir = Path(out_dir).resolve() if out_dir else sweep_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # multirun/EXPERIMENT/DATE_TIME -> "EXPERIMENT/DATE_TIME"; anything else: the folder name
+    name = f"{sweep_dir.parent.name}/{sweep_dir.name}" if sweep_dir.parent.parent.name == "multirun" else sweep_dir.name
+    images = []
+    # Heatmaps need an epsilon x beta grid; runs of other loss types or advantages are not
+    # averaged into it: the grid is drawn for the loss type and advantage of the best run.
+    best = best_run(runs)
+    groups = {(r.loss_type, r.advantage) for r in runs}
+    grid_runs, grid_name = runs, name
+    if len(groups) > 1:
+        key = (best.loss_type, best.advantage) if best else sorted(groups, key=str)[0]
+        grid_runs = [r for r in runs if (r.loss_type, r.advantage) == key]
+        grid_name = f"{name}, loss_type={key[0]}, advantage={key[1]}"
+    for path in [out_dir / f"{stem}.png" for stem in HEATMAPS]:
+        if path.exists():
+            path.unlink()  # a heatmap from an earlier report of this folder would mislead
+    if len({(r.epsilon, r.beta) for r in grid_runs}) > 1:
+        for stem, (attr, title, spec, cmap) in HEATMAPS.items():
+            made = heatmap(grid_runs, attr, title, spec, cmap, out_dir / f"{stem}.png", grid_name)
+            images += [made] if made else []
+    made = compare_runs(runs, out_dir / "compare_runs.png", name) if len(runs) > 1 else None
+    images += [made] if made else []
+    for stem, (key, title, ylabel) in CURVES.items():
+        made = curves(runs, key, title, ylabel, out_dir / f"{stem}.png", name)
+        images += [made] if made else []
+    report = out_dir / REPORT_FILE
+    tmp = report.with_name(f".{report.name}.tmp")
+    tmp.write_text(_markdown(runs, sweep_dir, images, out_dir), encoding="utf-8")
+    os.replace(tmp, report)
+    return report, runs, best_run(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ppo-report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun sweep folder (or any folder holding run folders)")
+    parser.add_argument("--out", type=Path, default=None, help="where report.md and the PNGs go (default: SWEEP_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        report, runs, best = write_report(args.sweep_dir, args.out)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finished = sum(r.status == "finished" for r in runs)
+    print(f"{len(runs)} runs ({finished} finished); report: {report}")
+    if best is None:
+        print("best configuration: none yet (no run has an eval win rate)")
+    else:
+        print(f"best configuration: {describe(best)}: final eval win rate {best.final_win_rate:.3f}"
+              f" (best {_fmt(best.best_win_rate, '{:.3f}')}), run {best.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""`ppo-reproduce SOURCE [overrides...]`: re-run a run from its saved config.
+
+SOURCE is one of:
+- a run folder: its `.hydra/config.yaml` (the config Hydra composed for that run, saved
+  before training started) is loaded as it is, so later edits to `conf/` change nothing;
+- a run folder without `.hydra/` but with an offline wandb log, or the log itself
+  (`RUN_DIR/wandb/offline-run-*/run-*.wandb`): the config wandb stored, read with wandb's
+  own reader (`wandb leet inspect --summary --json FILE`);
+- `wandb:ENTITY/PROJECT/RUN_ID`: the config of an online wandb run (`wandb.Api().run(...).config`).
+
+Overrides are `key=value` on the typed schema (`loss.beta=0.05`, `train.iters=50`); a
+misspelt key or a wrong type is a one-line error. `hydra.run.dir=DIR` (or `--out DIR`)
+picks the output folder; the default is `RUN_DIR-reproduce` (then `-reproduce-2`, ...):
+an existing folder is never written into. The new folder gets `.hydra/config.yaml` and
+`.hydra/overrides.yaml` like any run, so `ppo-report` reads it and it can be reproduced
+in turn, plus `reproduce.json` naming its source.
+
+On the same machine (same packages, BLAS and device) the new `metrics.jsonl` equals the
+original one except for measurements of the machine (timing/*, tokens_per_second,
+memory/*, judge/seconds): the trainer re-seeds from (seed, step) at every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# Keys of metrics.jsonl that measure the machine, not the run.
+MEASUREMENT_PREFIXES = ("timing/", "tokens_per_second", "memory/", "judge/seconds")
+
+
+class ReproduceError(Exception):
+    """SOURCE is not a run, or an override does not fit; the message says which."""
+
+
+def comparable(row: dict) -> dict:
+    """A metrics.jsonl row without the keys that measure the machine."""
+    return {k: v for k, v in row.items() if not k.startswith(MEASUREMENT_PREFIXES)}
+
+
+def wandb_run_files(run_dir: Path) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(str(Path(run_dir) / "wandb" / "offline-run-*" / "run-*.wandb")))
+
+
+def _strip_wandb_keys(config: dict) -> dict:
+    """wandb adds `_wandb` (and older versions wrap values as {"value": ...})."""
+    out = {}
+    for k, v in config.items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, dict) and set(v) <= {"value", "desc"} and "value" in v:
+            v = v["value"]
+        out[k] = v
+    return out
+
+
+def config_from_wandb_file(path: Path) -> dict:
+    """The config stored in an offline wandb log, read by wandb's own reader."""
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    command = [str(wandb_cli)] if wandb_cli.exists() else [sys.executable, "-m", "wandb"]
+    try:
+        out = subprocess.run([*command, "leet", "inspect", "--summary", "--json", str(path)],
+                             capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise ReproduceError(f"cannot run wandb to read {path} ({err})") from None
+    if out.returncode != 0:
+        reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ReproduceError(f"wandb could not read {path}: {reason}")
+    try:
+        record = json.loads(out.stdout)
+    except ValueError:
+        raise ReproduceError(f"wandb leet inspect gave no JSON for {path}") from None
+    config = record.get("config") or {}
+    if not config:
+        raise ReproduceError(f"the wandb log {path} holds no config")
+    return _strip_wandb_keys(config)
+
+
+def config_from_wandb_api(run_path: str) -> dict:
+    """The config of an online wandb run, ENTITY/PROJECT/RUN_ID (needs a key and the network)."""
+    try:
+        import wandb
+
+        config = dict(wandb.Api().run(run_path).config)
+    except Exception as err:  # no key, no network, no such run
+        raise ReproduceError(f"cannot fetch wandb run {run_path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    return _strip_wandb_keys(config)
+
+
+def load_source(source: str) -> tuple[dict, list[str], str, Path | None]:
+    """(config as a plain dict, the original overrides, a description, the run folder or None)."""
+    from omegaconf import OmegaConf
+
+    if source.startswith("wandb:"):
+        return config_from_wandb_api(source[len("wandb:"):]), [], f"wandb run {source[len('wandb:'):]}", None
+    path = Path(source)
+    if path.is_file() and path.suffix == ".wandb":
+        run_dir = path.parent.parent.parent if path.parent.parent.name == "wandb" else None
+        return config_from_wandb_file(path), [], f"wandb log {path}", run_dir
+    if not path.is_dir():
+        raise ReproduceError(f"{source} is not a run folder, a .wandb file or wandb:ENTITY/PROJECT/RUN_ID")
+    saved = path / ".hydra" / "config.yaml"
+    if saved.is_file():
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+        except Exception as err:
+            raise ReproduceError(f"{saved} is unreadable ({str(err).splitlines()[0]})") from None
+        overrides_file = path / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+        return config, [str(o) for o in overrides], f"run folder {path}", path
+    files = wandb_run_files(path)
+    if len(files) == 1:
+        return config_from_wandb_file(files[0]), [], f"wandb log {files[0]}", path
+    if len(files) > 1:
+        raise ReproduceError(f"{path} holds {len(files)} wandb logs; name one: {files[-1]}")
+    raise ReproduceError(f"{path} is not a run folder (no .hydra/config.yaml and no wandb/offline-run-*/run-*.wandb)")
+
+
+def build_config(config: dict, overrides: list[str]):
+    """The saved config on the typed schema, with `key=value` overrides applied and checked."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ppo.config import PPOConfig, register
+
+    register()
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(PPOConfig), config)
+    except OmegaConfBaseException as err:
+        raise ReproduceError(f"the saved config does not fit the schema: {str(err).splitlines()[0]}") from None
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+")
+        if not sep or not key:
+            raise ReproduceError(f"override {override!r} is not key=value")
+        if "/" in key or (OmegaConf.select(cfg, key, default=None) is None and "." not in key and key != "judge"):
+            raise ReproduceError(
+                f"override {override!r}: ppo-reproduce takes config keys (e.g. loss.beta=0.05, loss.type=hinge), "
+                "not config groups")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        try:
+            OmegaConf.update(cfg, key, parsed, merge=True)
+        except OmegaConfBaseException as err:
+            raise ReproduceError(f"override {override!r}: {str(err).splitlines()[0]}") from None
+    return cfg
+
+
+def default_output(run_dir: Path | None) -> Path:
+    base = Path(f"{run_dir}-reproduce") if run_dir else Path("outputs") / "reproduce"
+    candidate, n = base, 2
+    while candidate.exists():
+        candidate = Path(f"{base}-{n}")
+        n += 1
+    return candidate
+
+
+def reproduce(source: str, overrides: list[str] | None = None, out: Path | None = None) -> tuple[Path, dict]:
+    """Re-run SOURCE (with overrides) into a new folder; return (folder, summary)."""
+    from omegaconf import OmegaConf
+
+    overrides = list(overrides or [])
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    overrides = [o for o in overrides if not o.startswith("hydra.")]
+    if run_dirs:
+        out = Path(run_dirs[-1])
+    config, original_overrides, description, run_dir = load_source(source)
+    cfg = build_config(config, overrides)
+    out = Path(out) if out else default_output(run_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ReproduceError(f"{out} exists and is not empty; pick another with hydra.run.dir=DIR (nothing was written)")
+    from ppo.config import validate
+
+    validate(cfg)  # a bad override fails here, before any folder is made
+    (out / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(original_overrides + overrides), out / ".hydra" / "overrides.yaml")
+    (out / "reproduce.json").write_text(json.dumps(
+        {"source": description, "source_overrides": original_overrides, "overrides": overrides}, indent=2) + "\n")
+
+    from ppo.trainer import train
+
+    return out, train(cfg, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console script: make sure MLX runs on a fast BLAS (may re-exec once)
+        from ppo.blas import ensure_fast_blas
+
+        ensure_fast_blas()
+    parser = argparse.ArgumentParser(prog="ppo-reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="a run folder, a run-*.wandb offline log, or wandb:ENTITY/PROJECT/RUN_ID")
+    parser.add_argument("overrides", nargs="*", help="key=value changes, e.g. train.iters=50 hydra.run.dir=DIR")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (same as hydra.run.dir=DIR)")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from ppo.checkpoint import CheckpointError
+    from ppo.config import ConfigError
+
+    try:
+        from ppo.trainer import TrainingInterrupted, TrainingStopped
+
+        out, summary = reproduce(args.source, args.overrides, args.out)
+    except (ReproduceError, ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (TrainingInterrupted, TrainingStopped) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    win = (summary.get("eval") or {}).get("eval/win_rate")
+    print(f"reproduced into {out}: status {summary.get('status')}, eval win rate {win}")
+    return 0 if summary.get("status") == "finished" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
