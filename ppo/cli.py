@@ -12,6 +12,22 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def print_outcome(summary: dict, run_dir: str) -> None:
+    """The end of a single run: eval win rate against the reference, EOS, KL, and the plots."""
+    from pathlib import Path
+
+    from ppo.report import write_report
+
+    ev, final = summary.get("eval") or {}, summary.get("final") or {}
+    if ev:
+        print(f"eval win rate against the reference: {ev['eval/win_rate']:.3f} "
+              f"(95% interval {ev['eval/win_rate_low']:.2f}-{ev['eval/win_rate_high']:.2f}, {ev['eval/pairs']} pairs); "
+              f"completions ending by themselves: {ev['eval/eos_rate']:.2f} (reference {ev['eval/ref_eos_rate']:.2f}); "
+              f"KL to the reference: {final.get('kl', float('nan')):.3g}")
+    write_report(Path(run_dir))
+    print(f"run folder: {run_dir} (metrics.jsonl, summary.json, adapters); plots: {run_dir}/curves_*.png")
+
+
 def train_main() -> None:
     """`ppo-train [overrides]`: a Hydra app over conf/train.yaml."""
     ensure_fast_blas()
@@ -45,6 +61,8 @@ def train_main() -> None:
             if multirun:
                 record_failure(run_dir, err)
             raise
+        if not multirun:
+            print_outcome(summary, run_dir)
         return (summary.get("eval") or {}).get("eval/win_rate")
 
     _train()

@@ -97,6 +97,7 @@ class TrainConfig:
     max_seq_length: int = 2048  # prompt + completion; longer prompts are left-truncated
     steps_per_report: int = 1
     steps_per_eval: int = 50
+    eval_at_start: bool = False  # also evaluate before the first update (logged as step 0)
     save_every: int = 100
     keep_checkpoints: int = 3
     resume: str = "auto"  # auto (newest checkpoint in the run folder) | never | PATH to a checkpoint

@@ -83,7 +83,7 @@ def ppo_loss(
 
     Returns:
         (loss, metrics) with metrics ``policy_loss``, ``kl``, ``kl_penalty``,
-        ``clip_fraction``, ``ratio/mean``, ``ratio/max``, ``advantage/mean``.
+        ``clip_fraction``, ``ratio/mean``, ``ratio/max``, ``ratio/min``, ``advantage/mean``.
     """
     if advantages is None:
         advantages = logprob_gap_advantages(policy_chosen_logps, policy_rejected_logps)
@@ -115,6 +115,7 @@ def ppo_loss(
         "clip_fraction": mx.concatenate([out_c, out_r]).astype(mx.float32).mean(),
         "ratio/mean": ratios.mean(),
         "ratio/max": ratios.max(),
+        "ratio/min": ratios.min(),
         "advantage/mean": advantages.mean(),
     }
     return loss, metrics
@@ -168,6 +169,7 @@ def dpo_loss(
         "clip_fraction": mx.array(0.0),
         "ratio/mean": mx.array(1.0),
         "ratio/max": mx.array(1.0),
+        "ratio/min": mx.array(1.0),
         "advantage/mean": weights.mean(),
     }
     return loss, metrics

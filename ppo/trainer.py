@@ -101,18 +101,30 @@ def make_optimizer(train_cfg, lr) -> optim.Optimizer:
     return optim.SGD(learning_rate=lr, weight_decay=train_cfg.weight_decay)
 
 
+# Ratios within this of 1 count as "not moving" (a policy that moves leaves some ratio
+# further out, even when none leaves the clip range, as with per-token mean log-probs).
+IDLE_RATIO_TOLERANCE = 1e-3
+
+
 @dataclass
 class HealthMonitor:
-    """Warns once per episode when clip_fraction says the policy is idle or moving too far."""
+    """Warns once per episode when clip_fraction says the policy is idle or moving too far.
+
+    The seed's rule: clip_fraction at 0 for a while = not moving; above 30% = moving too
+    far. "Not moving" also requires every ratio to stay within 1e-3 of 1, since with mean
+    log-probs a moving policy can keep every ratio inside the clip range.
+    """
 
     idle_steps: int = 0
     warned: list = field(default_factory=list)
 
-    def check(self, step: int, clip_fraction: float) -> None:
-        self.idle_steps = self.idle_steps + 1 if clip_fraction == 0.0 else 0
+    def check(self, step: int, metrics: dict) -> None:
+        clip_fraction = metrics["clip_fraction"]
+        still = abs(metrics["ratio/max"] - 1.0) < IDLE_RATIO_TOLERANCE and abs(metrics["ratio/min"] - 1.0) < IDLE_RATIO_TOLERANCE
+        self.idle_steps = self.idle_steps + 1 if clip_fraction == 0.0 and still else 0
         if self.idle_steps == CLIP_FRACTION_IDLE_STEPS and "idle" not in self.warned:
-            log.warning("step %d: clip_fraction has been 0 for %d steps: the policy is not moving "
-                        "(raise train.learning_rate or check the judge's advantages)", step, self.idle_steps)
+            log.warning("step %d: clip_fraction has been 0 for %d steps and every ratio stays at 1: the policy is not "
+                        "moving (raise train.learning_rate or check the judge's advantages)", step, self.idle_steps)
             self.warned.append("idle")
         if clip_fraction > CLIP_FRACTION_HIGH and "high" not in self.warned:
             log.warning("step %d: clip_fraction %.2f > %.0f%%: the policy moves too far per step "
@@ -236,6 +248,10 @@ def train(cfg, run_dir: Path) -> dict:
 
     status, step = "failed", start_step
     try:
+        if train_cfg.eval_at_start and start_step == 0:
+            mx.random.seed(step_seed(cfg.seed, 0))
+            running["last_eval"] = evaluate(policy, reference, tokenizer, judge, splits.eval, gen_cfg, step=0)
+            tracker.log(0, running["last_eval"])
         with stop_requests() as stop:
             for step in range(start_step + 1, train_cfg.iters + 1):
                 mx.random.seed(step_seed(cfg.seed, step))
@@ -310,7 +326,7 @@ def train(cfg, run_dir: Path) -> dict:
                 metrics["timing/step_seconds"] = time.perf_counter() - step_start
                 metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
                 if "clip_fraction" in metrics:
-                    health.check(step, metrics["clip_fraction"])
+                    health.check(step, metrics)
                 running["window"].append(metrics)
 
                 # 6. Evaluate, report, save.

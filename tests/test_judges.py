@@ -42,3 +42,8 @@ def test_judge_groups_instantiate_from_config():
     for name, cls in [("rule", WordListPreference), ("length", LengthPreference)]:
         judge = build_judge(compose([f"judge={name}"]).judge)
         assert isinstance(judge.inner, cls) and judge.order == "both"
+
+
+def test_distinct_words_cannot_be_won_by_repetition():
+    judge = WordListPreference(positive=["happy", "kind"], distinct=True)
+    assert judge([Pair("p", "happy happy happy happy", "a happy kind dog")]).p.tolist() == [0.0]

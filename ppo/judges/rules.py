@@ -50,16 +50,21 @@ class ScoreRule:
 class WordListPreference(ScoreRule):
     """Prefers completions with more words from ``positive`` and fewer from ``negative``.
 
-    score = (#positive words - #negative words), case-insensitive whole words.
+    score = (#positive words - #negative words), case-insensitive whole words; with
+    ``distinct`` each word counts once, so repeating one positive word ("happy happy
+    happy") earns nothing: the policy has to use the lexicon, not game it.
     """
 
-    def __init__(self, positive: Sequence[str], negative: Sequence[str] = (), **kwargs):
+    def __init__(self, positive: Sequence[str], negative: Sequence[str] = (), distinct: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.positive = {w.lower() for w in positive}
         self.negative = {w.lower() for w in negative}
+        self.distinct = distinct
 
     def score(self, prompt: str, completion: str) -> float:
         words = _WORD.findall(completion.lower())
+        if self.distinct:
+            words = set(words)
         return float(sum(w in self.positive for w in words) - sum(w in self.negative for w in words))
 
 
