@@ -61,7 +61,6 @@ def sample(
                     finished[response.uid] = response.finish_reason == "stop"
     finally:
         generator.close()
-    mx.clear_cache()
     token_ids = [tokens[uid] for uid in uids]
     return Completions(
         token_ids=token_ids,

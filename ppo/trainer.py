@@ -142,6 +142,9 @@ class JudgedBatch:
     advantages: mx.array  # judge confidence of each kept pair
     ref_token_logps: mx.array  # (2B, T), no gradient
     old_logps: mx.array | None  # per-sequence log-probs at sampling time (loss.ratio=rollout)
+    # None with loss.ratio=rollout: the first update's own log-probs are the sampling-time
+    # ones (no update has happened since sampling, and without dropout train = eval mode),
+    # so they are taken from that forward instead of a separate one.
 
 
 def make_loss_fn(loss_cfg):
@@ -161,6 +164,8 @@ def make_loss_fn(loss_cfg):
                 kl_all = sequence_kl(token_logps_, judged.ref_token_logps, mask, estimator=loss_cfg.kl_estimator, reduction=reduction)
                 kl_per_sequence = mx.concatenate([kl_all[c], kl_all[r]])
             old = judged.old_logps
+            if old is None and loss_cfg.ratio == "rollout":
+                old = mx.stop_gradient(logps)
             loss, metrics = ppo_loss(
                 *args,
                 epsilon=loss_cfg.epsilon,
@@ -175,7 +180,7 @@ def make_loss_fn(loss_cfg):
             loss, metrics = dpo_loss(*args, beta=loss_cfg.beta, loss_type=loss_cfg.type, delta=loss_cfg.delta,
                                      weights=judged.advantages)
         metrics.update(implicit_rewards(*args, beta=loss_cfg.beta))
-        return loss, {"loss": loss, **metrics}
+        return loss, ({"loss": loss, **metrics}, mx.stop_gradient(logps))
 
     return loss_fn
 
@@ -283,7 +288,7 @@ def train(cfg, run_dir: Path) -> dict:
                     with reference_model(policy, reference) as ref:
                         ref_token_logps = mx.stop_gradient(token_logps(ref, batch))
                     old_logps = None
-                    if cfg.loss.ratio == "rollout":
+                    if cfg.loss.ratio == "rollout" and cfg.finetune.dropout > 0:  # else: see JudgedBatch
                         old_logps = mx.stop_gradient(reduce_logps(token_logps(policy, batch), batch.completion_mask,
                                                                   cfg.loss.logprob_reduction))
                     mx.eval(ref_token_logps, old_logps)
@@ -313,7 +318,9 @@ def train(cfg, run_dir: Path) -> dict:
                 for _ in range(cfg.loss.ppo_epochs if judged_batches else 0):
                     grads_sum = None
                     for judged in judged_batches:
-                        (_, loss_metrics), grads = loss_and_grad(policy, judged)
+                        (_, (loss_metrics, logps)), grads = loss_and_grad(policy, judged)
+                        if cfg.loss.ratio == "rollout" and judged.old_logps is None:
+                            judged.old_logps = logps  # the first epoch's log-probs are the sampling-time ones
                         grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
                         mx.eval(grads_sum, loss_metrics)
                         micro_metrics.append({k: v.item() for k, v in loss_metrics.items()})

@@ -121,3 +121,29 @@ def test_unreachable_judge_stops_with_a_checkpoint(tmp_path, tiny_model_dir, pro
     assert f"127.0.0.1:{port}" in result.stderr and "checkpoint of step 0 saved" in result.stderr
     assert "Traceback" not in result.stderr
     assert (run_dir / "checkpoints" / "step-0000000" / "state.json").exists()
+
+
+def test_first_epoch_logps_equal_a_separate_sampling_time_forward(tiny_model_dir):
+    """loss.ratio=rollout reuses the first update's log-probs as the sampling-time ones:
+    they must equal an eval-mode forward of the policy before the update."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from mlx_lm import load
+
+    from conftest import compose
+    from ppo.models import add_adapters
+    from ppo.scoring import build_scoring_batch, reduce_logps, token_logps
+    from ppo.trainer import JudgedBatch, make_loss_fn
+
+    cfg = compose([f"model.path={tiny_model_dir}", "loss.ratio=rollout", "loss.logprob_reduction=mean"])
+    model, _ = load(str(tiny_model_dir))
+    add_adapters(model, cfg.finetune)
+    batch = build_scoring_batch([[1, 5, 6], [1, 7]] * 2, [[10, 11, 2], [12, 2], [13], [14, 15]], pad_id=0)
+    model.eval()
+    separate = reduce_logps(token_logps(model, batch), batch.completion_mask, "mean")
+    judged = JudgedBatch(batch, mx.array([0, 1]), mx.array([2, 3]), mx.array([1.0, 1.0]), token_logps(model, batch), None)
+    model.train()
+    (_, (metrics, logps)), _ = nn.value_and_grad(model, make_loss_fn(cfg.loss))(model, judged)
+    np.testing.assert_array_equal(np.array(logps), np.array(separate))
+    assert metrics["ratio/mean"].item() == 1.0
