@@ -1,7 +1,6 @@
 """Crash-safe checkpoints: exact resume after SIGKILL, signals, bad checkpoints, full disk."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
