@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--judge-max-tokens", type=int, default=0,
+                        help="0: as shipped (its judge generates up to 16 tokens per pair); N: cap the judge at N tokens")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -107,12 +109,23 @@ def main() -> None:
         if getattr(ns, k, None) is None:
             setattr(ns, k, v)
 
+    if args.judge_max_tokens:
+        from mlx_lm_lora.trainer import judge as lora_judge
+
+        generate = lora_judge.generate
+
+        def capped(*a, **kw):
+            kw["max_tokens"] = min(kw.get("max_tokens", args.judge_max_tokens), args.judge_max_tokens)
+            return generate(*a, **kw)
+
+        lora_judge.generate = capped
+
     recorder = Recorder()
     tic = time.perf_counter()
     lora_train.run(ns, training_callback=recorder)
     wall = time.perf_counter() - tic
     with open(args.out, "w") as f:
-        json.dump({"rows": recorder.rows, "wall_seconds": wall, "shim_applied": shimmed,
+        json.dump({"rows": recorder.rows, "wall_seconds": wall, "shim_applied": shimmed, "judge_max_tokens": args.judge_max_tokens or 16,
                    "device": str(mx.default_device()), "mlx_version": mx.__version__,
                    "ld_preload": os.environ.get("LD_PRELOAD", "")}, f)
 

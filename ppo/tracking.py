@@ -57,6 +57,16 @@ class MetricsFile:
         self._file.close()
 
 
+def _run_name_from_overrides() -> str | None:
+    """A sweep job's overrides (Hydra's override_dirname, e.g. `beta=tiny,epsilon=tight`)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().job.override_dirname or None
+    except Exception:  # not inside a Hydra app (tests, scripts): wandb picks a name
+        return None
+
+
 class WandbRun:
     """A thin guard around a wandb run: any wandb error is logged once, then ignored."""
 
@@ -71,7 +81,7 @@ class WandbRun:
                 project=cfg.project,
                 entity=cfg.entity,
                 group=cfg.group,
-                name=cfg.name,
+                name=cfg.name or _run_name_from_overrides(),
                 tags=list(cfg.tags),
                 job_type=cfg.job_type,
                 config=config,

@@ -1,0 +1,150 @@
+"""Model FLOPs utilization of one training step against the measured matmul peak of this process.
+
+    .venv/bin/python benchmarks/bench_mfu.py [--batch-size 2 --max-tokens 32 --reps 10]
+
+The step is the trainer's own scoring + update (`ppo.trainer`: reference forward under
+`reference_model`, `nn.value_and_grad` of `make_loss_fn(cfg.loss)`, optimizer update) on
+the tiny Qwen3 of the step benchmark (hidden 256, 4 layers, vocab 4096, 4.2M parameters),
+default config (LoRA on all layers), a scoring batch of 2B = 4 rows of prompt + 32 tokens.
+
+Model FLOPs, counted over every position the forward processes (rows x (width - 1)):
+  policy forward + backward: 6 * N * tokens  (the usual convention; with LoRA the weight
+      gradients of the frozen base are not computed, so the work really done is nearer 4 * N * tokens,
+      reported as `lora_adjusted`)
+  reference forward:         2 * N * tokens
+N counts all parameters (the tied embedding as the LM head). Attention score FLOPs are added
+(4 * layers * width^2 * hidden per row for QK^T and AV, times 3 for forward + backward).
+Peak: float32 `mx.matmul` of 1024 x 1024 by 1024 x 1024 (2 * 1024^3 FLOPs), median of
+--reps, in this same process and BLAS. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ppo.blas import ensure_fast_blas  # noqa: E402
+
+ensure_fast_blas()
+
+
+def matmul_peak(mx, n: int = 1024, reps: int = 10) -> float:
+    import numpy as np
+
+    a = mx.random.normal((n, n), dtype=mx.float32)
+    b = mx.random.normal((n, n), dtype=mx.float32)
+    mx.eval(a, b)
+    for _ in range(3):
+        mx.eval(a @ b)
+    times = []
+    for _ in range(reps):
+        tic = time.perf_counter()
+        mx.eval(a @ b)
+        times.append(time.perf_counter() - tic)
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from mlx.utils import tree_flatten
+
+    from ppo.blas import blas_in_use
+    from ppo.config import PROJECT_ROOT, register
+    from ppo.models import load_policy_and_reference, reference_model
+    from ppo.scoring import build_scoring_batch, token_logps
+    from ppo.tiny import build_tiny_model
+    from ppo.trainer import JudgedBatch, make_loss_fn, make_optimizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "model", hidden=256, layers=4, vocab=4096, heads=4, seed=0)
+        register()
+        with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+            cfg = compose("train", overrides=[f"model.path={model_dir}", "logger=none", "judge=rule"])
+        policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
+
+    n_params = sum(v.size for _, v in tree_flatten(policy.parameters()))
+    trainable = sum(v.size for _, v in tree_flatten(policy.trainable_parameters()))
+    margs = policy.args
+    from ppo import corpus
+
+    b = args.batch_size
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+               for p in corpus.prompts(b, seed=0)]
+    rng = np.random.default_rng(0)
+    completions = [rng.integers(3, margs.vocab_size, size=args.max_tokens).tolist() for _ in range(2 * b)]
+    batch = build_scoring_batch(prompts * 2, completions, tokenizer.pad_token_id)
+    rows, width = batch.input_ids.shape
+    positions = rows * (width - 1)
+
+    loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
+    optimizer = make_optimizer(cfg.train, cfg.train.learning_rate)
+
+    def step():
+        with reference_model(policy, reference) as ref:
+            ref_lp = mx.stop_gradient(token_logps(ref, batch))
+        mx.eval(ref_lp)
+        judged = JudgedBatch(batch=batch, chosen=mx.arange(b), rejected=mx.arange(b) + b,
+                             advantages=mx.ones(b), ref_token_logps=ref_lp, old_logps=None)
+        policy.train()
+        (_, metrics), grads = loss_and_grad(policy, judged)
+        mx.eval(grads, metrics)
+        optimizer.update(policy, grads)
+        mx.eval(policy.trainable_parameters(), optimizer.state)
+
+    peak_before = matmul_peak(mx, reps=args.reps)
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(args.reps):
+        tic = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - tic)
+    peak_after = matmul_peak(mx, reps=args.reps)
+    step_s = float(np.median(times))
+    peak = max(peak_before, peak_after)
+
+    attn_fwd = 4 * margs.num_hidden_layers * width * width * margs.hidden_size * rows  # QK^T and AV, full square
+    flops = 6 * n_params * positions + 2 * n_params * positions + 3 * attn_fwd + attn_fwd
+    flops_lora = 4 * n_params * positions + 2 * n_params * positions + 3 * attn_fwd + attn_fwd
+    achieved = flops / step_s / 1e9
+    result = {
+        "benchmark": "mfu_training_step",
+        "model": "ppo.tiny qwen3 hidden=256 layers=4 vocab=4096",
+        "device": str(mx.default_device()),
+        "blas": blas_in_use(),
+        "model_parameters": n_params,
+        "trainable_parameters": trainable,
+        "finetune": cfg.finetune.type,
+        "scoring_rows": rows,
+        "scoring_width": width,
+        "positions_processed": positions,
+        "step_seconds": step_s,
+        "step_model_gflop": flops / 1e9,
+        "achieved_gflops": achieved,
+        "matmul_peak_gflops_1024": peak,
+        "matmul_peak_gflops_before_after": [peak_before, peak_after],
+        "mfu": achieved / peak,
+        "lora_adjusted": {"step_model_gflop": flops_lora / 1e9, "achieved_gflops": flops_lora / step_s / 1e9,
+                          "mfu": flops_lora / step_s / 1e9 / peak},
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Seconds per PPO iteration: ours vs mlx-lm-lora 5.10.2's PPO trainer, same model, same settings.
+
+    .venv/bin/python benchmarks/bench_vs_mlx_lm_lora.py [--iters 20] [--warmup 3] [--lora-python /tmp/lora-venv/bin/python]
+
+Both trainers run, one after the other, in this one invocation, on the same tiny Qwen3
+(`ppo.tiny.build_tiny_model`: hidden 256, 4 layers, vocab 4096, 4.2M parameters, saved to a
+temp dir), the same prompts (ppo/assets/demo_prompts.jsonl), batch 2 prompts (two
+completions each), 32-token completions, temperature 0.8, LoRA rank 8 scale 20 on all
+layers, Adam at 1e-5, and an LLM judge that is the same tiny model:
+
+- mlx-lm-lora: `mlx_lm_lora.train` (`--train-mode ppo --judge DIR --reference-model-path DIR`)
+  in its own venv through `benchmarks/mlx_lm_lora_runner.py` (which carries the Linux shim
+  for `mx.device_info()["max_recommended_working_set_size"]`). Run twice: as shipped (its
+  judge generates up to 16 tokens per pair, one pair at a time) and with its judge capped at
+  2 generated tokens (MISSION.md's "2-token judge" setting, the anchor at its fastest).
+- ours: `ppo-train judge=llm judge.model=DIR train.batch_size=2
+  generation.max_completion_length=32 logger=none` (the judge reads the policy's own
+  weights with adapters off: one batched forward, no generation).
+
+Both processes get the same OpenBLAS preloaded (`ppo.blas.find_fast_blas`). Seconds per
+iteration are medians over the iterations after the warm-up. If the anchor cannot run, the
+JSON says why and falls back to MISSION.md's measured 0.51 s/iter, labelled as such.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ppo.blas import ensure_fast_blas  # noqa: E402
+
+ensure_fast_blas()
+
+MISSION_FALLBACK_SECONDS = 0.51
+RUNNER = ROOT / "benchmarks" / "mlx_lm_lora_runner.py"
+
+
+def _median(xs):
+    import numpy as np
+
+    return float(np.median(xs)) if xs else float("nan")
+
+
+def run_ours(model_dir: Path, run_dir: Path, iters: int, warmup: int, batch: int, max_tokens: int) -> dict:
+    exe = Path(sys.executable).with_name("ppo-train")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppo.cli"]
+    overrides = [
+        f"model.path={model_dir}", "judge=llm", f"judge.model={model_dir}",
+        f"train.iters={iters + warmup}", f"train.batch_size={batch}",
+        f"generation.max_completion_length={max_tokens}", "generation.temperature=0.8",
+        "train.steps_per_eval=1000000", "train.save_every=1000000", "train.progress=false",
+        "logger=none", f"hydra.run.dir={run_dir}",
+    ]
+    result = subprocess.run(cmd + overrides, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"ppo-train failed:\n{result.stderr[-3000:]}")
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][warmup:]
+    return {
+        "seconds_per_iter": _median([r["timing/step_seconds"] for r in rows]),
+        "rollout_seconds": _median([r["timing/rollout_seconds"] for r in rows]),
+        "judge_seconds": _median([r["timing/judge_seconds"] for r in rows]),
+        "mean_completion_tokens": _median([r["completions/mean_length"] for r in rows]),
+        "iters_measured": len(rows),
+        "command": " ".join(["ppo-train", *overrides[:-1]]),
+    }
+
+
+def run_lora(lora_python: str, model_dir: Path, tmp: Path, iters: int, warmup: int, batch: int, max_tokens: int,
+             judge_max_tokens: int, blas: str | None) -> dict:
+    data = tmp / "lora_data"
+    data.mkdir(exist_ok=True)
+    (data / "train.jsonl").write_text((ROOT / "ppo" / "assets" / "demo_prompts.jsonl").read_text())
+    out = tmp / f"lora_{judge_max_tokens}.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PPO_", "PYTHON"))}
+    env["LD_PRELOAD"] = blas or ""
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    cmd = [lora_python, str(RUNNER), "--model", str(model_dir), "--data", str(data),
+           "--adapter-path", str(tmp / f"lora_adapters_{judge_max_tokens}"), "--iters", str(iters + warmup),
+           "--batch-size", str(batch), "--max-tokens", str(max_tokens), "--judge-max-tokens", str(judge_max_tokens),
+           "--out", str(out)]
+    result = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=env)
+    if result.returncode != 0 or not out.exists():
+        tail = (result.stderr or result.stdout)[-1500:]
+        return {"error": f"mlx-lm-lora exited with {result.returncode}: {tail}"}
+    data = json.loads(out.read_text())
+    rows = data["rows"][warmup:]
+    return {
+        "seconds_per_iter": _median([r["seconds"] for r in rows]),
+        "iters_measured": len(rows),
+        "judge_max_generated_tokens": data["judge_max_tokens"],
+        "invalid_judge_replies": result.stdout.count("Invalid response from the judge model")
+        + result.stderr.count("Invalid response from the judge model"),
+        "linux_shim_applied": data["shim_applied"],
+        "blas": data["ld_preload"] or "reference BLAS of the mlx-cpu wheel",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--lora-python", default=os.environ.get("MLX_LM_LORA_PYTHON", "/tmp/lora-venv/bin/python"))
+    args = parser.parse_args()
+
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.utils import get_total_parameters
+
+    from ppo.blas import blas_in_use, find_fast_blas
+    from ppo.tiny import build_tiny_model
+
+    blas = find_fast_blas()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = build_tiny_model(tmp / "model", hidden=256, layers=4, vocab=4096, heads=4, seed=0)
+        n_params = get_total_parameters(load(str(model_dir))[0])
+        lora = {}
+        if not Path(args.lora_python).exists():
+            lora["as_shipped"] = {"error": f"{args.lora_python} not found: python -m venv /tmp/lora-venv && "
+                                           "/tmp/lora-venv/bin/pip install mlx-lm-lora==5.10.2 'mlx[cpu]'"}
+        else:
+            lora["as_shipped"] = run_lora(args.lora_python, model_dir, tmp, args.iters, args.warmup, args.batch_size,
+                                          args.max_tokens, 0, blas)
+            lora["judge_2_tokens"] = run_lora(args.lora_python, model_dir, tmp, args.iters, args.warmup,
+                                              args.batch_size, args.max_tokens, 2, blas)
+        ours = run_ours(model_dir, tmp / "ours", args.iters, args.warmup, args.batch_size, args.max_tokens)
+
+    def ratio(entry: dict) -> float | None:
+        s = entry.get("seconds_per_iter")
+        return None if s is None else s / ours["seconds_per_iter"]
+
+    measured = {k: v for k, v in lora.items() if "error" not in v}
+    result = {
+        "benchmark": "ppo_step_vs_mlx_lm_lora",
+        "model": "ppo.tiny qwen3 hidden=256 layers=4 vocab=4096",
+        "model_parameters": n_params,
+        "batch_prompts": args.batch_size,
+        "completion_tokens_max": args.max_tokens,
+        "judge": "LLM, the same tiny model",
+        "device": str(mx.default_device()),
+        "blas": blas_in_use(),
+        "ours": ours,
+        "mlx_lm_lora_5_10_2": lora,
+        "speedup_vs_as_shipped": ratio(lora["as_shipped"]) if "as_shipped" in measured else None,
+        "speedup_vs_judge_2_tokens": ratio(lora["judge_2_tokens"]) if "judge_2_tokens" in measured else None,
+        "target_speedup_at_least": 3.0,
+    }
+    if not measured:
+        result["mlx_lm_lora_fallback"] = {
+            "seconds_per_iter": MISSION_FALLBACK_SECONDS,
+            "source": "MISSION.md (measured earlier on this 2-core CPU, 2-token LLM judge), NOT measured in this run",
+        }
+        result["speedup_vs_mission_figure"] = MISSION_FALLBACK_SECONDS / ours["seconds_per_iter"]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
