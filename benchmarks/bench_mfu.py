@@ -77,8 +77,9 @@ def main(argv=None) -> dict:
             cfg = compose("train", overrides=[f"model.path={model_dir}", "logger=none", "judge=rule"])
         policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
 
-    n_params = sum(v.size for _, v in tree_flatten(policy.parameters()))
     trainable = sum(v.size for _, v in tree_flatten(policy.trainable_parameters()))
+    adapters = sum(v.size for k, v in tree_flatten(policy.parameters()) if ".lora_" in k or k.endswith((".lora_a", ".lora_b")))
+    n_params = sum(v.size for _, v in tree_flatten(policy.parameters())) - adapters  # the base model's N
     margs = policy.args
     from ppo import corpus
 
@@ -129,6 +130,7 @@ def main(argv=None) -> dict:
         "blas": blas_in_use(),
         "model_parameters": n_params,
         "trainable_parameters": trainable,
+        "adapter_parameters_not_counted": adapters,
         "finetune": cfg.finetune.type,
         "scoring_rows": rows,
         "scoring_width": width,

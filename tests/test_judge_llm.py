@@ -71,3 +71,22 @@ def test_shares_the_policy_weights_with_adapters_off(tiny_model_dir):
     np.testing.assert_allclose(shared(PAIRS).p, separate(PAIRS).p, atol=1e-5)  # the base model judges
     with_adapters = LLMJudge(str(tiny_model_dir), preloaded=(policy, tokenizer))(PAIRS).p  # adapters left on
     assert np.abs(with_adapters - separate(PAIRS).p).max() > 1e-4  # so the adapters were really switched off above
+
+
+def test_shared_prefix_cache_equals_row_by_row(tiny_model_dir):
+    """The rubric prefix is prefilled once and reused: same logits as each row alone."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm import load
+
+    from ppo.judges import llm
+
+    model, _ = load(str(tiny_model_dir))
+    base = list(range(5, 40))
+    rows = [base + [70, 71, 72], base + [80], base + [90, 91, 92, 93, 94, 95]]
+    assert llm._shared_prefix(rows) == len(base)
+    batched = np.array(llm.last_position_logits(model, rows, pad_id=0))
+    alone = np.concatenate([np.array(llm.last_position_logits(model, [r], pad_id=0)) for r in rows])
+    np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-5)
+    full = np.array(mx.stack([model(mx.array([r]))[0, -1] for r in rows]).astype(mx.float32))
+    np.testing.assert_allclose(batched, full, rtol=1e-4, atol=1e-4)

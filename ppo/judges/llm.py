@@ -60,23 +60,59 @@ def _body_and_head(model):
     return None
 
 
+# A shared prefix shorter than this is not worth a separate prefill.
+MIN_SHARED_PREFIX = 8
+
+
+def _shared_prefix(rows: list[list[int]]) -> int:
+    """Tokens all rows start with (the rubric and chat framing), leaving each row >= 1 token."""
+    if len(rows) < 2:
+        return 0
+    limit = min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def _prefill_shared(forward, model, prefix: list[int], batch: int):
+    """A KV cache holding `prefix` once per row, computed with a single-row forward; None
+    when the model's cache is not a plain KV cache (sliding windows, state-space layers)."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    if not all(type(c) is KVCache for c in cache):
+        return None
+    forward(mx.array([prefix]), cache=cache)
+    for c in cache:
+        c.keys = mx.repeat(c.keys[..., : c.offset, :], batch, axis=0)
+        c.values = mx.repeat(c.values[..., : c.offset, :], batch, axis=0)
+    return cache
+
+
 def last_position_logits(model, rows: list[list[int]], pad_id: int, fast: bool = True) -> mx.array:
     """Logits at each row's last real token for right-padded rows, float32 (rows, vocab).
 
     Right padding cannot change earlier positions of a causal model, so no mask is needed.
+    The prefix every row shares (rubric and chat framing: most of a judging prompt) is run
+    once and its KV cache reused by all rows, so each pair costs only its own tokens.
     """
+    parts = _body_and_head(model) if fast else None
+    forward = parts[0] if parts is not None else model
+    cache, shared = None, _shared_prefix(rows)
+    if shared >= MIN_SHARED_PREFIX:
+        cache = _prefill_shared(forward, model, rows[0][:shared], len(rows))
+    if cache is not None:
+        rows = [r[shared:] for r in rows]
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int32)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = r
     last = mx.array(np.array([len(r) - 1 for r in rows], dtype=np.int32))[:, None, None]
-    parts = _body_and_head(model) if fast else None
+    out = forward(mx.array(ids), cache=cache)
     if parts is None:
-        logits = model(mx.array(ids))
-        return mx.take_along_axis(logits, last, axis=1).squeeze(1).astype(mx.float32)
-    body, head = parts
-    hidden = body(mx.array(ids))
-    return head(mx.take_along_axis(hidden, last, axis=1).squeeze(1)).astype(mx.float32)
+        return mx.take_along_axis(out, last, axis=1).squeeze(1).astype(mx.float32)
+    return parts[1](mx.take_along_axis(out, last, axis=1).squeeze(1)).astype(mx.float32)
 
 
 class LLMJudge:

@@ -1,0 +1,134 @@
+"""Seconds per iteration of our trainer as completion length and batch grow: cost vs work.
+
+    .venv/bin/python benchmarks/bench_scaling.py [--lengths 32 64 128 256 512] [--batches 1 2 4 8 16]
+
+Runs the real trainer (`ppo.trainer.train`, rule judge, LoRA, logger=none) on the tiny Qwen3
+of the step benchmark (hidden 256, 4 layers, vocab 4096, 4.2M parameters):
+- completion length 32 -> 512 at batch 2 prompts (4 completions per step);
+- batch 1 -> 16 prompts (2 -> 32 completions) at 32 tokens.
+Every completion is forced to its full length (benchmark-only: the trainer's rollout is
+called with a stop id equal to the vocabulary size, which can never be sampled), so the
+work per iteration is exactly rows x length generated tokens. For each setting: median
+seconds/iter after a warm-up, generated tokens/s, and seconds per 1000 generated tokens.
+`cost_vs_work` is the log-log slope of seconds/iter against generated tokens between
+consecutive settings (1.0 = cost grows exactly like the work, < 1 = slower than the work).
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ppo.blas import ensure_fast_blas  # noqa: E402
+
+ensure_fast_blas()
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[32, 64, 128, 256, 512])
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--iters", type=int, default=4, help="measured iterations per setting")
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    import logging
+
+    import mlx.core as mx
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    import ppo.trainer as trainer
+    from ppo.blas import blas_in_use
+    from ppo.config import PROJECT_ROOT, register
+    from ppo.tiny import build_tiny_model
+
+    logging.getLogger("ppo").setLevel(logging.ERROR)  # health warnings are expected on a forced length
+    vocab = 4096
+    original = trainer.sample_pairs
+
+    def full_length(model, prompts, **kwargs):
+        kwargs["eos_token_ids"] = [vocab]  # never sampled: every completion runs to max_tokens
+        return original(model, prompts, **kwargs)
+
+    trainer.sample_pairs = full_length
+    register()
+    started = time.perf_counter()
+
+    def run(model_dir: Path, tmp: Path, batch: int, length: int) -> dict:
+        overrides = [
+            f"model.path={model_dir}", f"train.iters={args.iters + args.warmup}", f"train.batch_size={batch}",
+            f"generation.max_completion_length={length}", "train.steps_per_eval=1000000",
+            "train.save_every=1000000", "train.progress=false", "logger=none", "judge=rule",
+        ]
+        with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+            cfg = compose("train", overrides=overrides)
+        run_dir = tmp / f"b{batch}_l{length}"
+        trainer.train(cfg, run_dir)
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][args.warmup :]
+        med = lambda k: float(np.median([r[k] for r in rows]))  # noqa: E731
+        s = med("timing/step_seconds")
+        tokens = 2 * batch * med("completions/mean_length")
+        return {
+            "batch_prompts": batch, "completions": 2 * batch, "completion_tokens": length,
+            "mean_completion_tokens": med("completions/mean_length"),
+            "generated_tokens_per_iter": tokens,
+            "seconds_per_iter": s,
+            "rollout_seconds": med("timing/rollout_seconds"),
+            "judge_seconds": med("timing/judge_seconds"),
+            "score_seconds": med("timing/score_seconds"),
+            "update_seconds": med("timing/update_seconds"),
+            "rollout_tokens_per_second": med("tokens_per_second"),
+            "iteration_tokens_per_second": tokens / s,
+            "seconds_per_1k_generated_tokens": 1000 * s / tokens,
+        }
+
+    def slopes(series: list[dict]) -> list[float]:
+        out = []
+        for a, b in zip(series, series[1:]):
+            out.append(math.log(b["seconds_per_iter"] / a["seconds_per_iter"])
+                       / math.log(b["generated_tokens_per_iter"] / a["generated_tokens_per_iter"]))
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = build_tiny_model(tmp / "model", hidden=256, layers=4, vocab=vocab, heads=4, seed=0)
+        by_length = [run(model_dir, tmp, 2, n) for n in args.lengths]
+        by_batch = [run(model_dir, tmp, b, 32) for b in args.batches]
+
+    def summary(series):
+        first, last = series[0], series[-1]
+        return {
+            "work_growth": last["generated_tokens_per_iter"] / first["generated_tokens_per_iter"],
+            "cost_growth": last["seconds_per_iter"] / first["seconds_per_iter"],
+            "cost_vs_work_slopes": slopes(series),
+            "cost_grows_no_faster_than_work": last["seconds_per_iter"] / first["seconds_per_iter"]
+            <= last["generated_tokens_per_iter"] / first["generated_tokens_per_iter"],
+        }
+
+    result = {
+        "benchmark": "scaling",
+        "model": "ppo.tiny qwen3 hidden=256 layers=4 vocab=4096",
+        "device": str(mx.default_device()),
+        "blas": blas_in_use(),
+        "judge": "rule",
+        "forced_full_length": True,
+        "iters_measured_per_setting": args.iters,
+        "completion_length": {"settings": by_length, **summary(by_length)},
+        "batch": {"settings": by_batch, **summary(by_batch)},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
