@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--judge", choices=["rule", "llm"], default="rule",
+                        help="llm: the same tiny model judges (judge.model = model.path)")
     args = parser.parse_args()
 
     import numpy as np
@@ -54,8 +56,8 @@ def main() -> None:
             f"train.save_every={10**6}",
             "train.progress=false",
             "logger=none",
-            "judge=rule",
         ]
+        overrides += ["judge=llm", f"judge.model={model_dir}"] if args.judge == "llm" else ["judge=rule"]
         with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
             cfg = compose("train", overrides=overrides)
         from mlx_lm import load
@@ -78,6 +80,10 @@ def main() -> None:
         "rollout_seconds": median("timing/rollout_seconds"),
         "judge_seconds": median("timing/judge_seconds"),
         "scoring_update_seconds": median("timing/step_seconds") - median("timing/rollout_seconds") - median("timing/judge_seconds"),
+        "score_seconds": median("timing/score_seconds"),
+        "update_seconds": median("timing/update_seconds"),
+        "judge": args.judge,
+        "target_seconds_per_iter_rule_judge": 0.25,
         "generated_tokens_per_second": median("tokens_per_second"),
         "mean_completion_tokens": median("completions/mean_length"),
         "mlx_lm_lora_reference_seconds_per_iter": 0.51,

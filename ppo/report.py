@@ -30,6 +30,7 @@ from pathlib import Path
 # Mirrors ppo.trainer.CLIP_FRACTION_HIGH (not imported: the report needs no MLX).
 CLIP_FRACTION_HIGH = 0.3
 CLIP_FRACTION_IDLE = 1e-3  # "about 0": below one clipped ratio in a thousand
+IDLE_RATIO_TOLERANCE = 1e-3  # mirrors ppo.trainer.IDLE_RATIO_TOLERANCE
 LAST_FRACTION = 0.2  # clip_fraction is averaged over this last share of the steps
 SKIP_DIRS = {".hydra", "wandb", "checkpoints", "__pycache__"}
 
@@ -64,6 +65,7 @@ class Run:
     final_win_rate: float | None = None
     best_win_rate: float | None = None
     clip_fraction: float | None = None
+    ratio_spread: float | None = None  # max |ratio - 1| over the last 20% of steps
     final_kl: float | None = None
     wall_seconds: float | None = None
     steps: int = 0
@@ -74,15 +76,20 @@ class Run:
     def health(self) -> str:
         if self.loss_type not in (None, "ppo_clip"):
             return "n/a (no clip)"  # the DPO-family losses have no clip range to judge by
-        return health_verdict(self.clip_fraction)
+        return health_verdict(self.clip_fraction, self.ratio_spread)
 
 
-def health_verdict(clip_fraction: float | None) -> str:
-    """The seed's rule: clip_fraction ~0 = not moving; > 30% = moving too far; else healthy."""
+def health_verdict(clip_fraction: float | None, ratio_spread: float | None = None) -> str:
+    """The seed's rule: clip_fraction ~0 = not moving; > 30% = moving too far; else healthy.
+
+    As in the trainer (ppo.trainer.HealthMonitor), "not moving" also needs every ratio to
+    stay at 1 (within 1e-3) when the run logged ratio/min and ratio/max: with per-token
+    mean log-probs a moving policy can keep every ratio inside the clip range.
+    """
     if clip_fraction is None:
         return "n/a"
     if clip_fraction < CLIP_FRACTION_IDLE:
-        return "not moving"
+        return "not moving" if ratio_spread is None or ratio_spread < IDLE_RATIO_TOLERANCE else "healthy (small steps)"
     if clip_fraction > CLIP_FRACTION_HIGH:
         return "moving too far"
     return "healthy"
@@ -171,6 +178,9 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     if clips:
         tail = clips[-max(1, math.ceil(LAST_FRACTION * len(clips))):]
         run.clip_fraction = sum(tail) / len(tail)
+    tail_rows = run.rows[-max(1, math.ceil(LAST_FRACTION * len(run.rows))):]
+    spreads = [abs(v - 1.0) for r in tail_rows for k in ("ratio/max", "ratio/min") if (v := _finite(r.get(k))) is not None]
+    run.ratio_spread = max(spreads) if spreads else None
     run.final_kl = _last(run.rows, "kl")
     return run
 
