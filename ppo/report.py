@@ -66,6 +66,8 @@ class Run:
     best_win_rate: float | None = None
     clip_fraction: float | None = None
     ratio_spread: float | None = None  # max |ratio - 1| over the last 20% of steps
+    eos_rate: float | None = None  # last eval: completions ending by themselves
+    ref_eos_rate: float | None = None
     final_kl: float | None = None
     wall_seconds: float | None = None
     steps: int = 0
@@ -182,6 +184,8 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     spreads = [abs(v - 1.0) for r in tail_rows for k in ("ratio/max", "ratio/min") if (v := _finite(r.get(k))) is not None]
     run.ratio_spread = max(spreads) if spreads else None
     run.final_kl = _last(run.rows, "kl")
+    run.eos_rate = _last(run.rows, "eval/eos_rate")
+    run.ref_eos_rate = _last(run.rows, "eval/ref_eos_rate")
     return run
 
 
@@ -413,8 +417,8 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
         f"(< {CLIP_FRACTION_IDLE:g}: not moving; > {CLIP_FRACTION_HIGH:g}: moving too far; else healthy; "
         "n/a for losses without a clip).", "",
         "| run | epsilon | beta | loss_type | advantage | final win rate | best win rate | clip_fraction (last 20%) "
-        "| final kl | health | steps | wall time (s) | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| final kl | health | EOS rate (reference) | steps | wall time (s) | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(runs, key=lambda r: r.name):
         steps = f"{r.steps}/{r.iters}" if r.iters else str(r.steps)
@@ -422,7 +426,7 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
         lines.append(
             f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'} "
             f"| {_fmt(r.final_win_rate, '{:.3f}')} | {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
-            f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")
+            f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {_fmt(r.eos_rate, '{:.2f}')} ({_fmt(r.ref_eos_rate, '{:.2f}')}) | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")
     unfinished = [r for r in runs if r.status != "finished"]
     if unfinished:
         lines += ["", "## Runs that did not finish", ""]
