@@ -167,3 +167,22 @@ def test_keeps_only_the_last_k(tmp_path, tiny_model_dir):
     for step in range(1, 6):
         checkpoint.save(tmp_path, model, optimizer, checkpoint.TrainerState(step, 0, None, {}, {}), cfg, keep=2)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-0000004", "step-0000005"]
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path, tiny_model_dir):
+    from mlx_lm import load
+
+    from ppo.models import add_adapters
+    from ppo.tiny import build_tiny_model
+    from ppo.trainer import make_optimizer
+
+    other_dir = build_tiny_model(tmp_path / "other", hidden=32, layers=1, vocab=300)
+    cfg = compose([f"model.path={other_dir}", "finetune.num_layers=1"])
+    other, _ = load(str(other_dir))
+    add_adapters(other, cfg.finetune)
+    path = checkpoint.save(tmp_path / "run", other, make_optimizer(cfg.train, 1e-3), checkpoint.TrainerState(1, 0, None, {}, {}), cfg)
+
+    model, _ = load(str(tiny_model_dir))
+    add_adapters(model, cfg.finetune)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        checkpoint.load(path, model, make_optimizer(cfg.train, 1e-3))

@@ -147,3 +147,14 @@ def test_first_epoch_logps_equal_a_separate_sampling_time_forward(tiny_model_dir
     (_, (metrics, logps)), _ = nn.value_and_grad(model, make_loss_fn(cfg.loss))(model, judged)
     np.testing.assert_array_equal(np.array(logps), np.array(separate))
     assert metrics["ratio/mean"].item() == 1.0
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_gives_the_same_run(tmp_path, tiny_model_dir, prompts_file):
+    def run(name, *extra):
+        run_dir = tmp_path / name
+        result = run_cli(small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 2}) + [*extra, f"hydra.run.dir={run_dir}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [{k: v for k, v in r.items() if not k.startswith(MEASUREMENTS)} for r in _read_metrics(run_dir)]
+
+    assert run("plain") == run("checkpointed", "train.grad_checkpoint=true")
