@@ -11,8 +11,16 @@ Candidate fixes are applied as monkeypatches in that process only; ppo/ is not c
 - blas1               OPENBLAS_NUM_THREADS=1 (tiny matmuls: threading overhead vs 2 threads)
 - no_clear_cache      ppo/rollout.py without its `mx.clear_cache()` after every rollout
 - head_on_completion  scoring runs the LM head only from the first completion position on
-- all                 blas1 + no_clear_cache + head_on_completion
+- fused_lora_rollout  the rollout samples from a copy of the policy with its LoRA adapters folded
+                      into the base weights (`LoRALinear.fuse()`, ~4 ms per step), so each decode
+                      step runs plain Linear layers: fewer ops per token
+- blas1_rollout       one OpenBLAS thread during the rollout only (openblas_set_num_threads(1) around
+                      sample_pairs, back to the default for judge, scoring and update)
+- all                 blas1 + no_clear_cache + head_on_completion + fused_lora_rollout
+- all_blas1_rollout   `all` with blas1_rollout instead of blas1
 - llm / llm_all       the same with judge=llm (the same tiny model as judge)
+- llm_all_order_fixed llm_all with judge.order=fixed (each pair shown once instead of in both orders;
+                      a config option, but it gives up the position-bias removal)
 - cprofile            baseline under cProfile: top functions by cumulative and own time
 - isolated            microbenchmarks: one decode step of the bare model vs the rollout's
                       per-token time, and the update step (reference forward + value_and_grad
@@ -38,14 +46,19 @@ from ppo.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
-VARIANTS = {
-    "baseline": ({}, [], "rule"),
-    "blas1": ({"OPENBLAS_NUM_THREADS": "1"}, [], "rule"),
-    "no_clear_cache": ({}, ["no_clear_cache"], "rule"),
-    "head_on_completion": ({}, ["head_on_completion"], "rule"),
-    "all": ({"OPENBLAS_NUM_THREADS": "1"}, ["no_clear_cache", "head_on_completion"], "rule"),
-    "llm": ({}, [], "llm"),
-    "llm_all": ({"OPENBLAS_NUM_THREADS": "1"}, ["no_clear_cache", "head_on_completion"], "llm"),
+ALL = ["no_clear_cache", "head_on_completion", "fused_lora_rollout"]
+VARIANTS = {  # name: (environment, patches, judge, extra overrides)
+    "baseline": ({}, [], "rule", []),
+    "blas1": ({"OPENBLAS_NUM_THREADS": "1"}, [], "rule", []),
+    "no_clear_cache": ({}, ["no_clear_cache"], "rule", []),
+    "head_on_completion": ({}, ["head_on_completion"], "rule", []),
+    "fused_lora_rollout": ({}, ["fused_lora_rollout"], "rule", []),
+    "blas1_rollout": ({}, ["blas1_rollout"], "rule", []),
+    "all": ({"OPENBLAS_NUM_THREADS": "1"}, ALL, "rule", []),
+    "all_blas1_rollout": ({}, ALL + ["blas1_rollout"], "rule", []),
+    "llm": ({}, [], "llm", []),
+    "llm_all": ({"OPENBLAS_NUM_THREADS": "1"}, ALL, "llm", []),
+    "llm_all_order_fixed": ({"OPENBLAS_NUM_THREADS": "1"}, ALL, "llm", ["judge.order=fixed"]),
 }
 
 
@@ -88,9 +101,48 @@ def apply_patches(patches: list[str]) -> None:
         ppo.rollout.mx = _NoClear()
     if "head_on_completion" in patches:
         ppo.trainer.token_logps = token_logps_head_on_completion
+    if "fused_lora_rollout" in patches:
+        original = ppo.trainer.sample_pairs
+
+        def sample_pairs_fused(model, prompts, **kwargs):
+            return original(fused_copy(model), prompts, **kwargs)
+
+        ppo.trainer.sample_pairs = sample_pairs_fused
+    if "blas1_rollout" in patches:
+        import ctypes
+
+        from ppo.blas import blas_in_use
+
+        lib = ctypes.CDLL(blas_in_use())
+        default = lib.openblas_get_num_threads()
+        inner = ppo.trainer.sample_pairs
+
+        def sample_pairs_one_thread(model, prompts, **kwargs):
+            lib.openblas_set_num_threads(1)
+            try:
+                return inner(model, prompts, **kwargs)
+            finally:
+                lib.openblas_set_num_threads(default)
+
+        ppo.trainer.sample_pairs = sample_pairs_one_thread
 
 
-def run_variant(patches: list[str], judge: str, iters: int, warmup: int, profile: bool) -> dict:
+def fused_copy(model):
+    """The policy with its LoRA adapters folded into plain Linear layers (a sampling-only copy)."""
+    import copy
+
+    from mlx.utils import tree_unflatten
+    from mlx_lm.tuner.lora import LoRALinear
+
+    clone = copy.deepcopy(model)
+    fused = [(n, m.fuse()) for n, m in clone.named_modules() if isinstance(m, LoRALinear)]
+    if fused:
+        clone.update_modules(tree_unflatten(fused))
+    clone.eval()
+    return clone
+
+
+def run_variant(patches: list[str], judge: str, iters: int, warmup: int, profile: bool, extra=()) -> dict:
     import numpy as np
     from hydra import compose, initialize_config_dir
 
@@ -106,6 +158,7 @@ def run_variant(patches: list[str], judge: str, iters: int, warmup: int, profile
                      "generation.max_completion_length=32", "train.steps_per_eval=1000000", "train.save_every=1000000",
                      "train.progress=false", "logger=none"]
         overrides += ["judge=llm", f"judge.model={model_dir}"] if judge == "llm" else ["judge=rule"]
+        overrides += list(extra)
         with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
             cfg = compose("train", overrides=overrides)
         run_dir = Path(tmp) / "run"
@@ -223,19 +276,6 @@ def isolated(reps: int = 20) -> dict:
             y = nxt
         return rows
 
-    def fused_copy(model):
-        """The policy with its LoRA adapters folded into plain Linear layers (sampling-only copy)."""
-        import copy
-
-        from mlx.utils import tree_unflatten
-        from mlx_lm.tuner.lora import LoRALinear
-
-        clone = copy.deepcopy(model)
-        fused = [(n, m.fuse()) for n, m in clone.named_modules() if isinstance(m, LoRALinear)]
-        clone.update_modules(tree_unflatten(fused))
-        clone.eval()
-        return clone
-
     fused = fused_copy(policy)
     for label, fn in (("batch_generator_4x32_one_prompt_s", lambda: sample(policy, same, eos_token_ids=[4096], max_tokens=32, temperature=0.8)),
                       ("minimal_loop_4x32_one_prompt_s", lambda: minimal_loop(policy)),
@@ -304,7 +344,10 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--variants", nargs="*", default=["baseline", "blas1", "no_clear_cache", "head_on_completion",
-                                                           "all", "llm", "llm_all", "cprofile", "isolated"])
+                                                           "fused_lora_rollout", "all", "llm", "llm_all",
+                                                           "llm_all_order_fixed", "cprofile", "isolated"])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the list this many times, interleaved; medians over rounds (noisy shared machines)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -314,22 +357,37 @@ def main() -> None:
         elif args.child == "cprofile":
             res = run_variant([], "rule", args.iters, args.warmup, profile=True)
         else:
-            _, patches, judge = VARIANTS[args.child]
-            res = run_variant(patches, judge, args.iters, args.warmup, profile=False)
+            _, patches, judge, extra = VARIANTS[args.child.split("#")[0]]
+            res = run_variant(patches, judge, args.iters, args.warmup, profile=False, extra=extra)
         print(json.dumps(res))
         return
 
+    import numpy as np
+
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for name in args.variants:
+            if name in ("cprofile", "isolated") and name in runs:
+                continue
+            env = dict(os.environ)
+            env.update(VARIANTS.get(name, ({}, [], "", []))[0])
+            proc = subprocess.run([sys.executable, __file__, "--child", name, "--iters", str(args.iters),
+                                   "--warmup", str(args.warmup)], cwd=ROOT, env=env, capture_output=True, text=True)
+            try:
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+            except Exception:  # noqa: BLE001
+                res = {"error": proc.stderr[-2000:]}
+            runs.setdefault(name, []).append(res)
+            print(f"[profile_step] {name}: {res.get('seconds_per_iter', '')}", file=sys.stderr, flush=True)
     results = {}
-    for name in args.variants:
-        env = dict(os.environ)
-        env.update(VARIANTS.get(name, ({}, [], ""))[0])
-        proc = subprocess.run([sys.executable, __file__, "--child", name, "--iters", str(args.iters),
-                               "--warmup", str(args.warmup)], cwd=ROOT, env=env, capture_output=True, text=True)
-        try:
-            results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-        except Exception:  # noqa: BLE001
-            results[name] = {"error": proc.stderr[-2000:]}
-        print(f"[profile_step] {name}: {results[name].get('seconds_per_iter', '')}", file=sys.stderr, flush=True)
+    for name, rs in runs.items():
+        ok = [r for r in rs if "seconds_per_iter" in r]
+        if len(rs) == 1 or not ok:
+            results[name] = rs[0]
+            continue
+        keys = [k for k in ok[0] if isinstance(ok[0][k], (int, float))]
+        results[name] = {k: float(np.median([r[k] for r in ok])) for k in keys}
+        results[name]["seconds_per_iter_each_round"] = [r["seconds_per_iter"] for r in ok]
     base = results.get("baseline", {}).get("seconds_per_iter")
     if base:
         results["speedup_vs_baseline"] = {k: base / v["seconds_per_iter"] for k, v in results.items()

@@ -402,3 +402,35 @@ def _ensure_fast_blas(argv: list[str] | None) -> None:
             os.environ.pop("LD_PRELOAD", None)
         os.environ.pop(ENV_GUARD, None)
         _warn_once()
+
+
+def _openblas_thread_controls():
+    """(get, set) of the process's OpenBLAS thread count, or None without OpenBLAS."""
+    try:
+        handle = ctypes.CDLL(None)
+        return handle.openblas_get_num_threads, handle.openblas_set_num_threads
+    except (OSError, AttributeError):
+        return None
+
+
+class single_threaded_blas:
+    """Run a block with one OpenBLAS thread, then restore the count.
+
+    Decoding multiplies a few rows by each weight matrix: waking a second BLAS thread for
+    every such small product costs more than it saves (benchmarks/profile_step.py: rollout
+    -23%), while the large products of scoring and the update gain from both threads.
+    A no-op where OpenBLAS is not the BLAS in use.
+    """
+
+    def __enter__(self):
+        self._controls = _openblas_thread_controls()
+        if self._controls is not None:
+            get, set_ = self._controls
+            self._previous = get()
+            set_(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self._controls is not None:
+            self._controls[1](self._previous)
+        return False

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.sample_utils import make_sampler
 
+from ppo.blas import single_threaded_blas
+
 
 @dataclass
 class Completions:
@@ -53,11 +55,12 @@ def sample(
     tokens = {uid: [] for uid in uids}
     finished = {}
     try:
-        while responses := generator.next_generated():
-            for response in responses:
-                tokens[response.uid].append(response.token)
-                if response.finish_reason is not None:
-                    finished[response.uid] = response.finish_reason == "stop"
+        with single_threaded_blas():
+            while responses := generator.next_generated():
+                for response in responses:
+                    tokens[response.uid].append(response.token)
+                    if response.finish_reason is not None:
+                        finished[response.uid] = response.finish_reason == "stop"
     finally:
         generator.close()
     token_ids = [tokens[uid] for uid in uids]
