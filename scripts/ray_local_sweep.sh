@@ -3,8 +3,11 @@
 # Ray's default). Needs `pip install hydra-ray-launcher` (brings ray, about +500 MB).
 #   bash scripts/ray_local_sweep.sh                       # a 2 x 2 epsilon x beta smoke sweep on the demo model
 #   bash scripts/ray_local_sweep.sh +experiment=eps_beta_grid
-# Measured with hydra-core 1.3.8, ray 2.60, hydra-ray-launcher 1.2.2: a 4-job sweep ran, and a
-# failing job left the others to finish. The cluster is stopped on exit, whatever happens.
+# Run here on 2026-11-23 (hydra-core 1.3.8, ray 2.60.0, hydra-ray-launcher 1.2.2): the 4-job
+# smoke sweep finished and the report was written; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 every
+# Ray server listened on 127.0.0.1 only (checked with `ss -ltnp`). hydra-ray-launcher pins
+# cloudpickle 2.2.1, below what joblib 1.6 asks for: use a separate venv if you also need
+# hydra/launcher=joblib. The cluster is stopped on exit, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
