@@ -32,6 +32,7 @@ from ppo.evaluation import evaluate
 from ppo.judges import JudgeQuit, JudgeUnavailable, Pair, advantages_from_verdicts, build_judge
 from ppo.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
 from ppo.models import load_policy_and_reference, reference_model
+from ppo.resume_sweep import finished_summary
 from ppo.rollout import sample_pairs
 from ppo.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
 from ppo.tracking import Tracker
@@ -203,8 +204,6 @@ def train(cfg, run_dir: Path) -> dict:
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from ppo.resume_sweep import finished_summary
-
     if (done := finished_summary(cfg, run_dir)) is not None:  # a finished sweep job: skip it
         return done
     started = time.perf_counter()
