@@ -129,10 +129,16 @@ def read_state(path: Path) -> TrainerState:
         raise CheckpointError(f"checkpoint {path} is unreadable ({err}); delete it to resume from an earlier one") from None
 
 
-def load(path: Path, model, optimizer) -> TrainerState:
-    """Restore weights and optimizer state from checkpoint folder `path`; return its trainer state."""
+def load(path: Path, model, optimizer, fingerprint: dict | None = None) -> TrainerState:
+    """Restore weights and optimizer state from checkpoint folder `path`; return its trainer state.
+
+    With `fingerprint` (the current config's), a checkpoint made with another config is
+    refused before anything is loaded.
+    """
     path = Path(path)
     state = read_state(path)
+    if fingerprint is not None:
+        check_fingerprint(state.config_fingerprint, fingerprint, path)
     try:
         weights = mx.load(str(path / ADAPTER_FILE))
         optimizer_state = mx.load(str(path / OPTIMIZER_FILE))

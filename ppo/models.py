@@ -7,7 +7,6 @@ policy's own base weights with the adapters switched off (`adapters_disabled`).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import mlx.core as mx
@@ -164,6 +163,3 @@ def adapter_config(model_cfg, ft) -> dict:
         "lora_parameters": lora_parameters(ft),
     }
 
-
-def write_adapter_config(path: Path, model_cfg, ft) -> None:
-    path.write_text(json.dumps(adapter_config(model_cfg, ft), indent=2))

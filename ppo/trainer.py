@@ -228,9 +228,7 @@ def train(cfg, run_dir: Path) -> dict:
         checkpoint.latest(run_dir) if train_cfg.resume == "auto" else Path(train_cfg.resume))
     state = None
     if resume_from is not None:
-        state = checkpoint.read_state(resume_from)
-        checkpoint.check_fingerprint(state.config_fingerprint, fingerprint, resume_from)
-        state = checkpoint.load(resume_from, policy, optimizer)
+        state = checkpoint.load(resume_from, policy, optimizer, fingerprint)
         sampler.position = state.data_position
         log.info("resumed from %s (step %d)", resume_from, state.step)
     start_step = state.step if state else 0
