@@ -54,10 +54,10 @@ def main(argv=None) -> dict:
     from ppo import corpus
     from ppo.blas import blas_in_use
     from ppo.rollout import sample
-    from ppo.tiny import build_tiny_model
+    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "model", hidden=256, layers=4, vocab=4096, heads=4, seed=0)
+        model_dir = build_bench_model(Path(tmp) / "model")
         model, tokenizer = load(str(model_dir))
     model.eval()
     vocab = model.args.vocab_size
@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
                      "all_seconds": [round(t, 4) for t in timings[name]]}
     result = {
         "benchmark": "generation",
-        "model": "ppo.tiny qwen3 hidden=256 layers=4 vocab=4096",
+        "model": BENCH_MODEL_NAME,
         "device": str(mx.default_device()),
         "blas": blas_in_use(),
         "prompts": args.prompts,

@@ -60,21 +60,18 @@ def main(argv=None) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import numpy as np
-    from hydra import compose, initialize_config_dir
     from mlx.utils import tree_flatten
 
+    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
     from ppo.blas import blas_in_use
-    from ppo.config import PROJECT_ROOT, register
+    from ppo.config import compose_train
     from ppo.models import load_policy_and_reference, reference_model
     from ppo.scoring import build_scoring_batch, token_logps
-    from ppo.tiny import build_tiny_model
     from ppo.trainer import JudgedBatch, make_loss_fn, make_optimizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "model", hidden=256, layers=4, vocab=4096, heads=4, seed=0)
-        register()
-        with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
-            cfg = compose("train", overrides=[f"model.path={model_dir}", "logger=none", "judge=rule"])
+        model_dir = build_bench_model(Path(tmp) / "model")
+        cfg = compose_train([f"model.path={model_dir}", "logger=none", "judge=rule"])
         policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
 
     trainable = sum(v.size for _, v in tree_flatten(policy.trainable_parameters()))
@@ -125,7 +122,7 @@ def main(argv=None) -> dict:
     achieved = flops / step_s / 1e9
     result = {
         "benchmark": "mfu_training_step",
-        "model": "ppo.tiny qwen3 hidden=256 layers=4 vocab=4096",
+        "model": BENCH_MODEL_NAME,
         "device": str(mx.default_device()),
         "blas": blas_in_use(),
         "model_parameters": n_params,

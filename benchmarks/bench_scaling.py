@@ -43,16 +43,13 @@ def main(argv=None) -> dict:
     import logging
 
     import mlx.core as mx
-    import numpy as np
-    from hydra import compose, initialize_config_dir
 
     import ppo.trainer as trainer
+    from benchmarks.common import BENCH_MODEL, BENCH_MODEL_NAME, build_bench_model, median, step_seconds, train_rows
     from ppo.blas import blas_in_use
-    from ppo.config import PROJECT_ROOT, register
-    from ppo.tiny import build_tiny_model
 
     logging.getLogger("ppo").setLevel(logging.ERROR)  # health warnings are expected on a forced length
-    vocab = 4096
+    vocab = BENCH_MODEL["vocab"]
     original = trainer.sample_pairs
 
     def full_length(model, prompts, **kwargs):
@@ -60,33 +57,20 @@ def main(argv=None) -> dict:
         return original(model, prompts, **kwargs)
 
     trainer.sample_pairs = full_length
-    register()
     started = time.perf_counter()
 
     def run(model_dir: Path, tmp: Path, batch: int, length: int) -> dict:
-        overrides = [
-            f"model.path={model_dir}", f"train.iters={args.iters + args.warmup}", f"train.batch_size={batch}",
-            f"generation.max_completion_length={length}", "train.steps_per_eval=1000000",
-            "train.save_every=1000000", "train.progress=false", "logger=none", "judge=rule",
-        ]
-        with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
-            cfg = compose("train", overrides=overrides)
-        run_dir = tmp / f"b{batch}_l{length}"
-        trainer.train(cfg, run_dir)
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][args.warmup :]
-        med = lambda k: float(np.median([r[k] for r in rows]))  # noqa: E731
-        s = med("timing/step_seconds")
-        tokens = 2 * batch * med("completions/mean_length")
+        overrides = [f"train.batch_size={batch}", f"generation.max_completion_length={length}", "judge=rule"]
+        rows = train_rows(model_dir, tmp / f"b{batch}_l{length}", args.iters, args.warmup, overrides)
+        phases = step_seconds(rows)
+        s = phases["seconds_per_iter"]
+        tokens = 2 * batch * median(rows, "completions/mean_length")
         return {
             "batch_prompts": batch, "completions": 2 * batch, "completion_tokens": length,
-            "mean_completion_tokens": med("completions/mean_length"),
+            "mean_completion_tokens": median(rows, "completions/mean_length"),
             "generated_tokens_per_iter": tokens,
-            "seconds_per_iter": s,
-            "rollout_seconds": med("timing/rollout_seconds"),
-            "judge_seconds": med("timing/judge_seconds"),
-            "score_seconds": med("timing/score_seconds"),
-            "update_seconds": med("timing/update_seconds"),
-            "rollout_tokens_per_second": med("tokens_per_second"),
+            **phases,
+            "rollout_tokens_per_second": median(rows, "tokens_per_second"),
             "iteration_tokens_per_second": tokens / s,
             "seconds_per_1k_generated_tokens": 1000 * s / tokens,
         }
@@ -100,7 +84,7 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = build_tiny_model(tmp / "model", hidden=256, layers=4, vocab=vocab, heads=4, seed=0)
+        model_dir = build_bench_model(tmp / "model")
         by_length = [run(model_dir, tmp, 2, n) for n in args.lengths]
         by_batch = [run(model_dir, tmp, b, 32) for b in args.batches]
 
@@ -116,7 +100,7 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "scaling",
-        "model": "ppo.tiny qwen3 hidden=256 layers=4 vocab=4096",
+        "model": BENCH_MODEL_NAME,
         "device": str(mx.default_device()),
         "blas": blas_in_use(),
         "judge": "rule",

@@ -35,40 +35,19 @@ def main() -> None:
                         help="llm: the same tiny model judges (judge.model = model.path)")
     args = parser.parse_args()
 
-    import numpy as np
-    from hydra import compose, initialize_config_dir
+    from mlx_lm import load
     from mlx_lm.utils import get_total_parameters
 
+    from benchmarks.common import build_bench_model, median, step_seconds, train_rows
     from ppo.blas import blas_in_use
-    from ppo.config import PROJECT_ROOT, register
-    from ppo.tiny import build_tiny_model
-    from ppo.trainer import train
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "model", hidden=256, layers=4, vocab=4096, heads=4, seed=0)
-        register()
-        overrides = [
-            f"model.path={model_dir}",
-            f"train.iters={args.iters + args.warmup}",
-            f"train.batch_size={args.batch_size}",
-            f"generation.max_completion_length={args.max_tokens}",
-            f"train.steps_per_eval={10**6}",
-            f"train.save_every={10**6}",
-            "train.progress=false",
-            "logger=none",
-        ]
-        overrides += ["judge=llm", f"judge.model={model_dir}"] if args.judge == "llm" else ["judge=rule"]
-        with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
-            cfg = compose("train", overrides=overrides)
-        from mlx_lm import load
-
+        model_dir = build_bench_model(Path(tmp) / "model")
         n_params = get_total_parameters(load(str(model_dir))[0])
-        run_dir = Path(tmp) / "run"
-        train(cfg, run_dir)
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][args.warmup :]
-
-    def median(key: str) -> float:
-        return float(np.median([r[key] for r in rows]))
+        overrides = [f"train.batch_size={args.batch_size}", f"generation.max_completion_length={args.max_tokens}"]
+        overrides += ["judge=llm", f"judge.model={model_dir}"] if args.judge == "llm" else ["judge=rule"]
+        rows = train_rows(model_dir, Path(tmp) / "run", args.iters, args.warmup, overrides)
+    phases = step_seconds(rows)
 
     print(json.dumps({
         "benchmark": "ppo_step",
@@ -76,16 +55,12 @@ def main() -> None:
         "batch_prompts": args.batch_size,
         "completion_tokens_max": args.max_tokens,
         "iters_measured": len(rows),
-        "seconds_per_iter": median("timing/step_seconds"),
-        "rollout_seconds": median("timing/rollout_seconds"),
-        "judge_seconds": median("timing/judge_seconds"),
-        "scoring_update_seconds": median("timing/step_seconds") - median("timing/rollout_seconds") - median("timing/judge_seconds"),
-        "score_seconds": median("timing/score_seconds"),
-        "update_seconds": median("timing/update_seconds"),
+        **phases,
+        "scoring_update_seconds": phases["seconds_per_iter"] - phases["rollout_seconds"] - phases["judge_seconds"],
         "judge": args.judge,
         "target_seconds_per_iter_rule_judge": 0.25,
-        "generated_tokens_per_second": median("tokens_per_second"),
-        "mean_completion_tokens": median("completions/mean_length"),
+        "generated_tokens_per_second": median(rows, "tokens_per_second"),
+        "mean_completion_tokens": median(rows, "completions/mean_length"),
         "mlx_lm_lora_reference_seconds_per_iter": 0.51,
         "blas": blas_in_use(),
     }, indent=2))

@@ -118,12 +118,12 @@ def main() -> None:
     from mlx_lm.utils import get_total_parameters
 
     from ppo.blas import blas_in_use, find_fast_blas
-    from ppo.tiny import build_tiny_model
+    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
 
     blas = find_fast_blas()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = build_tiny_model(tmp / "model", hidden=256, layers=4, vocab=4096, heads=4, seed=0)
+        model_dir = build_bench_model(tmp / "model")
         n_params = get_total_parameters(load(str(model_dir))[0])
         lora = {}
         if not Path(args.lora_python).exists():
@@ -143,7 +143,7 @@ def main() -> None:
     measured = {k: v for k, v in lora.items() if "error" not in v}
     result = {
         "benchmark": "ppo_step_vs_mlx_lm_lora",
-        "model": "ppo.tiny qwen3 hidden=256 layers=4 vocab=4096",
+        "model": BENCH_MODEL_NAME,
         "model_parameters": n_params,
         "batch_prompts": args.batch_size,
         "completion_tokens_max": args.max_tokens,

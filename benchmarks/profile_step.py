@@ -143,24 +143,17 @@ def fused_copy(model):
 
 
 def run_variant(patches: list[str], judge: str, iters: int, warmup: int, profile: bool, extra=()) -> dict:
-    import numpy as np
-    from hydra import compose, initialize_config_dir
-
-    from ppo.config import PROJECT_ROOT, register
-    from ppo.tiny import build_tiny_model
+    from benchmarks.common import QUIET_RUN, build_bench_model, median, metrics_rows, step_seconds
+    from ppo.config import compose_train
     from ppo.trainer import train
 
     apply_patches(patches)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "model", hidden=256, layers=4, vocab=4096, heads=4, seed=0)
-        register()
+        model_dir = build_bench_model(Path(tmp) / "model")
         overrides = [f"model.path={model_dir}", f"train.iters={iters + warmup}", "train.batch_size=2",
-                     "generation.max_completion_length=32", "train.steps_per_eval=1000000", "train.save_every=1000000",
-                     "train.progress=false", "logger=none"]
+                     "generation.max_completion_length=32", *QUIET_RUN]
         overrides += ["judge=llm", f"judge.model={model_dir}"] if judge == "llm" else ["judge=rule"]
-        overrides += list(extra)
-        with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
-            cfg = compose("train", overrides=overrides)
+        cfg = compose_train([*overrides, *extra])
         run_dir = Path(tmp) / "run"
         out = {}
         if profile:
@@ -178,17 +171,12 @@ def run_variant(patches: list[str], judge: str, iters: int, warmup: int, profile
                 out[f"top_{key}"] = [line.strip() for line in buf.getvalue().splitlines() if line.strip()][-26:]
         else:
             train(cfg, run_dir)
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][warmup:]
-    med = lambda k: float(np.median([r[k] for r in rows]))  # noqa: E731
+        rows = metrics_rows(run_dir, skip=warmup)
+    phases = step_seconds(rows)
     out.update({
-        "seconds_per_iter": med("timing/step_seconds"),
-        "rollout_seconds": med("timing/rollout_seconds"),
-        "judge_seconds": med("timing/judge_seconds"),
-        "score_seconds": med("timing/score_seconds"),
-        "update_seconds": med("timing/update_seconds"),
-        "other_seconds": med("timing/step_seconds") - med("timing/rollout_seconds") - med("timing/judge_seconds")
-        - med("timing/score_seconds") - med("timing/update_seconds"),
-        "tokens_per_second": med("tokens_per_second"),
+        **phases,
+        "other_seconds": phases["seconds_per_iter"] - sum(phases[f"{k}_seconds"] for k in ("rollout", "judge", "score", "update")),
+        "tokens_per_second": median(rows, "tokens_per_second"),
         "iters_measured": len(rows),
     })
     return out
@@ -201,23 +189,19 @@ def isolated(reps: int = 20) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import numpy as np
-    from hydra import compose, initialize_config_dir
     from mlx_lm.models.cache import make_prompt_cache
 
     from ppo import corpus
-    from ppo.config import PROJECT_ROOT, register
+    from benchmarks.common import build_bench_model
+    from ppo.config import compose_train
     from ppo.models import load_policy_and_reference, reference_model
     from ppo.rollout import sample
     from ppo.scoring import ScoringBatch, build_scoring_batch, token_logps
     from ppo.trainer import JudgedBatch, make_loss_fn, make_optimizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        from ppo.tiny import build_tiny_model
-
-        model_dir = build_tiny_model(Path(tmp) / "model", hidden=256, layers=4, vocab=4096, heads=4, seed=0)
-        register()
-        with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
-            cfg = compose("train", overrides=[f"model.path={model_dir}", "logger=none", "judge=rule"])
+        model_dir = build_bench_model(Path(tmp) / "model")
+        cfg = compose_train([f"model.path={model_dir}", "logger=none", "judge=rule"])
         policy, reference, tok = load_policy_and_reference(cfg.model, cfg.finetune)
     policy.eval()
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)

@@ -150,6 +150,16 @@ def register() -> None:
         OmegaConf.register_new_resolver("ppo_cache", _cache_dir)
 
 
+def compose_train(overrides: list[str]):
+    """conf/train.yaml composed by Hydra exactly as ppo-train does (for tests, benchmarks
+    and notebooks; a run itself goes through ppo-train so that Hydra sets up its folder)."""
+    from hydra import compose, initialize_config_dir
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+        return compose("train", overrides=list(overrides))
+
+
 def _check(ok: bool, key: str, value: Any, fix: str) -> None:
     if not ok:
         raise ConfigError(f"invalid {key}={value!r}: {fix}")

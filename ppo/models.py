@@ -139,6 +139,18 @@ def load_policy_and_reference(model_cfg, ft):
     return policy, reference, tokenizer
 
 
+def frozen_base(policy: nn.Module, reference: nn.Module | None, model_cfg, ft) -> nn.Module | None:
+    """A loaded model that computes `model.path` unchanged for the whole run (run it under
+    `adapters_disabled`), for a judge of the same model to share; None when there is none.
+
+    LoRA and DoRA leave the policy's base untouched. Full fine-tuning changes it, so only
+    the frozen reference copy qualifies, and only when it was loaded from `model.path`.
+    """
+    if ft.type != "full":
+        return policy
+    return reference if not model_cfg.reference_path else None
+
+
 @contextlib.contextmanager
 def reference_model(policy: nn.Module, reference: nn.Module | None):
     """The frozen reference: a separate model when one was loaded, else the policy's base."""

@@ -31,7 +31,7 @@ from ppo.data import PromptSampler, load_prompts
 from ppo.evaluation import evaluate
 from ppo.judges import JudgeQuit, JudgeUnavailable, Pair, advantages_from_verdicts, build_judge
 from ppo.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
-from ppo.models import load_policy_and_reference, reference_model
+from ppo.models import frozen_base, load_policy_and_reference, reference_model
 from ppo.resume_sweep import finished_summary
 from ppo.rollout import sample_pairs
 from ppo.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
@@ -217,7 +217,8 @@ def train(cfg, run_dir: Path) -> dict:
         grad_checkpoint(policy.layers[0])
     splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - gen_cfg.max_completion_length)
     sampler = PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle)
-    judge = build_judge(cfg.judge, run_dir=run_dir, seed=cfg.seed, policy=policy, policy_path=cfg.model.path, tokenizer=tokenizer)
+    judge = build_judge(cfg.judge, run_dir=run_dir, seed=cfg.seed, tokenizer=tokenizer, base_path=cfg.model.path,
+                        base=frozen_base(policy, reference, cfg.model, cfg.finetune))
     lr_schedule = learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs)
     optimizer = make_optimizer(train_cfg, lr_schedule)
     loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))

@@ -34,14 +34,9 @@ def prompts_file(tmp_path_factory) -> Path:
 
 def compose(overrides: list[str]):
     """conf/train.yaml composed by Hydra exactly as ppo-train does."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from ppo.config import compose_train
 
-    from ppo.config import PROJECT_ROOT, register
-
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
-        return hydra_compose("train", overrides=overrides)
+    return compose_train(overrides)
 
 
 def small_run_overrides(model_dir: Path, data_path: Path, **extra) -> list[str]:

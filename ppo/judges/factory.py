@@ -31,12 +31,14 @@ def same_model(a: str | None, b: str | None) -> bool:
     return a == b
 
 
-def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, policy=None, policy_path: str | None = None,
+def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path: str | None = None,
                 tokenizer=None) -> JudgePipeline:
     """The judge the trainer calls: ``judge(pairs, step=None, phase="train") -> Verdicts``.
 
     Records go to ``run_dir/judgments.jsonl`` (none when run_dir is None); records already
-    there (a resumed run) pre-fill the cache.
+    there (a resumed run) pre-fill the cache. ``base``: a loaded model that computes
+    ``base_path`` unchanged with its adapters off (``ppo.models.frozen_base``); an LLM judge
+    of that same model shares its weights instead of loading a copy.
     """
     from hydra.utils import get_class, instantiate
 
@@ -47,11 +49,11 @@ def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, policy=None, policy_p
         *(cfg.pop(k, default) for k, default in WRAPPER_DEFAULTS.items())
     )
     target = cfg["_target_"]
-    if policy is not None and target == LLM_TARGET and same_model(cfg.get("model", "Qwen/Qwen3-0.6B"), policy_path):
+    if base is not None and target == LLM_TARGET and same_model(cfg.get("model", "Qwen/Qwen3-0.6B"), base_path):
         from ppo.models import adapters_disabled
 
         kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
-        inner = get_class(target)(**kwargs, preloaded=(policy, tokenizer), model_context=adapters_disabled)
+        inner = get_class(target)(**kwargs, preloaded=(base, tokenizer), model_context=adapters_disabled)
     else:
         try:
             inner = instantiate(cfg, _convert_="all")

@@ -22,14 +22,14 @@ import numpy as np
 
 from ppo.config import ConfigError
 from ppo.judges.base import Pair, Verdicts
-from ppo.judges.prompting import check_labels, judging_messages, rubric
+from ppo.judges.prompting import check_labels, judging_messages, rubric, special_pattern
 
 
 def _special_strings(tokenizer) -> tuple[str, ...]:
     hf = getattr(tokenizer, "_tokenizer", tokenizer)
     special = set(getattr(hf, "all_special_tokens", []) or [])
     special.update(t.content for t in (getattr(hf, "added_tokens_decoder", None) or {}).values())
-    return tuple(sorted(special, key=len, reverse=True))
+    return tuple(special)
 
 
 def label_token_ids(tokenizer, labels: tuple[str, str]) -> list[int]:
@@ -75,33 +75,63 @@ def _shared_prefix(rows: list[list[int]]) -> int:
     return n
 
 
-def _prefill_shared(forward, model, prefix: list[int], batch: int):
-    """A KV cache holding `prefix` once per row, computed with a single-row forward; None
-    when the model's cache is not a plain KV cache (sliding windows, state-space layers)."""
-    from mlx_lm.models.cache import KVCache, make_prompt_cache
+class PrefixCache:
+    """The KV cache of the judging prompt's fixed head (rubric and chat framing), one row,
+    computed once and reused by every later call.
 
-    cache = make_prompt_cache(model)
-    if not all(type(c) is KVCache for c in cache):
-        return None
-    forward(mx.array([prefix]), cache=cache)
-    for c in cache:
-        c.keys = mx.repeat(c.keys[..., : c.offset, :], batch, axis=0)
-        c.values = mx.repeat(c.values[..., : c.offset, :], batch, axis=0)
-    return cache
+    `head` is what every judging prompt starts with, whatever the pair. A call's shared
+    prefix that starts with it prefills only the rest; one that does not is prefilled in
+    full. The head is always computed by the same forward, so results do not depend on
+    which calls came before (a resumed run judges bit for bit like an uninterrupted one).
+    Valid because a judge's weights never change during a run (a judge that shares the
+    policy reads its frozen base: ppo.models.frozen_base).
+    """
+
+    def __init__(self, head: list[int] | None = None):
+        self.head = list(head or [])
+        self._layers: list[tuple[mx.array, mx.array]] | None = None
+
+    def prefill(self, forward, model, prefix: list[int], batch: int):
+        """A KV cache holding `prefix` once per row; None when the model's cache is not a
+        plain KV cache (sliding windows, state-space layers)."""
+        from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+        cache = make_prompt_cache(model)
+        if not all(type(c) is KVCache for c in cache):
+            return None
+        start = 0
+        if len(self.head) >= MIN_SHARED_PREFIX and prefix[: len(self.head)] == self.head:
+            if self._layers is None:
+                forward(mx.array([self.head]), cache=cache)
+                self._layers = [(c.keys[..., : c.offset, :], c.values[..., : c.offset, :]) for c in cache]
+                mx.eval(self._layers)
+            for c, (keys, values) in zip(cache, self._layers):
+                c.keys, c.values, c.offset = keys, values, len(self.head)
+            start = len(self.head)
+        if start < len(prefix):
+            forward(mx.array([prefix[start:]]), cache=cache)
+        for c in cache:
+            c.keys = mx.repeat(c.keys[..., : c.offset, :], batch, axis=0)
+            c.values = mx.repeat(c.values[..., : c.offset, :], batch, axis=0)
+        return cache
 
 
-def last_position_logits(model, rows: list[list[int]], pad_id: int, fast: bool = True) -> mx.array:
+def last_position_logits(model, rows: list[list[int]], pad_id: int, fast: bool = True,
+                         prefix_cache: PrefixCache | None = None) -> mx.array:
     """Logits at each row's last real token for right-padded rows, float32 (rows, vocab).
 
     Right padding cannot change earlier positions of a causal model, so no mask is needed.
     The prefix every row shares (rubric and chat framing: most of a judging prompt) is run
-    once and its KV cache reused by all rows, so each pair costs only its own tokens.
+    once and its KV cache reused by all rows (and, through `prefix_cache`, by later
+    calls), so each pair costs only its own tokens.
     """
     parts = _body_and_head(model) if fast else None
     forward = parts[0] if parts is not None else model
     cache, shared = None, _shared_prefix(rows)
+    if prefix_cache is not None and all(len(r) > len(prefix_cache.head) and r[: len(prefix_cache.head)] == prefix_cache.head for r in rows):
+        shared = max(shared, len(prefix_cache.head))  # a lone row still reuses the head
     if shared >= MIN_SHARED_PREFIX:
-        cache = _prefill_shared(forward, model, rows[0][:shared], len(rows))
+        cache = (prefix_cache or PrefixCache()).prefill(forward, model, rows[0][:shared], len(rows))
     if cache is not None:
         rows = [r[shared:] for r in rows]
     width = max(len(r) for r in rows)
@@ -153,10 +183,12 @@ class LLMJudge:
             self.model.eval()
         self.context = model_context or (lambda m: contextlib.nullcontext(m))
         self.label_ids = label_token_ids(self.tokenizer, self.labels)
-        self._special = _special_strings(self.tokenizer)
+        self._special = special_pattern(_special_strings(self.tokenizer))
         pad = getattr(self.tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
         self._fast = self._fast_path_matches()
+        probes = [self.encode(Pair(text, "yes", "no")) for text in ("Alpha?", "Zulu!")]
+        self._prefix_cache = PrefixCache(probes[0][: _shared_prefix(probes)])
 
     def encode(self, pair: Pair) -> list[int]:
         """Token ids of the judging prompt, ending where the label token would come."""
@@ -188,7 +220,7 @@ class LLMJudge:
         with self.context(self.model) as m:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                logits = last_position_logits(m, [rows[i] for i in chunk], self.pad_id, self._fast)
+                logits = last_position_logits(m, [rows[i] for i in chunk], self.pad_id, self._fast, self._prefix_cache)
                 picked = np.array(logits[:, labels])
                 out[chunk] = picked
         return out

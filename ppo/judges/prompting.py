@@ -7,6 +7,8 @@ text and the two completions under numbered headings, asking for one label.
 
 from __future__ import annotations
 
+import re
+
 from ppo.config import ConfigError
 from ppo.judges.base import Pair
 
@@ -46,15 +48,25 @@ def check_labels(labels) -> tuple[str, str]:
     return labels
 
 
-def strip_special(text: str, special: tuple[str, ...]) -> str:
-    """Remove chat special tokens from judged text, so a completion cannot close the turn."""
-    for token in special:
-        if token:
-            text = text.replace(token, "")
-    return text
+def special_pattern(special: tuple[str, ...]) -> re.Pattern | None:
+    """One regex matching any of the special strings, longest first (None when there are none)."""
+    special = sorted({t for t in special if t}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, special))) if special else None
 
 
-def judging_messages(pair: Pair, system: str, labels: tuple[str, str], special: tuple[str, ...] = ()) -> list[dict]:
+def strip_special(text: str, pattern: re.Pattern | None) -> str:
+    """Remove chat special tokens from judged text, so a completion cannot close the turn.
+    Repeated until none is left: removing one must not join the pieces of another."""
+    if pattern is None:
+        return text
+    while True:
+        cleaned = pattern.sub("", text)
+        if cleaned == text:
+            return text
+        text = cleaned
+
+
+def judging_messages(pair: Pair, system: str, labels: tuple[str, str], special: re.Pattern | None = None) -> list[dict]:
     """[system, user] messages asking which of pair.a (label 0) and pair.b (label 1) is better."""
     clean = lambda s: strip_special(s, special).strip()  # noqa: E731
     user = QUESTION.format(prompt=clean(pair.prompt), a=clean(pair.a), b=clean(pair.b), first=labels[0], second=labels[1])
