@@ -15,7 +15,9 @@ layers, Adam at 1e-5, and an LLM judge that is the same tiny model:
   2 generated tokens (MISSION.md's "2-token judge" setting, the anchor at its fastest).
 - ours: `ppo-train judge=llm judge.model=DIR train.batch_size=2
   generation.max_completion_length=32 logger=none` (the judge reads the policy's own
-  weights with adapters off: one batched forward, no generation).
+  weights with adapters off: one batched forward, no generation). Run twice: as shipped
+  (`judge.order=both`: every pair judged in both orders, twice the anchor's judging) and
+  with `judge.order=random` (each pair judged once, in a random order: the anchor's work).
 
 Both processes get the same OpenBLAS preloaded (`ppo.blas.find_fast_blas`). Seconds per
 iteration are medians over the iterations after the warm-up. If the anchor cannot run, the
@@ -44,33 +46,26 @@ MISSION_FALLBACK_SECONDS = 0.51
 RUNNER = ROOT / "benchmarks" / "mlx_lm_lora_runner.py"
 
 
-def _median(xs):
-    import numpy as np
+def run_ours(model_dir: Path, run_dir: Path, iters: int, warmup: int, batch: int, max_tokens: int,
+             extra: tuple[str, ...] = ()) -> dict:
+    from benchmarks.common import QUIET_RUN, median, metrics_rows, step_seconds
 
-    return float(np.median(xs)) if xs else float("nan")
-
-
-def run_ours(model_dir: Path, run_dir: Path, iters: int, warmup: int, batch: int, max_tokens: int) -> dict:
     exe = Path(sys.executable).with_name("ppo-train")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppo.cli"]
     overrides = [
-        f"model.path={model_dir}", "judge=llm", f"judge.model={model_dir}",
+        f"model.path={model_dir}", "judge=llm", f"judge.model={model_dir}", *extra,
         f"train.iters={iters + warmup}", f"train.batch_size={batch}",
-        f"generation.max_completion_length={max_tokens}", "generation.temperature=0.8",
-        "train.steps_per_eval=1000000", "train.save_every=1000000", "train.progress=false",
-        "logger=none", f"hydra.run.dir={run_dir}",
+        f"generation.max_completion_length={max_tokens}", "generation.temperature=0.8", *QUIET_RUN,
     ]
-    result = subprocess.run(cmd + overrides, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([*cmd, *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"ppo-train failed:\n{result.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][warmup:]
+    rows = metrics_rows(run_dir, skip=warmup)
     return {
-        "seconds_per_iter": _median([r["timing/step_seconds"] for r in rows]),
-        "rollout_seconds": _median([r["timing/rollout_seconds"] for r in rows]),
-        "judge_seconds": _median([r["timing/judge_seconds"] for r in rows]),
-        "mean_completion_tokens": _median([r["completions/mean_length"] for r in rows]),
+        **step_seconds(rows),
+        "mean_completion_tokens": median(rows, "completions/mean_length"),
         "iters_measured": len(rows),
-        "command": " ".join(["ppo-train", *overrides[:-1]]),
+        "command": " ".join(["ppo-train", *overrides]),
     }
 
 
@@ -91,10 +86,12 @@ def run_lora(lora_python: str, model_dir: Path, tmp: Path, iters: int, warmup: i
     if result.returncode != 0 or not out.exists():
         tail = (result.stderr or result.stdout)[-1500:]
         return {"error": f"mlx-lm-lora exited with {result.returncode}: {tail}"}
+    from benchmarks.common import median
+
     data = json.loads(out.read_text())
     rows = data["rows"][warmup:]
     return {
-        "seconds_per_iter": _median([r["seconds"] for r in rows]),
+        "seconds_per_iter": median(rows, "seconds"),
         "iters_measured": len(rows),
         "judge_max_generated_tokens": data["judge_max_tokens"],
         "invalid_judge_replies": result.stdout.count("Invalid response from the judge model")
@@ -135,10 +132,12 @@ def main() -> None:
             lora["judge_2_tokens"] = run_lora(args.lora_python, model_dir, tmp, args.iters, args.warmup,
                                               args.batch_size, args.max_tokens, 2, blas)
         ours = run_ours(model_dir, tmp / "ours", args.iters, args.warmup, args.batch_size, args.max_tokens)
+        ours_once = run_ours(model_dir, tmp / "ours_once", args.iters, args.warmup, args.batch_size, args.max_tokens,
+                             ("judge.order=random",))
 
-    def ratio(entry: dict) -> float | None:
+    def ratio(entry: dict, mine: dict | None = None) -> float | None:
         s = entry.get("seconds_per_iter")
-        return None if s is None else s / ours["seconds_per_iter"]
+        return None if s is None else s / (mine or ours)["seconds_per_iter"]
 
     measured = {k: v for k, v in lora.items() if "error" not in v}
     result = {
@@ -151,9 +150,14 @@ def main() -> None:
         "device": str(mx.default_device()),
         "blas": blas_in_use(),
         "ours": ours,
+        "ours_judging_each_pair_once": ours_once,
         "mlx_lm_lora_5_10_2": lora,
         "speedup_vs_as_shipped": ratio(lora["as_shipped"]) if "as_shipped" in measured else None,
         "speedup_vs_judge_2_tokens": ratio(lora["judge_2_tokens"]) if "judge_2_tokens" in measured else None,
+        "speedup_judging_each_pair_once_vs_as_shipped":
+            ratio(lora["as_shipped"], ours_once) if "as_shipped" in measured else None,
+        "speedup_judging_each_pair_once_vs_judge_2_tokens":
+            ratio(lora["judge_2_tokens"], ours_once) if "judge_2_tokens" in measured else None,
         "target_speedup_at_least": 3.0,
     }
     if not measured:
