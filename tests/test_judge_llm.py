@@ -128,3 +128,35 @@ def test_frozen_base_never_hands_the_judge_trained_weights():
     assert frozen_base(policy, None, NS(reference_path=None), NS(type="dora")) is policy
     assert frozen_base(policy, reference, NS(reference_path=None), NS(type="full")) is reference  # the frozen copy
     assert frozen_base(policy, reference, NS(reference_path="other/model"), NS(type="full")) is None  # judge loads its own
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_llm_judge_in_the_training_loop_reads_the_frozen_base(tmp_path, tiny_model_dir, prompts_file, finetune, monkeypatch):
+    """A run with judge.model == model.path: every pair gets a probability, and after
+    training the judge still answers as the untrained model (under full fine-tuning the
+    policy's own weights have moved, so the judge must read the frozen reference)."""
+    import json
+
+    import ppo.trainer as trainer
+    from conftest import compose, small_run_overrides
+
+    built = {}
+
+    def spy(*args, **kwargs):
+        built["judge"] = real_build_judge(*args, **kwargs)
+        return built["judge"]
+
+    real_build_judge = trainer.build_judge
+    monkeypatch.setattr(trainer, "build_judge", spy)
+    run_dir = tmp_path / "run"
+    cfg = compose(small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 2, "train.learning_rate": 0.05}) + [
+        "judge=llm", f"judge.model={tiny_model_dir}", f"finetune={finetune}"])
+    trainer.train(cfg, run_dir)
+
+    records = [json.loads(line) for line in (run_dir / "judgments.jsonl").read_text().splitlines()]
+    assert records and all(0.0 < r["p"] < 1.0 and r["orders"] == ["ab", "ba"] for r in records)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["judge/invalid_rate"] == 0.0 and r["judge/order_agreement"] is not None for r in rows)
+    judge = built["judge"].inner
+    np.testing.assert_allclose(judge(PAIRS).p, LLMJudge(str(tiny_model_dir))(PAIRS).p, atol=1e-5)
