@@ -51,10 +51,10 @@ def main(argv=None) -> dict:
     from mlx_lm import batch_generate, load
     from mlx_lm.sample_utils import make_sampler
 
+    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
     from ppo import corpus
     from ppo.blas import blas_in_use
     from ppo.rollout import sample
-    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "model")

@@ -57,8 +57,8 @@ def main(argv=None) -> dict:
     import mlx.core as mx
     import numpy as np
 
-    from ppo.judges.llm import LLMJudge
     from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
+    from ppo.judges.llm import LLMJudge
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "judge", corpus_sentences=2000)
