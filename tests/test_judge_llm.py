@@ -111,6 +111,8 @@ def test_rubric_head_is_computed_once_and_changes_nothing(tiny_model_dir, judge)
     np.testing.assert_allclose(first, uncached(PAIRS[:2]).p, atol=1e-6)
     np.testing.assert_allclose(later, uncached(PAIRS[1:]).p, atol=1e-6)
     assert np.array_equal(fresh(PAIRS[1:]).p, later)  # same call, same answer, bit for bit
+    resumed = LLMJudge(str(tiny_model_dir), batch_size=3)  # as after a resume: no calls before this one
+    assert np.array_equal(resumed(PAIRS[1:]).p, later)
 
 
 def test_special_tokens_cannot_be_reassembled(judge):
