@@ -1,4 +1,4 @@
-"""Environment check: which BLAS MLX uses and how fast its CPU matmul is.
+"""Environment check: which BLAS MLX uses, how fast its CPU matmul and exp are.
 
     python -m ppo.doctor [--size N] [--repeats R]
 
@@ -68,6 +68,20 @@ def numpy_matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
     return _gflops(n, _time_median(lambda: a @ b, repeats))
 
 
+def exp_ns_per_element(n: int = 1 << 20, repeats: int = 5) -> tuple[float, float]:
+    """(MLX, numpy) nanoseconds per element of float32 exp: the cost behind SiLU and
+    softmax, which dominate a small model's forward where MLX's CPU exp is scalar (x86)."""
+    import mlx.core as mx
+    import numpy as np
+
+    x = mx.random.normal((n,), dtype=mx.float32, stream=mx.cpu)
+    mx.eval(x)
+    xn = np.array(x)
+    per = 1e9 / n
+    return (_time_median(lambda: mx.eval(mx.exp(x, stream=mx.cpu)), repeats) * per,
+            _time_median(lambda: np.exp(xn), repeats) * per)
+
+
 def numpy_blas() -> str:
     """Short description of numpy's BLAS."""
     try:
@@ -103,6 +117,7 @@ def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
     time.sleep(0.2)
     np_gf = numpy_matmul_gflops(n, repeats)
     ratio = mlx_gf / np_gf if np_gf > 0 else float("nan")
+    mlx_exp_ns, np_exp_ns = exp_ns_per_element(repeats=repeats)
     preloaded = fast_blas_preloaded()
 
     warnings: list[str] = []
@@ -129,6 +144,9 @@ def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
         "mlx_matmul_gflops": round(mlx_gf, 2),
         "numpy_matmul_gflops": round(np_gf, 2),
         "mlx_over_numpy": round(ratio, 3),
+        # Informational: no setting changes it (see README, "Where the step's time goes").
+        "mlx_exp_ns_per_element": round(mlx_exp_ns, 2),
+        "numpy_exp_ns_per_element": round(np_exp_ns, 2),
         "numpy_version": np.__version__,
         "numpy_blas": numpy_blas(),
         "warnings": warnings,

@@ -58,6 +58,7 @@ def _doctor(env: dict, size: int = 512) -> tuple[dict, str]:
     assert DOCTOR_KEYS <= set(report), sorted(DOCTOR_KEYS - set(report))
     assert isinstance(report["warnings"], list)
     assert report["mlx_matmul_gflops"] > 0 and report["numpy_matmul_gflops"] > 0
+    assert report["mlx_exp_ns_per_element"] > 0 and report["numpy_exp_ns_per_element"] > 0
     return report, proc.stderr
 
 
