@@ -19,7 +19,8 @@ layers, Adam at 1e-5, and an LLM judge that is the same tiny model:
   (`judge.order=both`: every pair judged in both orders, twice the anchor's judging) and
   with `judge.order=random` (each pair judged once, in a random order: the anchor's work).
 
-Both processes get the same OpenBLAS preloaded (`ppo.blas.find_fast_blas`). Seconds per
+Both processes get the same OpenBLAS preloaded (`ppo.blas.find_fast_blas`), with the same
+OPENBLAS_THREAD_TIMEOUT (4, set by `ppo.blas` at start-up, unless already set). Seconds per
 iteration are medians over the iterations after the warm-up. If the anchor cannot run, the
 JSON says why and falls back to MISSION.md's measured 0.51 s/iter, labelled as such.
 Prints one JSON object.

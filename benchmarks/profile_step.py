@@ -50,6 +50,7 @@ ALL = ["no_clear_cache", "head_on_completion", "fused_lora_rollout"]
 VARIANTS = {  # name: (environment, patches, judge, extra overrides)
     "baseline": ({}, [], "rule", []),
     "blas1": ({"OPENBLAS_NUM_THREADS": "1"}, [], "rule", []),
+    "blas_spin_default": ({"OPENBLAS_THREAD_TIMEOUT": "28"}, [], "rule", []),  # OpenBLAS's own default
     "no_clear_cache": ({}, ["no_clear_cache"], "rule", []),
     "head_on_completion": ({}, ["head_on_completion"], "rule", []),
     "fused_lora_rollout": ({}, ["fused_lora_rollout"], "rule", []),

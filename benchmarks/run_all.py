@@ -33,6 +33,7 @@ BENCHMARKS = {
     "scaling": ["bench_scaling.py"],
     "judge": ["bench_judge.py"],
     "memory": ["bench_memory.py"],
+    "elementwise": ["bench_elementwise.py"],
 }
 
 

@@ -37,6 +37,7 @@ def _clean_env(**extra: str) -> dict:
         blas.ENV_WARNED,
         blas.ENV_DISABLE,
         blas.ENV_LIBRARY,
+        blas.ENV_THREAD_TIMEOUT,
     ):
         env.pop(key, None)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -112,6 +113,7 @@ _PROBE = (
     "from ppo.blas import ensure_fast_blas\n"
     "ensure_fast_blas()\n"
     "print('DONE', os.environ.get('LD_PRELOAD', ''), sys.argv[1:], flush=True)\n"
+    "print('TIMEOUT', os.environ.get('OPENBLAS_THREAD_TIMEOUT'), flush=True)\n"
 )
 
 
@@ -137,7 +139,10 @@ def test_reexec_once_with_preload():
     assert sum(line.startswith("START") for line in lines) == 2, proc.stdout
     done = [line for line in lines if line.startswith("DONE")]
     assert len(done) == 1 and path in done[0] and "['arg1', '--flag']" in done[0]
+    assert "TIMEOUT 4" in lines  # idle OpenBLAS threads sleep instead of spinning
     assert "slow reference BLAS" not in proc.stderr
+    kept = _probe(_clean_env(**{blas.ENV_THREAD_TIMEOUT: "20"}))
+    assert "TIMEOUT 20" in kept.stdout.splitlines()  # the user's own value wins
 
 
 @pytest.mark.skipif(not LINUX, reason="BLAS preloading is Linux-only")
