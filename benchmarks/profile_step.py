@@ -324,13 +324,69 @@ def isolated(reps: int = 20) -> dict:
     return out
 
 
+def two_streams(reps: int = 10) -> dict:
+    """Rows of one forward split over two MLX CPU streams (one OpenBLAS thread) against one
+    stream (two OpenBLAS threads): log-probs forward, and value_and_grad of their mean."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from mlx.utils import tree_map
+    from mlx_lm import load
+
+    from benchmarks.common import build_bench_model
+    from ppo.blas import single_threaded_blas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = load(str(build_bench_model(Path(tmp) / "model")))
+    second = mx.new_stream(mx.cpu)
+
+    def logps(ids):
+        logits = model(ids[:, :-1])
+        return mx.take_along_axis(logits, ids[:, 1:, None], axis=-1).squeeze(-1) - mx.logsumexp(logits, axis=-1)
+
+    grad_fn = nn.value_and_grad(model, lambda m, ids: -logps(ids).mean())
+
+    def split(fn, ids, combine):
+        half = ids.shape[0] // 2
+        first = fn(ids[:half])
+        with mx.stream(second):
+            other = fn(ids[half:])
+        return combine(first, other)
+
+    def ms(fn) -> float:
+        mx.eval(fn())
+        times = []
+        for _ in range(reps):
+            tic = time.perf_counter()
+            mx.eval(fn())
+            times.append(time.perf_counter() - tic)
+        return round(1000 * float(np.median(times)), 2)
+
+    def both_ways(fn, ids, combine) -> dict:
+        one = ms(lambda: fn(ids))
+        with single_threaded_blas():
+            two = ms(lambda: split(fn, ids, combine))
+        return {"one_stream_ms": one, "two_streams_ms": two, "speedup": round(one / two, 2)}
+
+    average = lambda a, b: ((a[0] + b[0]) / 2, tree_map(lambda x, y: (x + y) / 2, a[1], b[1]))  # noqa: E731
+    out = {}
+    for rows, tokens in [(4, 45), (4, 100), (32, 60)]:
+        ids = mx.random.randint(0, 4000, (rows, tokens), key=mx.random.key(rows))
+        out[f"forward_{rows}x{tokens}"] = both_ways(logps, ids, lambda a, b: mx.concatenate([a, b]))
+        if rows == 4 and tokens == 45:
+            out[f"value_and_grad_{rows}x{tokens}"] = both_ways(lambda x: grad_fn(model, x), ids, average)
+            ids_half = ids.shape[0] // 2
+            out["split_changes_logps_by"] = float(mx.abs(logps(ids) - mx.concatenate([logps(ids[:ids_half]), logps(ids[ids_half:])])).max())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--variants", nargs="*", default=["baseline", "blas1", "no_clear_cache", "head_on_completion",
                                                            "fused_lora_rollout", "all", "llm", "llm_all",
-                                                           "llm_all_order_fixed", "cprofile", "isolated"])
+                                                           "llm_all_order_fixed", "cprofile", "isolated", "streams"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the list this many times, interleaved; medians over rounds (noisy shared machines)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -339,6 +395,8 @@ def main() -> None:
     if args.child:
         if args.child == "isolated":
             res = isolated()
+        elif args.child == "streams":
+            res = two_streams()
         elif args.child == "cprofile":
             res = run_variant([], "rule", args.iters, args.warmup, profile=True)
         else:
@@ -352,7 +410,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for name in args.variants:
-            if name in ("cprofile", "isolated") and name in runs:
+            if name in ("cprofile", "isolated", "streams") and name in runs:
                 continue
             env = dict(os.environ)
             env.update(VARIANTS.get(name, ({}, [], "", []))[0])

@@ -15,11 +15,13 @@ model (adapters switched off for the duration of the forward) and loads no secon
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Callable
 
 import mlx.core as mx
 import numpy as np
 
+from ppo.blas import single_threaded_blas
 from ppo.config import ConfigError
 from ppo.judges.base import Pair, Verdicts
 from ppo.judges.prompting import check_labels, judging_messages, rubric, special_pattern
@@ -187,6 +189,9 @@ class LLMJudge:
         pad = getattr(self.tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
         self._fast = self._fast_path_matches()
+        self._streams = [mx.default_stream(mx.default_device())]
+        if mx.default_device() == mx.cpu and (os.cpu_count() or 1) > 1:
+            self._streams.append(mx.new_stream(mx.cpu))
         probes = [self.encode(Pair(text, "yes", "no")) for text in ("Alpha?", "Zulu!")]
         self._prefix_cache = PrefixCache(probes[0][: _shared_prefix(probes)])
 
@@ -212,17 +217,31 @@ class LLMJudge:
         return bool(mx.allclose(full, fast, rtol=1e-3, atol=1e-3).item())
 
     def label_logits(self, pairs: list[Pair]) -> np.ndarray:
-        """(pairs, 2) logits of the two labels; rows sorted by length so padding stays small."""
+        """(pairs, 2) logits of the two labels; rows sorted by length so padding stays small.
+
+        On a multi-core CPU each batch is split in two halves computed on two MLX CPU
+        streams with one BLAS thread each: MLX runs a stream's element-wise operations on
+        one core, and a small model's forward is mostly those (benchmarks/profile_step.py,
+        variant streams: forward 1.4-1.7x). Which rows share a half depends only on the
+        pairs, so answers stay reproducible.
+        """
         rows = [self.encode(x) for x in pairs]
         out = np.zeros((len(rows), 2), dtype=np.float64)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         labels = mx.array(self.label_ids)
-        with self.context(self.model) as m:
+        blas = single_threaded_blas() if len(self._streams) > 1 else contextlib.nullcontext()
+        with self.context(self.model) as m, blas:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                logits = last_position_logits(m, [rows[i] for i in chunk], self.pad_id, self._fast, self._prefix_cache)
-                picked = np.array(logits[:, labels])
-                out[chunk] = picked
+                halves = np.array_split(np.array(chunk), min(len(self._streams), len(chunk)))
+                picked = []
+                for stream, half in zip(self._streams, halves):
+                    with mx.stream(stream):
+                        logits = last_position_logits(m, [rows[i] for i in half], self.pad_id, self._fast, self._prefix_cache)
+                        picked.append(logits[:, labels])
+                mx.eval(picked)
+                for half, values in zip(halves, picked):
+                    out[half] = np.array(values)
         return out
 
     def __call__(self, pairs: list[Pair]) -> Verdicts:
