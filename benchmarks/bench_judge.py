@@ -52,6 +52,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-tokens", type=int, default=16, help="the anchor's judge generates up to 16")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sentences", type=int, default=2, help="corpus sentences per completion")
+    parser.add_argument("--hidden", type=int, default=None, help="judge model width (default: the bench model's)")
+    parser.add_argument("--layers", type=int, default=None, help="judge model depth (default: the bench model's)")
     args = parser.parse_args(argv)
     ensure_fast_blas()
     import mlx.core as mx
@@ -61,7 +63,8 @@ def main(argv=None) -> dict:
     from ppo.judges.llm import LLMJudge
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_bench_model(Path(tmp) / "judge", corpus_sentences=2000)
+        size = {k: v for k, v in (("hidden", args.hidden), ("layers", args.layers)) if v is not None}
+        model_dir = build_bench_model(Path(tmp) / "judge", corpus_sentences=2000, **size)
         judge = LLMJudge(str(model_dir), batch_size=args.batch_size)
         pairs = make_pairs(args.pairs, sentences=args.sentences)
         judge(pairs[:4]), generate_and_parse(judge, pairs[:2], args.max_tokens)  # warm up both paths
@@ -69,6 +72,11 @@ def main(argv=None) -> dict:
         tic = time.perf_counter()
         p = judge(pairs).p
         batched = time.perf_counter() - tic
+        streams, judge._streams = judge._streams, judge._streams[:1]  # the same batches on one CPU stream
+        tic = time.perf_counter()
+        judge(pairs)
+        one_stream = time.perf_counter() - tic
+        judge._streams = streams
         judge.batch_size = 1  # the same forward, one pair at a time: separates batching from not generating
         tic = time.perf_counter()
         judge(pairs)
@@ -81,12 +89,14 @@ def main(argv=None) -> dict:
         sequential_2 = time.perf_counter() - tic
         prompt_tokens = [len(judge.encode(x)) for x in pairs]
     result = {
-        "model": BENCH_MODEL_NAME,
+        "model": BENCH_MODEL_NAME if not size else f"{BENCH_MODEL_NAME}, with {size}",
         "device": str(mx.default_device()),
         "pairs": args.pairs,
         "mean_prompt_tokens": float(np.mean(prompt_tokens)),
         "batched_label_prob": {"seconds": batched, "seconds_per_pair": batched / args.pairs, "batch_size": args.batch_size,
                                "valid_rate": float(np.mean(~np.isnan(p)))},
+        "batched_label_prob_one_stream": {"seconds": one_stream, "seconds_per_pair": one_stream / args.pairs,
+                                          "cpu_streams_speedup": one_stream / batched},
         "label_prob_one_at_a_time": {"seconds": one_by_one, "seconds_per_pair": one_by_one / args.pairs},
         "generate_and_parse": {"seconds": sequential, "seconds_per_pair": sequential / args.pairs, "max_tokens": args.max_tokens,
                                "valid_rate": float(np.mean(~np.isnan(np.array(parsed))))},
