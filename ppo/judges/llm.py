@@ -3,9 +3,11 @@
 Why this shape: the anchors generate a verdict one prompt at a time and parse it, which
 is slow and fails on any unexpected text. Here every pair becomes one judging prompt
 (rubric as system message, prompt and both completions in the user message, the
-assistant turn opened with thinking off), all prompts go through ONE right-padded
-forward pass, and p = softmax over the logits of the two label tokens at each row's last
-real position. Nothing is generated, so nothing can fail to parse.
+assistant turn opened with thinking off), the prompts go through batched right-padded
+forward passes, and p = softmax over the logits of the two label tokens at each row's last
+real position. Nothing is generated, so nothing can fail to parse. The rubric and chat
+framing every prompt starts with are computed once per run (PrefixCache); on a
+multi-core CPU each batch is split over two MLX CPU streams (LLMJudge.label_logits).
 
 The judge can share the policy's weights: pass ``preloaded=(model, tokenizer)`` and
 ``model_context=ppo.models.adapters_disabled``; the judge then reads the frozen base
