@@ -17,9 +17,7 @@ import argparse
 import contextlib
 import ctypes
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,6 +56,7 @@ def main(argv=None) -> dict:
     import mlx.core as mx
     import numpy as np
 
+    from benchmarks.common import median_seconds
     from ppo.blas import blas_in_use
 
     # Serve these 16 MB buffers from the heap: left to glibc's default, the first compiled
@@ -68,13 +67,7 @@ def main(argv=None) -> dict:
         ctypes.CDLL(None).mallopt(m_mmap_threshold, 32 * 1024 * 1024)
 
     def ms(fn) -> float:
-        fn()
-        times = []
-        for _ in range(args.reps):
-            tic = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - tic)
-        return round(1000 * statistics.median(times), 2)
+        return round(1000 * median_seconds(fn, args.reps), 2)
 
     x = mx.random.normal((args.rows, args.cols), key=mx.random.key(0)) * 5
     h = mx.random.normal((args.rows, 256), key=mx.random.key(1))

@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,19 +34,12 @@ ensure_fast_blas()
 
 
 def matmul_peak(mx, n: int = 1024, reps: int = 10) -> float:
-    import numpy as np
+    from benchmarks.common import median_seconds
 
     a = mx.random.normal((n, n), dtype=mx.float32)
     b = mx.random.normal((n, n), dtype=mx.float32)
     mx.eval(a, b)
-    for _ in range(3):
-        mx.eval(a @ b)
-    times = []
-    for _ in range(reps):
-        tic = time.perf_counter()
-        mx.eval(a @ b)
-        times.append(time.perf_counter() - tic)
-    return 2 * n**3 / float(np.median(times)) / 1e9
+    return 2 * n**3 / median_seconds(lambda: mx.eval(a @ b), reps, warmup=3) / 1e9
 
 
 def main(argv=None) -> dict:
@@ -62,7 +54,7 @@ def main(argv=None) -> dict:
     import numpy as np
     from mlx.utils import tree_flatten
 
-    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
+    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model, median_seconds
     from ppo.blas import blas_in_use
     from ppo.config import compose_train
     from ppo.models import load_policy_and_reference, reference_model
@@ -105,15 +97,8 @@ def main(argv=None) -> dict:
         mx.eval(policy.trainable_parameters(), optimizer.state)
 
     peak_before = matmul_peak(mx, reps=args.reps)
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(args.reps):
-        tic = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - tic)
+    step_s = median_seconds(step, args.reps, warmup=3)
     peak_after = matmul_peak(mx, reps=args.reps)
-    step_s = float(np.median(times))
     peak = max(peak_before, peak_after)
 
     attn_fwd = 4 * margs.num_hidden_layers * width * width * margs.hidden_size * rows  # QK^T and AV, full square

@@ -51,3 +51,19 @@ def step_seconds(rows: list[dict]) -> dict:
     for phase in ("rollout", "judge", "score", "update"):
         out[f"{phase}_seconds"] = median(rows, f"timing/{phase}_seconds")
     return out
+
+
+def median_seconds(fn, reps: int, warmup: int = 1) -> float:
+    """Median wall time of fn() over `reps` calls, after `warmup` untimed calls."""
+    import time
+
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return float(np.median(times))

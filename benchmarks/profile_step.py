@@ -329,11 +329,10 @@ def two_streams(reps: int = 10) -> dict:
     stream (two OpenBLAS threads): log-probs forward, and value_and_grad of their mean."""
     import mlx.core as mx
     import mlx.nn as nn
-    import numpy as np
     from mlx.utils import tree_map
     from mlx_lm import load
 
-    from benchmarks.common import build_bench_model
+    from benchmarks.common import build_bench_model, median_seconds
     from ppo.blas import single_threaded_blas
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -354,13 +353,7 @@ def two_streams(reps: int = 10) -> dict:
         return combine(first, other)
 
     def ms(fn) -> float:
-        mx.eval(fn())
-        times = []
-        for _ in range(reps):
-            tic = time.perf_counter()
-            mx.eval(fn())
-            times.append(time.perf_counter() - tic)
-        return round(1000 * float(np.median(times)), 2)
+        return round(1000 * median_seconds(lambda: mx.eval(fn()), reps), 2)
 
     def both_ways(fn, ids, combine) -> dict:
         one = ms(lambda: fn(ids))
