@@ -140,6 +140,7 @@ def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
         "blas": blas_in_use(),
         "fast_blas_preloaded": preloaded,
         "ld_preload": os.environ.get("LD_PRELOAD", ""),
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
         "matmul_size": n,
         "mlx_matmul_gflops": round(mlx_gf, 2),
         "numpy_matmul_gflops": round(np_gf, 2),

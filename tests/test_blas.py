@@ -74,6 +74,7 @@ def test_doctor_preloads_fast_blas():
         if report["mlx_over_numpy"] >= 0.5:
             break
     assert report["fast_blas_preloaded"] is True, report
+    assert report["openblas_thread_timeout"] == blas.THREAD_TIMEOUT  # set by the re-exec
     assert "openblas" in report["blas"].lower() or "mkl" in report["blas"].lower()
     assert report["mlx_over_numpy"] >= 0.5, report
     assert "slow reference BLAS" not in stderr
