@@ -50,8 +50,8 @@ ENV_WARNED = "PPO_BLAS_WARNED"  # set once the warning was printed
 # default: about 0.1 s). Between the matmuls of a step they would spin on the core MLX's
 # own thread needs; N = 4 puts them to sleep at once. Measured with
 # benchmarks/profile_step.py (variant blas_spin_default, results/profile_step_blas_spin.json):
-# step 7-13% faster, rollout 10-18%,
-# system time 5 s -> 1.3 s over a 23-step benchmark. A value the user set is kept.
+# step 7-13% faster, rollout 10-18%, system time 5 s -> 1.3 s over a 23-step benchmark.
+# A value the user set is kept.
 ENV_THREAD_TIMEOUT = "OPENBLAS_THREAD_TIMEOUT"
 THREAD_TIMEOUT = "4"
 
