@@ -28,6 +28,8 @@ ROOT = HERE.parent
 BENCHMARKS = {
     "step": ["bench_step.py"],
     "vs_mlx_lm_lora": ["bench_vs_mlx_lm_lora.py"],
+    # The anchor judges one pair at a time, so the ratio depends on the batch: also batch 8.
+    "vs_mlx_lm_lora_batch8": ["bench_vs_mlx_lm_lora.py", "--batch-size", "8", "--iters", "10", "--warmup", "2"],
     "generation": ["bench_generation.py"],
     "mfu": ["bench_mfu.py"],
     "scaling": ["bench_scaling.py"],
