@@ -36,6 +36,7 @@ BENCHMARKS = {
     "judge": ["bench_judge.py"],
     "memory": ["bench_memory.py"],
     "elementwise": ["bench_elementwise.py"],
+    "fast_activations": ["bench_fast_activations.py"],
 }
 
 
