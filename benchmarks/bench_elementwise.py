@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ppo.blas import ensure_fast_blas  # noqa: E402
+from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from benchmarks.common import median_seconds
-    from ppo.blas import blas_in_use
+    from ppo.platform.blas import blas_in_use
 
     # Serve these 16 MB buffers from the heap: left to glibc's default, the first compiled
     # function maps a fresh buffer per call (12,000 page faults, +28 ms of system time)

@@ -1,4 +1,4 @@
-"""Generation tokens/s: our `ppo.rollout.sample` vs mlx-lm's `batch_generate`, same model, prompts, lengths.
+"""Generation tokens/s: our `ppo.train.rollout.sample` vs mlx-lm's `batch_generate`, same model, prompts, lengths.
 
     .venv/bin/python benchmarks/bench_generation.py [--prompts 8 --max-tokens 64 --reps 5]
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ppo.blas import ensure_fast_blas  # noqa: E402
+from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
@@ -52,9 +52,9 @@ def main(argv=None) -> dict:
     from mlx_lm.sample_utils import make_sampler
 
     from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
-    from ppo import corpus
-    from ppo.blas import blas_in_use
-    from ppo.rollout import sample
+    from ppo.demo import corpus
+    from ppo.platform.blas import blas_in_use
+    from ppo.train.rollout import sample
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "model")

@@ -1,6 +1,6 @@
 """Batched label-probability LLM judge vs the anchor's way (generate a verdict per pair, parse it).
 
-Same tiny judge model (ppo.tiny: qwen3, hidden 256, 4 layers, vocab 4096), same pairs, one
+Same tiny judge model (ppo.demo.tiny: qwen3, hidden 256, 4 layers, vocab 4096), same pairs, one
 run. The anchor-style judge applies the same chat template and calls mlx_lm.generate with
 max_tokens tokens per pair, one pair at a time, then parses an exact label: what
 mlx-lm-lora 5.10.2's LLMPairwiseJudge does (trainer/judge.py: `generate(..., max_tokens=16)`),
@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ppo.blas import ensure_fast_blas  # noqa: E402
+from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 
 def make_pairs(n: int, seed: int = 0, sentences: int = 2):
-    from ppo import corpus
+    from ppo.demo import corpus
     from ppo.judges import Pair
 
     prompts = corpus.prompts(n, seed=seed)

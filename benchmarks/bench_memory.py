@@ -28,7 +28,7 @@ def run(model_dir: Path, data: Path, run_dir: Path, reference_path: str, iters: 
         "train.steps_per_eval=1000000", "train.save_every=1000000", "train.progress=false", "logger=none",
         f"hydra.run.dir={run_dir}",
     ]
-    result = subprocess.run([sys.executable, "-m", "ppo.cli", *overrides], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "ppo.tools.cli", *overrides], cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(result.stderr[-2000:])
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -43,13 +43,13 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     args = parser.parse_args()
 
-    from ppo.blas import ensure_fast_blas
+    from ppo.platform.blas import ensure_fast_blas
 
     ensure_fast_blas()
     from mlx_lm import load
     from mlx_lm.utils import get_total_parameters
 
-    from ppo.tiny import build_tiny_model
+    from ppo.demo.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_mfu.py [--batch-size 2 --max-tokens 32 --reps 10]
 
-The step is the trainer's own scoring + update (`ppo.trainer`: reference forward under
+The step is the trainer's own scoring + update (`ppo.train.loop`: reference forward under
 `reference_model`, `nn.value_and_grad` of `make_loss_fn(cfg.loss)`, optimizer update) on
 the tiny Qwen3 of the step benchmark (hidden 256, 4 layers, vocab 4096, 4.2M parameters),
 default config (LoRA on all layers), a scoring batch of 2B = 4 rows of prompt + 32 tokens.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ppo.blas import ensure_fast_blas  # noqa: E402
+from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
@@ -55,11 +55,11 @@ def main(argv=None) -> dict:
     from mlx.utils import tree_flatten
 
     from benchmarks.common import BENCH_MODEL_NAME, build_bench_model, median_seconds
-    from ppo.blas import blas_in_use
-    from ppo.config import compose_train
-    from ppo.models import load_policy_and_reference, reference_model
-    from ppo.scoring import build_scoring_batch, token_logps
-    from ppo.trainer import JudgedBatch, make_loss_fn, make_optimizer
+    from ppo.platform.blas import blas_in_use
+    from ppo.train.config import compose_train
+    from ppo.train.models import load_policy_and_reference, reference_model
+    from ppo.train.scoring import build_scoring_batch, token_logps
+    from ppo.train.loop import JudgedBatch, make_loss_fn, make_optimizer
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "model")
@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
     adapters = sum(v.size for k, v in tree_flatten(policy.parameters()) if ".lora_" in k or k.endswith((".lora_a", ".lora_b")))
     n_params = sum(v.size for _, v in tree_flatten(policy.parameters())) - adapters  # the base model's N
     margs = policy.args
-    from ppo import corpus
+    from ppo.demo import corpus
 
     b = args.batch_size
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)

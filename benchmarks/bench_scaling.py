@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_scaling.py [--lengths 32 64 128 256 512] [--batches 1 2 4 8 16]
 
-Runs the real trainer (`ppo.trainer.train`, rule judge, LoRA, logger=none) on the tiny Qwen3
+Runs the real trainer (`ppo.train.loop.train`, rule judge, LoRA, logger=none) on the tiny Qwen3
 of the step benchmark (hidden 256, 4 layers, vocab 4096, 4.2M parameters):
 - completion length 32 -> 512 at batch 2 prompts (4 completions per step);
 - batch 1 -> 16 prompts (2 -> 32 completions) at 32 tokens.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ppo.blas import ensure_fast_blas  # noqa: E402
+from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
@@ -44,9 +44,9 @@ def main(argv=None) -> dict:
 
     import mlx.core as mx
 
-    import ppo.trainer as trainer
+    import ppo.train.loop as trainer
     from benchmarks.common import BENCH_MODEL, BENCH_MODEL_NAME, build_bench_model, median, step_seconds, train_rows
-    from ppo.blas import blas_in_use
+    from ppo.platform.blas import blas_in_use
 
     logging.getLogger("ppo").setLevel(logging.ERROR)  # health warnings are expected on a forced length
     vocab = BENCH_MODEL["vocab"]

@@ -6,7 +6,7 @@ prompts (4 completions), 32-token completions, the rule judge.
 
     .venv/bin/python benchmarks/bench_step.py [--iters 30] [--warmup 5]
 
-Prints one JSON object. Runs through the real trainer (`ppo.trainer.train`) and reads
+Prints one JSON object. Runs through the real trainer (`ppo.train.loop.train`) and reads
 the per-step timings it writes to metrics.jsonl.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ppo.blas import ensure_fast_blas  # noqa: E402
+from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
@@ -39,7 +39,7 @@ def main() -> None:
     from mlx_lm.utils import get_total_parameters
 
     from benchmarks.common import build_bench_model, median, step_seconds, train_rows
-    from ppo.blas import blas_in_use
+    from ppo.platform.blas import blas_in_use
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "model")

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_vs_mlx_lm_lora.py [--iters 20] [--warmup 3] [--lora-python /tmp/lora-venv/bin/python]
 
 Both trainers run, one after the other, in this one invocation, on the same tiny Qwen3
-(`ppo.tiny.build_tiny_model`: hidden 256, 4 layers, vocab 4096, 4.2M parameters, saved to a
+(`ppo.demo.tiny.build_tiny_model`: hidden 256, 4 layers, vocab 4096, 4.2M parameters, saved to a
 temp dir), the same prompts (ppo/assets/demo_prompts.jsonl), batch 2 prompts (two
 completions each), 32-token completions, temperature 0.8, LoRA rank 8 scale 20 on all
 layers, Adam at 1e-5, and an LLM judge that is the same tiny model:
@@ -19,8 +19,8 @@ layers, Adam at 1e-5, and an LLM judge that is the same tiny model:
   (`judge.order=both`: every pair judged in both orders, twice the anchor's judging) and
   with `judge.order=random` (each pair judged once, in a random order: the anchor's work).
 
-Both processes get the same OpenBLAS preloaded (`ppo.blas.find_fast_blas`), with the same
-OPENBLAS_THREAD_TIMEOUT (4, set by `ppo.blas` at start-up, unless already set). Seconds per
+Both processes get the same OpenBLAS preloaded (`ppo.platform.blas.find_fast_blas`), with the same
+OPENBLAS_THREAD_TIMEOUT (4, set by `ppo.platform.blas` at start-up, unless already set). Seconds per
 iteration are medians over the iterations after the warm-up. If the anchor cannot run, the
 JSON says why and falls back to MISSION.md's measured 0.51 s/iter, labelled as such.
 Prints one JSON object.
@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ppo.blas import ensure_fast_blas  # noqa: E402
+from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
@@ -52,7 +52,7 @@ def run_ours(model_dir: Path, run_dir: Path, iters: int, warmup: int, batch: int
     from benchmarks.common import QUIET_RUN, median, metrics_rows, step_seconds
 
     exe = Path(sys.executable).with_name("ppo-train")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppo.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppo.tools.cli"]
     overrides = [
         f"model.path={model_dir}", "judge=llm", f"judge.model={model_dir}", *extra,
         f"train.iters={iters + warmup}", f"train.batch_size={batch}",
@@ -115,7 +115,7 @@ def main() -> None:
     from mlx_lm import load
     from mlx_lm.utils import get_total_parameters
 
-    from ppo.blas import blas_in_use, find_fast_blas
+    from ppo.platform.blas import blas_in_use, find_fast_blas
     from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
 
     blas = find_fast_blas()

@@ -1,7 +1,7 @@
 """What the benchmarks share: the benchmark model, the composed config, medians of a run.
 
 The benchmark model is the foundation issue's setting (and MISSION.md's mlx-lm-lora
-figure): a tiny Qwen3 from `ppo.tiny` with hidden 256, 4 layers, 4 heads and a 4096-token
+figure): a tiny Qwen3 from `ppo.demo.tiny` with hidden 256, 4 layers, 4 heads and a 4096-token
 vocabulary, about 4.2M parameters, random weights, built fresh into a temp folder.
 """
 
@@ -11,14 +11,14 @@ import json
 from pathlib import Path
 
 BENCH_MODEL = {"hidden": 256, "layers": 4, "vocab": 4096, "heads": 4, "seed": 0}
-BENCH_MODEL_NAME = "ppo.tiny qwen3 hidden=256 layers=4 vocab=4096"
+BENCH_MODEL_NAME = "ppo.demo.tiny qwen3 hidden=256 layers=4 vocab=4096"
 
 # Overrides that keep a timed run to its training steps: no eval, no checkpoint, no bar, no wandb.
 QUIET_RUN = ["train.steps_per_eval=1000000", "train.save_every=1000000", "train.progress=false", "logger=none"]
 
 
 def build_bench_model(path: Path, **changes) -> Path:
-    from ppo.tiny import build_tiny_model
+    from ppo.demo.tiny import build_tiny_model
 
     return build_tiny_model(Path(path), **{**BENCH_MODEL, **changes})
 
@@ -37,8 +37,8 @@ def median(rows: list[dict], key: str) -> float:
 def train_rows(model_dir: Path, run_dir: Path, iters: int, warmup: int, overrides: list[str] = ()) -> list[dict]:
     """Train `iters + warmup` steps on `model_dir` through the real trainer (in this
     process) and return the metrics rows after the warm-up."""
-    from ppo.config import compose_train
-    from ppo.trainer import train
+    from ppo.train.config import compose_train
+    from ppo.train.loop import train
 
     cfg = compose_train([f"model.path={model_dir}", f"train.iters={iters + warmup}", *QUIET_RUN, *overrides])
     train(cfg, run_dir)

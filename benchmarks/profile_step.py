@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/profile_step.py [--iters 30 --warmup 5] [--variants baseline blas1 ...]
 
-Each variant runs the real trainer (`ppo.trainer.train`) in its own process on the step
+Each variant runs the real trainer (`ppo.train.loop.train`) in its own process on the step
 benchmark's setting (tiny Qwen3 hidden 256, 4 layers, vocab 4096; batch 2; 32 tokens; rule
 judge unless the variant says llm) and reports median seconds/iter with its split.
 Candidate fixes are applied as monkeypatches in that process only; ppo/ is not changed:
@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ppo.blas import ensure_fast_blas  # noqa: E402
+from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
@@ -64,13 +64,13 @@ VARIANTS = {  # name: (environment, patches, judge, extra overrides)
 
 
 def token_logps_head_on_completion(model, batch):
-    """ppo.scoring.token_logps, but the LM head (and logsumexp) only on positions that predict
+    """ppo.train.scoring.token_logps, but the LM head (and logsumexp) only on positions that predict
     completion tokens: columns from the first completion token of any row onwards."""
     import mlx.core as mx
     import numpy as np
 
     from ppo.judges.llm import _body_and_head
-    from ppo.scoring import token_logps
+    from ppo.train.scoring import token_logps
 
     parts = _body_and_head(model)
     mask_np = np.array(batch.completion_mask)
@@ -90,33 +90,33 @@ def token_logps_head_on_completion(model, batch):
 def apply_patches(patches: list[str]) -> None:
     import mlx.core as mx
 
-    import ppo.trainer
+    import ppo.train.loop
 
     if "no_clear_cache" in patches:
-        import ppo.rollout
+        import ppo.train.rollout
 
         class _NoClear:
             def __getattr__(self, name):
                 return (lambda: None) if name == "clear_cache" else getattr(mx, name)
 
-        ppo.rollout.mx = _NoClear()
+        ppo.train.rollout.mx = _NoClear()
     if "head_on_completion" in patches:
-        ppo.trainer.token_logps = token_logps_head_on_completion
+        ppo.train.loop.token_logps = token_logps_head_on_completion
     if "fused_lora_rollout" in patches:
-        original = ppo.trainer.sample_pairs
+        original = ppo.train.loop.sample_pairs
 
         def sample_pairs_fused(model, prompts, **kwargs):
             return original(fused_copy(model), prompts, **kwargs)
 
-        ppo.trainer.sample_pairs = sample_pairs_fused
+        ppo.train.loop.sample_pairs = sample_pairs_fused
     if "blas1_rollout" in patches:
         import ctypes
 
-        from ppo.blas import blas_in_use
+        from ppo.platform.blas import blas_in_use
 
         lib = ctypes.CDLL(blas_in_use())
         default = lib.openblas_get_num_threads()
-        inner = ppo.trainer.sample_pairs
+        inner = ppo.train.loop.sample_pairs
 
         def sample_pairs_one_thread(model, prompts, **kwargs):
             lib.openblas_set_num_threads(1)
@@ -125,7 +125,7 @@ def apply_patches(patches: list[str]) -> None:
             finally:
                 lib.openblas_set_num_threads(default)
 
-        ppo.trainer.sample_pairs = sample_pairs_one_thread
+        ppo.train.loop.sample_pairs = sample_pairs_one_thread
 
 
 def fused_copy(model):
@@ -145,8 +145,8 @@ def fused_copy(model):
 
 def run_variant(patches: list[str], judge: str, iters: int, warmup: int, profile: bool, extra=()) -> dict:
     from benchmarks.common import QUIET_RUN, build_bench_model, median, metrics_rows, step_seconds
-    from ppo.config import compose_train
-    from ppo.trainer import train
+    from ppo.train.config import compose_train
+    from ppo.train.loop import train
 
     apply_patches(patches)
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,13 +192,13 @@ def isolated(reps: int = 20) -> dict:
     import numpy as np
     from mlx_lm.models.cache import make_prompt_cache
 
-    from ppo import corpus
+    from ppo.demo import corpus
     from benchmarks.common import build_bench_model
-    from ppo.config import compose_train
-    from ppo.models import load_policy_and_reference, reference_model
-    from ppo.rollout import sample
-    from ppo.scoring import ScoringBatch, build_scoring_batch, token_logps
-    from ppo.trainer import JudgedBatch, make_loss_fn, make_optimizer
+    from ppo.train.config import compose_train
+    from ppo.train.models import load_policy_and_reference, reference_model
+    from ppo.train.rollout import sample
+    from ppo.train.scoring import ScoringBatch, build_scoring_batch, token_logps
+    from ppo.train.loop import JudgedBatch, make_loss_fn, make_optimizer
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "model")
@@ -209,7 +209,7 @@ def isolated(reps: int = 20) -> dict:
                for p in corpus.prompts(2, seed=0)] * 2
     out = {}
 
-    # 1. rollout: 4 rows x 32 tokens through BatchGenerator (ppo.rollout.sample), EOS impossible
+    # 1. rollout: 4 rows x 32 tokens through BatchGenerator (ppo.train.rollout.sample), EOS impossible
     for _ in range(2):
         sample(policy, prompts, eos_token_ids=[4096], max_tokens=32, temperature=0.8)
     t = []
@@ -333,7 +333,7 @@ def two_streams(reps: int = 10) -> dict:
     from mlx_lm import load
 
     from benchmarks.common import build_bench_model, median_seconds
-    from ppo.blas import single_threaded_blas
+    from ppo.platform.blas import single_threaded_blas
 
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = load(str(build_bench_model(Path(tmp) / "model")))

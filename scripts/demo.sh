@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-outputs/demo}
 bash scripts/setup.sh
-.venv/bin/ppo-train +experiment=demo hydra.run.dir="$out/headline"
-.venv/bin/ppo-train -m +experiment=demo_compare hydra/launcher=joblib2 hydra.sweep.dir="$out/compare" train.progress=false
+.venv/bin/ppo-train experiment=demo hydra.run.dir="$out/headline"
+.venv/bin/ppo-train -m experiment=demo_compare hydra/launcher=joblib2 hydra.sweep.dir="$out/compare" train.progress=false
 .venv/bin/ppo-report "$out/compare"
 echo
 echo "side by side (ppo_form=textbook is the headline; seed = the seed's own formula):"

@@ -2,7 +2,7 @@
 # A sweep on a local Ray cluster that listens on 127.0.0.1 only (not on every interface,
 # Ray's default). Needs `pip install hydra-ray-launcher` (brings ray, about +500 MB).
 #   bash scripts/ray_local_sweep.sh                       # a 2 x 2 epsilon x beta smoke sweep on the demo model
-#   bash scripts/ray_local_sweep.sh +experiment=eps_beta_grid
+#   bash scripts/ray_local_sweep.sh experiment=eps_beta_grid
 # Run here on 2026-11-23 (hydra-core 1.3.8, ray 2.60.0, hydra-ray-launcher 1.2.2): the 4-job
 # smoke sweep finished and the report was written; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 every
 # Ray server listened on 127.0.0.1 only (checked with `ss -ltnp`). hydra-ray-launcher pins
@@ -34,8 +34,8 @@ if [ "$#" -eq 0 ]; then  # a smoke sweep: 4 short jobs
     generation.max_completion_length=16 train.steps_per_eval=2 data.max_eval_prompts=8
 fi
 status=0
-$PY -m ppo.cli -m hydra/launcher=ray_local hydra.launcher.ray.init.address="$RAY_ADDRESS" \
+$PY -m ppo.tools.cli -m hydra/launcher=ray_local hydra.launcher.ray.init.address="$RAY_ADDRESS" \
   hydra.sweep.dir="$SWEEP_DIR" train.progress=false "$@" || status=$?
-$PY -m ppo.report "$SWEEP_DIR" || true
+$PY -m ppo.tools.report "$SWEEP_DIR" || true
 echo "ray_local_sweep: sweep exit status $status; runs and report in $SWEEP_DIR"
 exit $status

@@ -13,7 +13,7 @@ fi
 
 # The mlx Linux CPU wheel ships a reference BLAS (~30x slower matmul). Our entry points
 # preload OpenBLAS when they find it (ppo/blas.py); here we make sure it is there.
-if [ "$(uname -s)" = "Linux" ] && ! .venv/bin/python -c "import sys; from ppo.blas import find_fast_blas; sys.exit(find_fast_blas() is None)"; then
+if [ "$(uname -s)" = "Linux" ] && ! .venv/bin/python -c "import sys; from ppo.platform.blas import find_fast_blas; sys.exit(find_fast_blas() is None)"; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && SUDO="sudo -n"
@@ -22,10 +22,10 @@ if [ "$(uname -s)" = "Linux" ] && ! .venv/bin/python -c "import sys; from ppo.bl
       $SUDO apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null
     fi
   fi
-  .venv/bin/python -c "import sys; from ppo.blas import find_fast_blas; sys.exit(find_fast_blas() is None)" \
+  .venv/bin/python -c "import sys; from ppo.platform.blas import find_fast_blas; sys.exit(find_fast_blas() is None)" \
     || echo "setup: warning: no OpenBLAS found; MLX will use its slow reference BLAS. Install libopenblas0-pthread (or your distribution's OpenBLAS) or set PPO_BLAS_LIBRARY=/path/to/libopenblas.so"
 fi
 
 # The embedded demo model (cached; rebuilt only when missing).
-.venv/bin/python -m ppo.demo_model --if-missing
+.venv/bin/python -m ppo.demo.model --if-missing
 echo "setup: done. Train: .venv/bin/ppo-train   Tests: .venv/bin/python -m pytest"

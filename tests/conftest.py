@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real models built by ppo.tiny, real Hydra composition."""
+"""Shared fixtures: tiny real models built by ppo.demo.tiny, real Hydra composition."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random-weight qwen3 model with a ChatML tokenizer (built once per session)."""
-    from ppo.tiny import build_tiny_model
+    from ppo.demo.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", hidden=64, layers=2, vocab=512, seed=0)
 
 
 @pytest.fixture(scope="session")
 def prompts_file(tmp_path_factory) -> Path:
-    from ppo import corpus
+    from ppo.demo import corpus
 
     path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
     rows = list(dict.fromkeys(corpus.prompts(200, seed=7)))[:40]
@@ -34,7 +34,7 @@ def prompts_file(tmp_path_factory) -> Path:
 
 def compose(overrides: list[str]):
     """conf/train.yaml composed by Hydra exactly as ppo-train does."""
-    from ppo.config import compose_train
+    from ppo.train.config import compose_train
 
     return compose_train(overrides)
 
@@ -60,5 +60,5 @@ def run_cli(args: list[str], cwd: Path | None = None, env: dict | None = None, t
 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "ppo.cli", *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "ppo.tools.cli", *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )

@@ -1,4 +1,4 @@
-"""MLX must run on an optimized BLAS: ppo.blas preloads it and ppo.doctor checks it."""
+"""MLX must run on an optimized BLAS: ppo.platform.blas preloads it and ppo.tools.doctor checks it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ppo import blas
+from ppo.platform import blas
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCTOR_KEYS = {
@@ -47,7 +47,7 @@ def _clean_env(**extra: str) -> dict:
 
 def _doctor(env: dict, size: int = 512) -> tuple[dict, str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "ppo.doctor", "--size", str(size), "--repeats", "5"],
+        [sys.executable, "-m", "ppo.tools.doctor", "--size", str(size), "--repeats", "5"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -111,7 +111,7 @@ def test_loaded_blas_libraries_and_blas_in_use():
 _PROBE = (
     "import os, sys\n"
     "print('START', os.getpid(), flush=True)\n"
-    "from ppo.blas import ensure_fast_blas\n"
+    "from ppo.platform.blas import ensure_fast_blas\n"
     "ensure_fast_blas()\n"
     "print('DONE', os.environ.get('LD_PRELOAD', ''), sys.argv[1:], flush=True)\n"
     "print('TIMEOUT', os.environ.get('OPENBLAS_THREAD_TIMEOUT'), flush=True)\n"

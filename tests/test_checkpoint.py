@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, compose, run_cli, small_run_overrides
-from ppo import checkpoint
-from ppo.checkpoint import CheckpointError
+from ppo.train import checkpoint
+from ppo.train.checkpoint import CheckpointError
 
-MEASUREMENTS = ("timing/", "tokens_per_second", "memory/", "judge/seconds")
+from ppo.metrics import MEASUREMENT_PREFIXES as MEASUREMENTS  # noqa: E402
 
 
 def _metrics(run_dir):
@@ -46,7 +46,7 @@ def _assert_same_run(a, b):
 @pytest.mark.slow
 def test_sigkill_during_training_then_resume_is_identical(tmp_path, tiny_model_dir, prompts_file, uninterrupted):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "ppo.cli", *_overrides(tiny_model_dir, prompts_file, run_dir)]
+    args = [sys.executable, "-m", "ppo.tools.cli", *_overrides(tiny_model_dir, prompts_file, run_dir)]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "checkpoints").exists():
@@ -82,7 +82,7 @@ def test_half_written_checkpoint_is_ignored(tmp_path, tiny_model_dir, prompts_fi
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path, tiny_model_dir, prompts_file):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "ppo.cli", *_overrides(tiny_model_dir, prompts_file, run_dir, iters=200, **{"train.save_every": 1000})]
+    args = [sys.executable, "-m", "ppo.tools.cli", *_overrides(tiny_model_dir, prompts_file, run_dir, iters=200, **{"train.save_every": 1000})]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 2):
@@ -108,8 +108,8 @@ def test_resume_with_a_different_config_is_refused(tmp_path, tiny_model_dir, pro
 def test_corrupt_checkpoint_is_named(tmp_path, tiny_model_dir):
     from mlx_lm import load
 
-    from ppo.models import add_adapters
-    from ppo.trainer import make_optimizer
+    from ppo.train.models import add_adapters
+    from ppo.train.optimizer import make_optimizer
 
     cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
     model, _ = load(str(tiny_model_dir))
@@ -127,8 +127,8 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_mod
 
     from mlx_lm import load
 
-    from ppo.models import add_adapters
-    from ppo.trainer import make_optimizer
+    from ppo.train.models import add_adapters
+    from ppo.train.optimizer import make_optimizer
 
     cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
     model, _ = load(str(tiny_model_dir))
@@ -157,8 +157,8 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_mod
 def test_keeps_only_the_last_k(tmp_path, tiny_model_dir):
     from mlx_lm import load
 
-    from ppo.models import add_adapters
-    from ppo.trainer import make_optimizer
+    from ppo.train.models import add_adapters
+    from ppo.train.optimizer import make_optimizer
 
     cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
     model, _ = load(str(tiny_model_dir))
@@ -172,9 +172,9 @@ def test_keeps_only_the_last_k(tmp_path, tiny_model_dir):
 def test_checkpoint_from_another_model_is_refused(tmp_path, tiny_model_dir):
     from mlx_lm import load
 
-    from ppo.models import add_adapters
-    from ppo.tiny import build_tiny_model
-    from ppo.trainer import make_optimizer
+    from ppo.train.models import add_adapters
+    from ppo.demo.tiny import build_tiny_model
+    from ppo.train.optimizer import make_optimizer
 
     other_dir = build_tiny_model(tmp_path / "other", hidden=32, layers=1, vocab=300)
     cfg = compose([f"model.path={other_dir}", "finetune.num_layers=1"])

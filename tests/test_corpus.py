@@ -1,8 +1,8 @@
-"""Tests for ppo.corpus: deterministic grammar text with balanced sentiment words."""
+"""Tests for ppo.demo.corpus: deterministic grammar text with balanced sentiment words."""
 
 from collections import Counter
 
-from ppo import corpus
+from ppo.demo import corpus
 
 
 def test_sentences_deterministic():

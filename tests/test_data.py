@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from ppo.config import ConfigError
-from ppo.data import PromptSampler, load_prompts, read_prompts
+from ppo.train.config import ConfigError
+from ppo.train.data import PromptSampler, load_prompts, read_prompts
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_unknown_field_names_columns(tmp_path, tokenizer):
 def test_eval_split_is_held_out_and_sampler_is_seeded(tmp_path, tokenizer, prompts_file):
     from omegaconf import OmegaConf
 
-    from ppo.config import DataConfig
+    from ppo.train.config import DataConfig
 
     cfg = OmegaConf.structured(DataConfig(path=str(prompts_file), eval_fraction=0.25))
     splits = load_prompts(cfg, tokenizer, seed=0)

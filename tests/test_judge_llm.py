@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from ppo.config import ConfigError
+from ppo.train.config import ConfigError
 from ppo.judges import JudgePipeline, Pair, build_judge
 from ppo.judges.llm import LLMJudge
 from ppo.judges.prompting import DEFAULT_RUBRIC
@@ -57,7 +57,7 @@ def test_bad_config_gives_one_line_errors(tiny_model_dir, tmp_path):
 def test_shares_the_policy_weights_with_adapters_off(tiny_model_dir):
     from omegaconf import OmegaConf
 
-    from ppo.models import add_adapters, load_model
+    from ppo.train.models import add_adapters, load_model
 
     policy, tokenizer = load_model(str(tiny_model_dir))
     add_adapters(policy, OmegaConf.create({"type": "lora", "rank": 4, "scale": 20.0, "dropout": 0.0, "num_layers": 2, "keys": None}))
@@ -123,7 +123,7 @@ def test_special_tokens_cannot_be_reassembled(judge):
 def test_frozen_base_never_hands_the_judge_trained_weights():
     from types import SimpleNamespace as NS
 
-    from ppo.models import frozen_base
+    from ppo.train.models import frozen_base
 
     policy, reference = object(), object()
     assert frozen_base(policy, None, NS(reference_path=None), NS(type="lora")) is policy  # adapters switched off
@@ -140,7 +140,7 @@ def test_llm_judge_in_the_training_loop_reads_the_frozen_base(tmp_path, tiny_mod
     policy's own weights have moved, so the judge must read the frozen reference)."""
     import json
 
-    import ppo.trainer as trainer
+    import ppo.train.loop as trainer
     from conftest import compose, small_run_overrides
 
     built = {}

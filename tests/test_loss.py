@@ -1,10 +1,10 @@
-"""ppo.loss against an independent float64 numpy implementation of MISSION.md's formulas."""
+"""ppo.train.loss against an independent float64 numpy implementation of MISSION.md's formulas."""
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from ppo.loss import dpo_loss, implicit_rewards, logprob_gap_advantages, ppo_loss
+from ppo.train.loss import dpo_loss, implicit_rewards, logprob_gap_advantages, ppo_loss
 
 MAX_LOG_RATIO = 20.0
 
@@ -166,7 +166,7 @@ def test_implicit_rewards():
 
 
 def test_sequence_kl_estimators_match_formulas():
-    from ppo.loss import sequence_kl
+    from ppo.train.loss import sequence_kl
 
     rng = np.random.default_rng(5)
     logp = rng.normal(-3, 1, (3, 5)).astype(np.float32)

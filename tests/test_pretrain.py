@@ -1,4 +1,4 @@
-"""Tests for ppo.pretrain (brief supervised pre-training) and ppo.demo_model."""
+"""Tests for ppo.demo.pretrain (brief supervised pre-training) and ppo.demo.model."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 
 mlx_lm = pytest.importorskip("mlx_lm")
 
-from ppo import demo_model  # noqa: E402
-from ppo import pretrain as pretrain_module  # noqa: E402
-from ppo.pretrain import pretrain  # noqa: E402
-from ppo.tiny import EOS_TOKEN, build_tiny_model  # noqa: E402
+from ppo.demo import model as demo_model  # noqa: E402
+from ppo import io as ppo_io  # noqa: E402
+from ppo.demo import pretrain as pretrain_module  # noqa: E402
+from ppo.demo.pretrain import pretrain  # noqa: E402
+from ppo.demo.tiny import EOS_TOKEN, build_tiny_model  # noqa: E402
 
 STEPS = 30
 SMALL = dict(hidden=32, layers=1, vocab=512, heads=4)
@@ -56,13 +57,13 @@ def test_loss_decreases_and_weights_saved_atomically(fresh_model, tmp_path, monk
     weights_file = model_dir / "model.safetensors"
     before = weights_file.read_bytes()
     replaced = []
-    real_replace = pretrain_module.os.replace
+    real_replace = ppo_io.os.replace  # pretrain saves through ppo.io's atomic write
 
     def spy_replace(src, dst):
         replaced.append((Path(src), Path(dst), Path(src).exists()))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(pretrain_module.os, "replace", spy_replace)
+    monkeypatch.setattr(ppo_io.os, "replace", spy_replace)
     stats = _train(model_dir)
 
     assert stats["steps"] == STEPS and stats["seconds"] > 0
@@ -90,7 +91,7 @@ def test_failed_save_keeps_old_weights(fresh_model, tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pretrain_module.os, "replace", broken_replace)
+    monkeypatch.setattr(ppo_io.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         pretrain(model_dir, steps=2, batch_size=4, log=None)
     assert (model_dir / "model.safetensors").read_bytes() == before
@@ -139,4 +140,7 @@ def test_default_out_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("PPO_CACHE", str(tmp_path))
     assert demo_model.default_out_dir() == tmp_path / "models" / "demo"
     monkeypatch.delenv("PPO_CACHE")
-    assert demo_model.default_out_dir() == Path(demo_model.__file__).resolve().parents[1] / ".cache" / "models" / "demo"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert demo_model.default_out_dir() == tmp_path / "xdg" / "ppo-mlx" / "models" / "demo"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert demo_model.default_out_dir() == Path.home() / ".cache" / "ppo-mlx" / "models" / "demo"  # never the checkout

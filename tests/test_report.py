@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ppo.report import health_verdict, load_runs, main
+from ppo.tools.report import health_verdict, load_runs, main
 
 
 def make_run(root, name, epsilon, beta, win_rates, clips, kls, status="finished", loss_type="ppo_clip"):

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from conftest import ROOT, run_cli, small_run_overrides
-from ppo.reproduce import comparable, wandb_run_files
-from ppo.reproduce import main as reproduce_main
+from ppo.tools.reproduce import comparable, wandb_run_files
+from ppo.tools.reproduce import main as reproduce_main
 
 
 def _metrics(run_dir):
@@ -16,7 +16,7 @@ def _metrics(run_dir):
 
 
 def _reproduce(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "ppo.reproduce", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "ppo.tools.reproduce", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 

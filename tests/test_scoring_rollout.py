@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from ppo.config import FinetuneConfig
-from ppo.models import add_adapters, adapters_disabled
-from ppo.rollout import sample, sample_pairs
-from ppo.scoring import build_scoring_batch, sequence_logps
+from ppo.train.config import FinetuneConfig
+from ppo.train.models import add_adapters, adapters_disabled
+from ppo.train.rollout import sample, sample_pairs
+from ppo.train.scoring import build_scoring_batch, sequence_logps
 
 
 @pytest.fixture(scope="module")

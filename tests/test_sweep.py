@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, compose, run_cli, small_run_overrides
 
-from ppo.report import main as report_main
+from ppo.tools.report import main as report_main
 
 # Until conf/hydra/default.yaml excludes them itself: keep paths and infrastructure keys out
 # of the sweep folder names (a model.path=/a/b override would otherwise nest folders).
@@ -24,7 +24,7 @@ NAME_KEYS_EXCLUDED = ("hydra.job.config.override_dirname.exclude_keys=[hydra.run
     ("advantage", {"loss.advantage": "judge,logprob_gap"}),
 ])
 def test_experiment_files_compose(name, swept):
-    cfg = compose([f"+experiment={name}"])
+    cfg = compose([f"experiment={name}"])
     assert cfg.experiment_name == name
     assert cfg.logger.wandb.group == name  # one wandb group per sweep
     with open(ROOT / "experiments" / f"{name}.yaml") as f:
@@ -33,18 +33,18 @@ def test_experiment_files_compose(name, swept):
     from hydra import initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        full = hydra_compose("train", overrides=[f"+experiment={name}"], return_hydra_config=True)
+        full = hydra_compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
     assert dict(full.hydra.sweeper.params) == swept
     # every swept value composes into a valid config
-    from ppo.config import validate
+    from ppo.train.config import validate
 
     for key, values in swept.items():
         for value in values.split(","):
-            validate(compose([f"+experiment={name}", f"{key}={value}"]))
+            validate(compose([f"experiment={name}", f"{key}={value}"]))
 
 
 def test_grid_presets_reach_the_loss():
-    cfg = compose(["+experiment=eps_beta_grid", "epsilon=tight", "beta=stronger"])
+    cfg = compose(["experiment=eps_beta_grid", "epsilon=tight", "beta=stronger"])
     assert (cfg.loss.epsilon, cfg.loss.beta) == (0.1, 0.5)
 
 
@@ -73,7 +73,7 @@ def _summary(run_dir):
 
 @pytest.mark.slow
 def test_eps_beta_sweep_then_report_then_resume(tmp_path, tiny_model_dir, prompts_file, capsys):
-    sweep_dir, result = _sweep(tmp_path, tiny_model_dir, prompts_file, "+experiment=eps_beta_grid",
+    sweep_dir, result = _sweep(tmp_path, tiny_model_dir, prompts_file, "experiment=eps_beta_grid",
                                "epsilon=tight,loose", "beta=tiny,stronger", logger="wandb")
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
@@ -94,12 +94,12 @@ def test_eps_beta_sweep_then_report_then_resume(tmp_path, tiny_model_dir, prompt
     assert sum(line.startswith("| `beta=") for line in report.splitlines()) == 4
     assert all((sweep_dir / f"heatmap_{m}.png").exists() for m in ("win_rate", "clip_fraction", "kl"))
 
-    # The check the trainer makes before loading anything (ppo.resume_sweep.finished_summary):
+    # The check the trainer makes before loading anything (ppo.train.checkpoint.finished_summary):
     # same config -> the finished summary; another config -> None (train again or refuse).
-    from ppo.resume_sweep import finished_summary
+    from ppo.train.checkpoint import finished_summary
 
     job = small_run_overrides(tiny_model_dir, prompts_file, logger="wandb", **{"train.iters": 2}) + [
-        "+experiment=eps_beta_grid", "epsilon=tight", "beta=tiny"]
+        "experiment=eps_beta_grid", "epsilon=tight", "beta=tiny"]
     assert finished_summary(compose(job), sweep_dir / "beta=tiny,epsilon=tight")["status"] == "finished"
     assert finished_summary(compose(job + ["seed=1"]), sweep_dir / "beta=tiny,epsilon=tight") is None
     assert finished_summary(compose(job + ["train.iters=3"]), sweep_dir / "beta=tiny,epsilon=tight") is None
@@ -110,7 +110,7 @@ def test_eps_beta_sweep_then_report_then_resume(tmp_path, tiny_model_dir, prompt
     (killed / "summary.json").unlink()
     shutil.rmtree(killed / "checkpoints")
     done_metrics = (done / "metrics.jsonl").stat().st_mtime_ns
-    _, again = _sweep(tmp_path, tiny_model_dir, prompts_file, "+experiment=eps_beta_grid",
+    _, again = _sweep(tmp_path, tiny_model_dir, prompts_file, "experiment=eps_beta_grid",
                       "epsilon=tight,loose", "beta=tiny,stronger", logger="wandb")
     assert again.returncode == 0, again.stderr[-3000:]
     assert _summary(killed)["status"] == "finished"
@@ -147,7 +147,7 @@ def test_launcher_configs_compose(launcher, target, plugin):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from ppo.config import register
+    from ppo.train.config import register
 
     register()
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):

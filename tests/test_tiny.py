@@ -1,4 +1,4 @@
-"""Tests for ppo.tiny: a random-weight qwen3 model directory that mlx_lm loads."""
+"""Tests for ppo.demo.tiny: a random-weight qwen3 model directory that mlx_lm loads."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 
 mlx_lm = pytest.importorskip("mlx_lm")
 
-from ppo.tiny import EOS_TOKEN, IM_START, PAD_TOKEN, build_tiny_model  # noqa: E402
+from ppo.demo.tiny import EOS_TOKEN, IM_START, PAD_TOKEN, build_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_rejects_bad_args(tmp_path):
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, "-m", "ppo.tiny", str(out), "--hidden", "32", "--layers", "1", "--vocab", "300"],
+        [sys.executable, "-m", "ppo.demo.tiny", str(out), "--hidden", "32", "--layers", "1", "--vocab", "300"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, small_run_overrides
-from ppo.tracking import MetricsFile
+from ppo.train.tracking import MetricsFile
 
 
 def _wandb_inspect(run_dir: Path) -> dict:

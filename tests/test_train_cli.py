@@ -15,7 +15,7 @@ NAMED_METRICS = [
 
 
 # Readings of the machine, not of the run: they vary between identical runs.
-MEASUREMENTS = ("timing/", "tokens_per_second", "memory/", "judge/seconds")
+from ppo.metrics import MEASUREMENT_PREFIXES as MEASUREMENTS  # noqa: E402
 
 
 def _read_metrics(run_dir):
@@ -132,9 +132,9 @@ def test_first_epoch_logps_equal_a_separate_sampling_time_forward(tiny_model_dir
     from mlx_lm import load
 
     from conftest import compose
-    from ppo.models import add_adapters
-    from ppo.scoring import build_scoring_batch, reduce_logps, token_logps
-    from ppo.trainer import JudgedBatch, make_loss_fn
+    from ppo.train.models import add_adapters
+    from ppo.train.scoring import build_scoring_batch, reduce_logps, token_logps
+    from ppo.train.step import JudgedBatch, make_loss_fn
 
     cfg = compose([f"model.path={tiny_model_dir}", "loss.ratio=rollout", "loss.logprob_reduction=mean"])
     model, _ = load(str(tiny_model_dir))

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Re-exported: a judge of your own raises these (see ppo/errors.py).
+from ppo.errors import JudgeQuit, JudgeUnavailable  # noqa: F401
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -53,22 +56,6 @@ def advantages_from_verdicts(p: np.ndarray, tie_threshold: float = 0.0) -> tuple
     confidence = np.abs(2.0 * p_filled - 1.0)
     confidence = np.where(confidence > tie_threshold, confidence, 0.0)
     return a_is_chosen, confidence.astype(np.float32), valid
-
-
-class JudgeUnavailable(RuntimeError):
-    """The judge cannot be reached (e.g. an HTTP server down after every retry).
-
-    The trainer catches it, saves a checkpoint and exits non-zero: the run can resume
-    once the judge is back. The message is one line and names what was unreachable.
-    """
-
-
-class JudgeQuit(RuntimeError):
-    """The person judging asked to stop (key q, or closed stdin).
-
-    Every decision made so far is already in judgments.jsonl; the trainer saves a
-    checkpoint and exits, and a resumed run does not ask again for recorded pairs.
-    """
 
 
 def text_hash(text: str) -> str:

@@ -1,7 +1,7 @@
 """Build the configured judge: instantiate ``judge._target_`` and wrap it in the pipeline.
 
 The judge config node is an untyped dict, so the wrapper's own keys (``order``,
-``tie_threshold``) are popped here before ``_target_`` is instantiated, and validated with
+``tie_threshold``; defaults: JudgePipeline's) are popped here before ``_target_`` is instantiated, and validated with
 one-line errors. When ``judge.model`` is the policy's base model, an LLM judge is handed
 the policy itself (read with its adapters switched off) instead of loading a second copy.
 """
@@ -12,13 +12,18 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ppo.config import ConfigError
+import inspect
+
+from ppo.errors import ConfigError
+from ppo.io import JUDGMENTS_FILE
 from ppo.judges.pipeline import JudgePipeline, check_wrapper_options
 from ppo.judges.record import JudgmentLog
 
-WRAPPER_DEFAULTS = {"order": "both", "tie_threshold": 0.0}
+# The pipeline's own keys of a judge config, with JudgePipeline's defaults (one source;
+# conf/judge_pipeline.yaml declares the same keys for Hydra, checked by tests/test_configs.py).
+WRAPPER_DEFAULTS = {k: p.default for k, p in inspect.signature(JudgePipeline).parameters.items()
+                    if k in ("order", "tie_threshold")}
 LLM_TARGET = "ppo.judges.llm.LLMJudge"
-JUDGMENTS_FILE = "judgments.jsonl"
 
 
 def same_model(a: str | None, b: str | None) -> bool:
@@ -37,7 +42,7 @@ def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path:
 
     Records go to ``run_dir/judgments.jsonl`` (none when run_dir is None); records already
     there (a resumed run) pre-fill the cache. ``base``: a loaded model that computes
-    ``base_path`` unchanged with its adapters off (``ppo.models.frozen_base``); an LLM judge
+    ``base_path`` unchanged with its adapters off (``ppo.train.models.frozen_base``); an LLM judge
     of that same model shares its weights instead of loading a copy.
     """
     from hydra.utils import get_class, instantiate
@@ -50,7 +55,7 @@ def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path:
     )
     target = cfg["_target_"]
     if base is not None and target == LLM_TARGET and same_model(cfg.get("model", "Qwen/Qwen3-0.6B"), base_path):
-        from ppo.models import adapters_disabled
+        from ppo.train.models import adapters_disabled
 
         kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
         inner = get_class(target)(**kwargs, preloaded=(base, tokenizer), model_context=adapters_disabled)

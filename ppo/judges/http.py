@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ppo.config import ConfigError
+from ppo.errors import ConfigError
 from ppo.judges.base import JudgeUnavailable, Pair, Verdicts
 from ppo.judges.prompting import check_labels, judging_messages, rubric
 

@@ -10,7 +10,7 @@ framing every prompt starts with are computed once per run (PrefixCache); on a
 multi-core CPU each batch is split over two MLX CPU streams (LLMJudge.label_logits).
 
 The judge can share the policy's weights: pass ``preloaded=(model, tokenizer)`` and
-``model_context=ppo.models.adapters_disabled``; the judge then reads the frozen base
+``model_context=ppo.train.models.adapters_disabled``; the judge then reads the frozen base
 model (adapters switched off for the duration of the forward) and loads no second copy.
 """
 
@@ -23,8 +23,8 @@ from typing import Callable
 import mlx.core as mx
 import numpy as np
 
-from ppo.blas import single_threaded_blas
-from ppo.config import ConfigError
+from ppo.platform.blas import single_threaded_blas
+from ppo.errors import ConfigError
 from ppo.judges.base import Pair, Verdicts
 from ppo.judges.prompting import check_labels, judging_messages, rubric, special_pattern
 
@@ -88,7 +88,7 @@ class PrefixCache:
     full. The head is always computed by the same forward, so results do not depend on
     which calls came before (a resumed run judges bit for bit like an uninterrupted one).
     Valid because a judge's weights never change during a run (a judge that shares the
-    policy reads its frozen base: ppo.models.frozen_base).
+    policy reads its frozen base: ppo.train.models.frozen_base).
     """
 
     def __init__(self, head: list[int] | None = None):
@@ -178,7 +178,7 @@ class LLMJudge:
         if preloaded is not None:
             self.model, self.tokenizer = preloaded
         else:
-            from ppo.models import load_model
+            from ppo.train.models import load_model
 
             try:
                 self.model, self.tokenizer = load_model(model, trust_remote_code)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppo.config import ConfigError
+from ppo.errors import ConfigError
 from ppo.judges.base import Pair, Verdicts
 from ppo.judges.record import JudgmentLog, mirror, pair_key, read_judgments, record_key, verdict_of
 

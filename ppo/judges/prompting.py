@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ppo.config import ConfigError
+from ppo.errors import ConfigError
 from ppo.judges.base import Pair
 
 DEFAULT_RUBRIC = (

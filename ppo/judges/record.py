@@ -15,6 +15,7 @@ import math
 import os
 from pathlib import Path
 
+from ppo.io import read_jsonl
 from ppo.judges.base import Pair, text_hash
 
 VERDICTS = ("a", "b", "tie", "invalid")
@@ -78,14 +79,4 @@ class JudgmentLog:
 
 def read_judgments(path) -> list[dict]:
     """All complete records of a judgments file (a torn last line from a crash is skipped)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    return read_jsonl(path)

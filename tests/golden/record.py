@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/golden/record.py      (re-record only when behaviour is meant to change)
 
-Each golden run is a short training of a tiny model built by ``ppo.tiny`` (byte-identical
+Each golden run is a short training of a tiny model built by ``ppo.demo.tiny`` (byte-identical
 for a seed) on prompts from ``ppo``'s grammar corpus, with the rule judge and a fixed seed.
 What is kept: every ``metrics.jsonl`` row without the machine readings, and the adapters
 (file and sha256). Recorded on 2026-11-30 before the package-and-layout move (issue 11),
@@ -43,8 +43,8 @@ def build_inputs(root: Path) -> tuple[Path, Path]:
         from ppo.demo.corpus import prompts as corpus_prompts
         from ppo.demo.tiny import build_tiny_model
     except ImportError:  # before the layout move
-        from ppo.corpus import prompts as corpus_prompts
-        from ppo.tiny import build_tiny_model
+        from ppo.demo.corpus import prompts as corpus_prompts
+        from ppo.demo.tiny import build_tiny_model
 
     model = build_tiny_model(root / "tiny", hidden=64, layers=2, vocab=512, seed=0)
     prompts = root / "prompts.jsonl"

@@ -13,9 +13,9 @@ import math
 import os
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from ppo.io import METRICS_FILE, atomic_write_text, read_jsonl
 
-METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 def _clean(value):
@@ -36,17 +36,8 @@ class MetricsFile:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def truncate_after(self, step: int) -> None:
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a torn last line from a killed run
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        kept = [row for row in read_jsonl(self.path) if row.get("step", 0) <= step]  # a torn line is dropped
+        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, step: int, metrics: dict) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}

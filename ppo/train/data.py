@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppo.config import ConfigError
+from ppo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@ import subprocess
 import sys
 from importlib import metadata
 
-from ppo.config import PROJECT_ROOT
+from ppo import resources
 
 PACKAGES = ("mlx", "mlx-lm", "hydra-core", "omegaconf", "wandb", "datasets", "numpy")
 
 
-def _git(*args: str) -> str | None:
+def _git(root, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -34,11 +34,15 @@ def package_versions() -> dict:
 def provenance() -> dict:
     import mlx.core as mx
 
-    from ppo.blas import blas_in_use
+    from ppo.platform.blas import blas_in_use
 
-    status = _git("status", "--porcelain")
+    # The package version always; the git commit only when the code runs from a checkout
+    # (an installed wheel has none, and the working directory's repository is not ours).
+    root = resources.checkout_root()
+    status = _git(root, "status", "--porcelain") if root else None
     return {
-        "git_commit": _git("rev-parse", "HEAD"),
+        "package_version": resources.version(),
+        "git_commit": _git(root, "rev-parse", "HEAD") if root else None,
         "git_dirty": bool(status) if status is not None else None,
         "packages": package_versions(),
         "python": platform.python_version(),

@@ -29,17 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Keys of metrics.jsonl that measure the machine, not the run.
-MEASUREMENT_PREFIXES = ("timing/", "tokens_per_second", "memory/", "judge/seconds")
-
-
-class ReproduceError(Exception):
-    """SOURCE is not a run, or an override does not fit; the message says which."""
-
-
-def comparable(row: dict) -> dict:
-    """A metrics.jsonl row without the keys that measure the machine."""
-    return {k: v for k, v in row.items() if not k.startswith(MEASUREMENT_PREFIXES)}
+from ppo.errors import ReproduceError
+from ppo.metrics import comparable  # noqa: F401 (re-exported: tests and tools compare rows)
 
 
 def wandb_run_files(run_dir: Path) -> list[Path]:
@@ -126,7 +117,7 @@ def build_config(config: dict, overrides: list[str]):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from ppo.config import PPOConfig, register
+    from ppo.train.config import PPOConfig, register
 
     register()
     try:
@@ -176,7 +167,7 @@ def reproduce(source: str, overrides: list[str] | None = None, out: Path | None 
     out = Path(out) if out else default_output(run_dir)
     if out.exists() and any(out.iterdir()):
         raise ReproduceError(f"{out} exists and is not empty; pick another with hydra.run.dir=DIR (nothing was written)")
-    from ppo.config import validate
+    from ppo.train.config import validate
 
     validate(cfg)  # a bad override fails here, before any folder is made
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -185,14 +176,14 @@ def reproduce(source: str, overrides: list[str] | None = None, out: Path | None 
     (out / "reproduce.json").write_text(json.dumps(
         {"source": description, "source_overrides": original_overrides, "overrides": overrides}, indent=2) + "\n")
 
-    from ppo.trainer import train
+    from ppo.train.loop import train
 
     return out, train(cfg, out)
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console script: make sure MLX runs on a fast BLAS (may re-exec once)
-        from ppo.blas import ensure_fast_blas
+        from ppo.platform.blas import ensure_fast_blas
 
         ensure_fast_blas()
     parser = argparse.ArgumentParser(prog="ppo-reproduce", description=__doc__.splitlines()[0])
@@ -204,12 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    from ppo.checkpoint import CheckpointError
-    from ppo.config import ConfigError
+    from ppo.errors import CheckpointError, ConfigError, TrainingInterrupted, TrainingStopped
 
     try:
-        from ppo.trainer import TrainingInterrupted, TrainingStopped
-
         out, summary = reproduce(args.source, args.overrides, args.out)
     except (ReproduceError, ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

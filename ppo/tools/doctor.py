@@ -1,9 +1,9 @@
 """Environment check: which BLAS MLX uses, how fast its CPU matmul and exp are.
 
-    python -m ppo.doctor [--size N] [--repeats R]
+    python -m ppo.tools.doctor [--size N] [--repeats R]
 
 Prints one JSON object.  mlx and numpy are imported inside functions, after
-:func:`ppo.blas.ensure_fast_blas` had a chance to preload OpenBLAS.
+:func:`ppo.platform.blas.ensure_fast_blas` had a chance to preload OpenBLAS.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from ppo.blas import (
+from ppo.platform.blas import (
     BLAS_WARNING,
     blas_in_use,
     ensure_fast_blas,
@@ -107,6 +107,19 @@ def numpy_blas() -> str:
         return "unknown"
 
 
+def install_report() -> dict:
+    """The installed package: version, where its configs and cache are, and what is missing
+    (each problem with its fix; ppo-doctor exits 1 when there is one)."""
+    from ppo import resources
+
+    return {
+        "ppo_mlx_version": resources.version(),
+        "config_dir": str(resources.config_dir()),
+        "cache_dir": str(resources.cache_dir()),
+        "problems": resources.install_problems(),
+    }
+
+
 def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
     import mlx.core as mx
     import numpy as np
@@ -133,6 +146,7 @@ def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
         )
 
     return {
+        **install_report(),
         "mlx_version": getattr(mx, "__version__", "unknown"),
         "mlx_device": str(mx.default_device()),
         "platform": platform.platform(),
@@ -163,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     args = parser.parse_args(argv)
-    print(json.dumps(doctor_report(args.size, args.repeats), indent=2))
-    return 0
+    report = doctor_report(args.size, args.repeats)
+    print(json.dumps(report, indent=2))
+    for problem in report["problems"]:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if report["problems"] else 0
 
 
 if __name__ == "__main__":

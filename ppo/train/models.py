@@ -13,11 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ppo.config import ConfigError
-
-ADAPTER_FILE = "adapters.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-
+from ppo.errors import ConfigError
 
 def load_model(path: str, trust_remote_code: bool = False):
     """mlx_lm.load on a local folder or a hub id, with a one-line error when it fails."""
@@ -27,7 +23,7 @@ def load_model(path: str, trust_remote_code: bool = False):
     looks_local = path.startswith((".", "/", "~")) or local.exists() or path.count("/") != 1
     if looks_local and not local.is_dir():
         raise ConfigError(
-            f"model path {path} does not exist: build the demo model with `python -m ppo.tiny {path}`, "
+            f"model path {path} does not exist: build the demo model with `python -m ppo.demo.tiny {path}`, "
             "or give a local mlx-lm model folder or a hub id (org/name)"
         )
     try:

@@ -5,7 +5,7 @@ command-line override is merged into these typed dataclasses: a misspelt key or 
 of the wrong type fails at start. Value ranges are checked by `validate`, which names
 the key and the fix.
 
-Seed setting -> key (MISSION.md, "Settings"): beta -> loss.beta, epsilon -> loss.epsilon,
+Seed setting -> key (README, "Configuration"): beta -> loss.beta, epsilon -> loss.epsilon,
 dpo_cpo_loss_type -> loss.dpo_cpo_loss_type, delta -> loss.delta, judge -> the judge
 group (and judge.model), judge_system -> judge.system, max_completion_length ->
 generation.max_completion_length, temperature -> generation.temperature,
@@ -15,139 +15,200 @@ reference_model_path -> model.reference_path.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A config value a user must change; the message names the key and the fix."""
+from ppo import resources
+from ppo.errors import ConfigError
 
 
 @dataclass
 class ModelConfig:
-    path: str = "${ppo_cache:}/models/demo"  # mlx-lm hub id or local folder
-    reference_path: str = ""  # empty: the policy's own base weights, adapters off
-    quantize: str = "none"  # none | 4 | 8: quantize the base through mlx-lm (QLoRA-style)
+    # The policy: an mlx-lm hub id or local folder. Set by the model group (model=demo) or directly.
+    path: str = ""
+    # The frozen reference; empty: the policy's own base weights with adapters off (no second copy).
+    reference_path: str = ""
+    # none | 4 | 8: quantize the base through mlx-lm (QLoRA-style); the reference shares it.
+    quantize: str = "none"
+    # Group size of that quantization (mlx-lm's default).
     quantize_group_size: int = 64
+    # Passed to mlx-lm's loader for models whose tokenizer runs custom code.
     trust_remote_code: bool = False
 
 
 @dataclass
 class DataConfig:
-    path: str = "${ppo_root:}/ppo/assets/demo_prompts.jsonl"  # hub id, file or folder
+    # Prompts: a hub id, a json/jsonl/parquet file or a folder. Set by the data group (data=demo) or directly.
+    path: str = ""
+    # The field holding each prompt (text, or a list of chat messages).
     prompt_field: str = "prompt"
+    # The split to train on (hub data sets and folders).
     split: str = "train"
-    eval_split: str = ""  # empty: hold out eval_fraction of `split`
+    # The split to evaluate on; empty: hold out eval_fraction of `split`.
+    eval_split: str = ""
+    # Share of `split` held out for evaluation when eval_split is empty.
     eval_fraction: float = 0.1
+    # At most this many held-out prompts are evaluated.
     max_eval_prompts: int = 64
-    on_bad_row: str = "error"  # error | skip
+    # error: a row without a usable prompt stops the run, naming the row; skip: counted in summary.json.
+    on_bad_row: str = "error"
+    # Shuffle the training prompts every epoch (seeded).
     shuffle: bool = True
 
 
 @dataclass
 class GenerationConfig:
+    # Sampling temperature of the policy's completions (the seed's `temperature`).
     temperature: float = 0.8
+    # Most tokens sampled per completion (the seed's `max_completion_length`).
     max_completion_length: int = 512
+    # Nucleus sampling; 1.0 samples from the whole distribution.
     top_p: float = 1.0
 
 
 @dataclass
 class LossConfig:
-    type: str = "ppo_clip"  # ppo_clip | sigmoid | hinge | ipo | dpop
-    epsilon: float = 0.2
-    beta: float = 0.1
-    advantage: str = "judge"  # judge | logprob_gap
-    delta: float = 50.0  # dpop drift penalty
-    dpo_cpo_loss_type: str = "sigmoid"  # the seed's key, passed through by ppo_clip
+    # ppo_clip | sigmoid | hinge | ipo | dpop. Set by the loss_type group (default ppo_clip).
+    type: str = MISSING
+    # Clip range (the seed's `epsilon`). Set by the epsilon group: tight 0.1, classic 0.2 (default), loose 0.3.
+    epsilon: float = MISSING
+    # KL weight (the seed's `beta`). Set by the beta group: tiny 0.01, small 0.05, default 0.1, strong 0.2, stronger 0.5.
+    beta: float = MISSING
+    # judge: the judge's confidence in [0, 1]; logprob_gap: the seed-literal, label-blind form.
+    advantage: str = "judge"
+    # dpop's drift penalty (the seed's `delta`).
+    delta: float = 50.0
+    # The seed's key, kept with its default; ppo_clip passes it through unused.
+    dpo_cpo_loss_type: str = "sigmoid"
+    # |logp - ref| is clamped here before exp(), so no ratio overflows at any length.
     max_log_ratio: float = 20.0
-    # The seed's form is ratio=reference, logprob_reduction=sum, kl_estimator=k1, ppo_epochs=1.
-    ratio: str = "reference"  # reference | rollout (the policy at sampling time: textbook PPO)
-    ppo_epochs: int = 1  # updates per rollout batch
-    logprob_reduction: str = "sum"  # sum | mean over completion tokens
-    kl_estimator: str = "k1"  # k1 (the seed's logp - ref) | k3 (per token, exp(ref-logp) - (ref-logp) - 1)
+    # The ppo_form group sets the next four together (seed: reference, 1, sum, k1; textbook: rollout, 2, mean, k3).
+    # reference (the seed's) | rollout (the policy at sampling time: textbook PPO).
+    ratio: str = MISSING
+    # Optimizer updates per rollout batch.
+    ppo_epochs: int = MISSING
+    # sum | mean of the completion tokens' log-probs per sequence.
+    logprob_reduction: str = MISSING
+    # k1 (the seed's logp - ref) | k3 (per token, exp(ref-logp) - (ref-logp) - 1).
+    kl_estimator: str = MISSING
 
 
 @dataclass
 class FinetuneConfig:
-    type: str = "lora"  # lora | dora | full
+    # lora | dora | full. Set by the finetune group (default lora).
+    type: str = MISSING
+    # LoRA/DoRA rank (mlx-lm's default).
     rank: int = 8
+    # LoRA/DoRA scale (mlx-lm's default).
     scale: float = 20.0
+    # Dropout on the adapter input.
     dropout: float = 0.0
+    # Adapt the last this many transformer blocks (mlx-lm's default 16).
     num_layers: int = 16
-    keys: Optional[list[str]] = None  # module names to adapt; None: mlx-lm's default
+    # Module names to adapt; None: mlx-lm's default for the architecture.
+    keys: Optional[list[str]] = None
 
 
 @dataclass
 class TrainConfig:
+    # Training steps (each: rollout, judge, score, update).
     iters: int = 200
-    batch_size: int = 8  # prompts per step; two completions each
+    # Prompts per step; two completions each.
+    batch_size: int = 8
+    # Micro-batches of batch_size whose gradients are averaged into one update.
     grad_accumulation_steps: int = 1
-    optimizer: str = "adamw"  # adam | adamw | sgd
+    # adam | adamw | sgd (mlx.optimizers).
+    optimizer: str = "adamw"
+    # Peak learning rate (mlx-lm's LoRA default).
     learning_rate: float = 1e-5
-    lr_schedule: str = "constant"  # constant | cosine | linear (decay to min_learning_rate)
-    warmup_steps: int = 0  # linear warm-up from 0 before the schedule
+    # constant | cosine | linear (decay to min_learning_rate).
+    lr_schedule: str = "constant"
+    # Linear warm-up from 0 over this many steps, before the schedule.
+    warmup_steps: int = 0
+    # Where cosine and linear schedules end.
     min_learning_rate: float = 0.0
+    # Weight decay of adamw and sgd.
     weight_decay: float = 0.0
+    # Recompute activations in the backward pass (mlx-lm's grad_checkpoint): less memory, more time.
     grad_checkpoint: bool = False
-    max_seq_length: int = 2048  # prompt + completion; longer prompts are left-truncated
+    # Prompt + completion tokens; longer prompts are left-truncated (counted in summary.json).
+    max_seq_length: int = 2048
+    # Write metrics every this many steps (averaged over them).
     steps_per_report: int = 1
+    # Evaluate against the reference every this many steps (and at the end).
     steps_per_eval: int = 50
-    eval_at_start: bool = False  # also evaluate before the first update (logged as step 0)
+    # Also evaluate before the first update (logged as step 0).
+    eval_at_start: bool = False
+    # Save a checkpoint every this many steps (and at the end, and on SIGINT / SIGTERM).
     save_every: int = 100
+    # Newest checkpoints kept in RUN_DIR/checkpoints.
     keep_checkpoints: int = 3
-    resume: str = "auto"  # auto (newest checkpoint in the run folder) | never | PATH to a checkpoint
+    # auto: continue from the run folder's newest checkpoint | never | PATH to a checkpoint.
+    resume: str = "auto"
+    # A rich progress bar on the terminal.
     progress: bool = True
 
 
 @dataclass
 class WandbConfig:
+    # W&B project.
     project: str = "ppo-mlx"
+    # W&B entity (team or user); None: your default.
     entity: Optional[str] = None
+    # W&B group; logger=wandb sets it to experiment_name.
     group: Optional[str] = None
+    # Run name; None: from the command-line overrides.
     name: Optional[str] = None
+    # W&B tags.
     tags: list[str] = field(default_factory=list)
+    # W&B job type.
     job_type: str = "train"
-    mode: str = "offline"  # offline | online | disabled
+    # offline (default: no account needed) | online | disabled. WANDB_MODE wins when set.
+    mode: str = "offline"
 
 
 @dataclass
 class LoggerConfig:
-    kind: str = "wandb"  # wandb | none
+    # wandb | none. Set by the logger group (default wandb); metrics.jsonl is written either way.
+    kind: str = MISSING
+    # Settings of the W&B run.
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
 class PPOConfig:
+    # The policy and its reference (the model group).
     model: ModelConfig = field(default_factory=ModelConfig)
+    # The prompts (the data group).
     data: DataConfig = field(default_factory=DataConfig)
+    # Sampling the two completions per prompt.
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # The loss (groups loss_type, ppo_form, epsilon, beta).
     loss: LossConfig = field(default_factory=LossConfig)
+    # What trains (the finetune group).
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # Steps, batch, optimizer, reports, checkpoints.
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Where metrics go besides metrics.jsonl (the logger group).
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    judge: Any = field(default_factory=dict)  # instantiated by _target_; validated by the judge
+    # The judge group's node: `_target_` names any class taking list[Pair] (validated by the judge itself).
+    judge: Any = field(default_factory=dict)
+    # Seeds MLX at every step from (seed, step), the data order and the judge's order draws.
     seed: int = 0
+    # Names the study: the W&B group and the multirun folder (experiment files set it).
     experiment_name: str = "default"
-
-
-def _cache_dir() -> str:
-    import os
-
-    return os.environ.get("PPO_CACHE", str(PROJECT_ROOT / ".cache"))
 
 
 def register() -> None:
     """Register the schema and the resolvers used by conf/ (idempotent)."""
     ConfigStore.instance().store(name="ppo_schema", node=PPOConfig)
-    if not OmegaConf.has_resolver("ppo_root"):
-        OmegaConf.register_new_resolver("ppo_root", lambda: str(PROJECT_ROOT))
+    # ${ppo_asset:NAME}: a file shipped in the package; ${ppo_cache:}: the per-user cache.
+    if not OmegaConf.has_resolver("ppo_asset"):
+        OmegaConf.register_new_resolver("ppo_asset", lambda name: str(resources.asset(name)))
     if not OmegaConf.has_resolver("ppo_cache"):
-        OmegaConf.register_new_resolver("ppo_cache", _cache_dir)
+        OmegaConf.register_new_resolver("ppo_cache", lambda: str(resources.cache_dir()))
 
 
 def compose_train(overrides: list[str]):
@@ -156,7 +217,7 @@ def compose_train(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(resources.config_dir())):
         return compose("train", overrides=list(overrides))
 
 
@@ -167,7 +228,12 @@ def _check(ok: bool, key: str, value: Any, fix: str) -> None:
 
 def validate(cfg) -> None:
     """Check value ranges; raise ConfigError naming the key and the fix."""
+    for node, group in ((cfg.loss, "loss_type, ppo_form, epsilon and beta"), (cfg.finetune, "finetune"), (cfg.logger, "logger")):
+        for key in node:
+            _check(not OmegaConf.is_missing(node, key), key, "???", f"it has no value: keep the {group} group in the defaults list or set it")
     loss, gen, train, ft, data = cfg.loss, cfg.generation, cfg.train, cfg.finetune, cfg.data
+    _check(bool(cfg.model.path), "model.path", cfg.model.path, "name the policy: model=demo or model.path=HUB_ID_OR_FOLDER")
+    _check(bool(data.path), "data.path", data.path, "name the prompts: data=demo or data.path=FILE_OR_HUB_ID")
     _check(0.0 < loss.epsilon < 1.0, "loss.epsilon", loss.epsilon, "the clip range must lie in (0, 1), e.g. loss.epsilon=0.2")
     _check(loss.beta >= 0.0, "loss.beta", loss.beta, "the KL weight must be >= 0, e.g. loss.beta=0.1")
     _check(loss.type in ("ppo_clip", "sigmoid", "hinge", "ipo", "dpop"), "loss.type", loss.type,

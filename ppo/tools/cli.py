@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ppo.blas import ensure_fast_blas
+from ppo.platform.blas import ensure_fast_blas
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -16,7 +16,7 @@ def print_outcome(summary: dict, run_dir: str) -> None:
     """The end of a single run: eval win rate against the reference, EOS, KL, and the plots."""
     from pathlib import Path
 
-    from ppo.report import write_report
+    from ppo.tools.report import write_report
 
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
     if ev:
@@ -31,20 +31,24 @@ def print_outcome(summary: dict, run_dir: str) -> None:
 def train_main() -> None:
     """`ppo-train [overrides]`: a Hydra app over conf/train.yaml."""
     ensure_fast_blas()
+    if any(arg.startswith("+experiment=") for arg in sys.argv[1:]):
+        _fail("write experiment=NAME without the +: `experiment` is already in the defaults list (conf/train.yaml)")
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from ppo.config import PROJECT_ROOT, ConfigError, register
+    from ppo.resources import config_dir
+    from ppo.train.config import register
 
     register()
 
-    @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
+    # The packaged configs; a user's --config-dir DIR adds groups and experiments on top.
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
     def _train(cfg) -> float | None:
         from hydra.types import RunMode
 
-        from ppo.checkpoint import CheckpointError
-        from ppo.resume_sweep import SweepJobFailed, record_failure
-        from ppo.trainer import TrainingInterrupted, TrainingStopped, train
+        from ppo.errors import CheckpointError, ConfigError, SweepJobFailed, TrainingInterrupted, TrainingStopped
+        from ppo.tools.sweep import record_failure
+        from ppo.train.loop import train
 
         hydra_cfg = HydraConfig.get()
         run_dir, multirun = hydra_cfg.runtime.output_dir, hydra_cfg.mode == RunMode.MULTIRUN
@@ -70,7 +74,7 @@ def train_main() -> None:
 
 def report_main() -> None:
     """`ppo-report SWEEP_DIR`: report.md and PNGs of a sweep (no MLX needed)."""
-    from ppo.report import main
+    from ppo.tools.report import main
 
     sys.exit(main())
 
@@ -78,17 +82,17 @@ def report_main() -> None:
 def reproduce_main() -> None:
     """`ppo-reproduce RUN_DIR [overrides]`: re-run a run from its saved config."""
     ensure_fast_blas()
-    from ppo.reproduce import main
+    from ppo.tools.reproduce import main
 
     sys.exit(main())
 
 
 def doctor_main() -> None:
-    """`ppo-doctor`: one JSON object about MLX, its BLAS and matmul speed."""
+    """`ppo-doctor`: one JSON object about the install, MLX, its BLAS and matmul speed."""
     ensure_fast_blas()
-    from ppo.doctor import main
+    from ppo.tools.doctor import main
 
-    main()
+    sys.exit(main())
 
 
 if __name__ == "__main__":

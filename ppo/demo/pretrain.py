@@ -1,6 +1,6 @@
-"""Brief supervised pre-training of a tiny chat model on :mod:`ppo.corpus`.
+"""Brief supervised pre-training of a tiny chat model on :mod:`ppo.demo.corpus`.
 
-Why: a random-weight model from :mod:`ppo.tiny` babbles bytes and never emits
+Why: a random-weight model from :mod:`ppo.demo.tiny` babbles bytes and never emits
 ``<|im_end|>``, so every PPO rollout would run to the length cap. A few
 minutes of next-token training on chat-formatted corpus documents gives a
 model whose completions are grammatical, word-like and END BY THEMSELVES,
@@ -28,7 +28,6 @@ leaves a half-written model.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from functools import partial
@@ -106,33 +105,21 @@ def _make_batch(examples: list[tuple[list[int], int]], pad_id: int):
 
 
 def _schedule(learning_rate: float, steps: int):
-    import mlx.optimizers as optim
+    from ppo.train.optimizer import warmup_schedule
 
-    warmup = min(MAX_WARMUP_STEPS, max(1, int(steps * WARMUP_FRACTION)))
-    decay = optim.cosine_decay(learning_rate, max(1, steps - warmup), learning_rate * MIN_LR_FRACTION)
-    if steps <= 1:
-        return decay
-    return optim.join_schedules([optim.linear_schedule(0.0, learning_rate, warmup), decay], [warmup])
+    warmup = min(MAX_WARMUP_STEPS, max(1, int(steps * WARMUP_FRACTION))) if steps > 1 else 0
+    return warmup_schedule(learning_rate, "cosine", steps, warmup, learning_rate * MIN_LR_FRACTION)
 
 
 def save_weights_atomic(model, model_dir) -> Path:
     """Write the model's parameters to ``model_dir/model.safetensors`` atomically."""
-    import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    model_dir = Path(model_dir)
+    from ppo.io import atomic_save_safetensors
+
     weights = dict(tree_flatten(model.parameters()))
-    target = model_dir / WEIGHTS_FILE
-    # Dot-prefixed so mlx_lm's "model*.safetensors" glob never picks up a leftover.
-    tmp = model_dir / f".{WEIGHTS_FILE}.{os.getpid()}.tmp.safetensors"
-    try:
-        mx.save_safetensors(str(tmp), {k: weights[k] for k in sorted(weights)}, metadata={"format": "mlx"})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    target = Path(model_dir) / WEIGHTS_FILE
+    atomic_save_safetensors(target, {k: weights[k] for k in sorted(weights)}, metadata={"format": "mlx"})
     return target
 
 

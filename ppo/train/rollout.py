@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.sample_utils import make_sampler
 
-from ppo.blas import single_threaded_blas
+from ppo.platform.blas import single_threaded_blas
 
 
 @dataclass

@@ -20,19 +20,19 @@ A run with no summary.json is `running-or-killed`; one with no metrics yet is
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Mirrors ppo.trainer.CLIP_FRACTION_HIGH (not imported: the report needs no MLX).
-CLIP_FRACTION_HIGH = 0.3
-CLIP_FRACTION_IDLE = 1e-3  # "about 0": below one clipped ratio in a thousand
-IDLE_RATIO_TOLERANCE = 1e-3  # mirrors ppo.trainer.IDLE_RATIO_TOLERANCE
+from ppo.errors import ReportError
+from ppo.health import CLIP_FRACTION_HIGH, CLIP_FRACTION_IDLE
+from ppo.health import verdict as health_verdict
+from ppo.io import CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE, atomic_write_text, read_json, read_jsonl
+
 LAST_FRACTION = 0.2  # clip_fraction is averaged over this last share of the steps
-SKIP_DIRS = {".hydra", "wandb", "checkpoints", "__pycache__"}
+SKIP_DIRS = {".hydra", "wandb", CHECKPOINTS_DIR, "__pycache__"}
 
 REPORT_FILE = "report.md"
 HEATMAPS = {  # file stem -> (run attribute, title, number format, colour map)
@@ -45,10 +45,6 @@ CURVES = {  # file stem -> (metrics key, title, y label)
     "curves_kl": ("kl", "KL to the reference", "kl (nats per sequence)"),
     "curves_clip_fraction": ("clip_fraction", "clip_fraction (share of ratios outside 1 ± epsilon)", "clip_fraction"),
 }
-
-
-class ReportError(Exception):
-    """A sweep folder the report cannot use; the message says why."""
 
 
 @dataclass
@@ -81,43 +77,12 @@ class Run:
         return health_verdict(self.clip_fraction, self.ratio_spread)
 
 
-def health_verdict(clip_fraction: float | None, ratio_spread: float | None = None) -> str:
-    """The seed's rule: clip_fraction ~0 = not moving; > 30% = moving too far; else healthy.
-
-    As in the trainer (ppo.trainer.HealthMonitor), "not moving" also needs every ratio to
-    stay at 1 (within 1e-3) when the run logged ratio/min and ratio/max: with per-token
-    mean log-probs a moving policy can keep every ratio inside the clip range.
-    """
-    if clip_fraction is None:
-        return "n/a"
-    if clip_fraction < CLIP_FRACTION_IDLE:
-        return "not moving" if ratio_spread is None or ratio_spread < IDLE_RATIO_TOLERANCE else "healthy (small steps)"
-    if clip_fraction > CLIP_FRACTION_HIGH:
-        return "moving too far"
-    return "healthy"
-
-
 def _finite(value) -> float | None:
     try:
         value = float(value)
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl rows; a torn last line (a killed run) is dropped."""
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _last(rows: list[dict], key: str) -> float | None:
@@ -152,14 +117,13 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     except Exception as err:  # a half-written config: the row says so
         run.error = f"unreadable config ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
 
-    run.rows = _read_metrics(run_dir / "metrics.jsonl")
+    run.rows = read_jsonl(run_dir / METRICS_FILE)
     run.steps = int(run.rows[-1].get("step", len(run.rows))) if run.rows else 0
     summary = None
-    if (run_dir / "summary.json").exists():
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            run.error = run.error or "unreadable summary.json"
+    if (run_dir / SUMMARY_FILE).exists():
+        summary = read_json(run_dir / SUMMARY_FILE)
+        if summary is None:
+            run.error = run.error or f"unreadable {SUMMARY_FILE}"
     if summary is not None:
         run.status = str(summary.get("status", "unknown"))
         run.wall_seconds = _finite(summary.get("wall_seconds"))
@@ -473,9 +437,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, li
         made = curves(runs, key, title, ylabel, out_dir / f"{stem}.png", name)
         images += [made] if made else []
     report = out_dir / REPORT_FILE
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text(_markdown(runs, sweep_dir, images, out_dir), encoding="utf-8")
-    os.replace(tmp, report)
+    atomic_write_text(report, _markdown(runs, sweep_dir, images, out_dir))
     return report, runs, best_run(runs)
 
 

@@ -22,44 +22,18 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ppo.models import ADAPTER_CONFIG, ADAPTER_FILE, adapter_config, adapter_weights
+from ppo.errors import CheckpointError
+from ppo.io import (ADAPTER_CONFIG_FILE, ADAPTER_FILE, CHECKPOINTS_DIR, OPTIMIZER_FILE, STATE_FILE, SUMMARY_FILE,
+                    atomic_save_safetensors, atomic_write_text, read_json)
+from ppo.train.models import adapter_config, adapter_weights
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read; the message says which and what to do."""
-
-
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    _fsync_replace(tmp, path)
-
-
-def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.safetensors")  # mx appends .safetensors otherwise
-    mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
-    _fsync_replace(tmp, path)
-
 
 def save_adapters(out_dir: Path, model, cfg) -> None:
     """adapters.safetensors + adapter_config.json, as `mlx_lm.load(..., adapter_path=)` reads them."""
     out_dir = Path(out_dir)
     atomic_save_safetensors(out_dir / ADAPTER_FILE, adapter_weights(model))
-    atomic_write_text(out_dir / ADAPTER_CONFIG, json.dumps(adapter_config(cfg.model, cfg.finetune), indent=2))
+    atomic_write_text(out_dir / ADAPTER_CONFIG_FILE, json.dumps(adapter_config(cfg.model, cfg.finetune), indent=2))
 
 
 @dataclass
@@ -74,7 +48,7 @@ class TrainerState:
 
 
 def _step_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step-{step:07d}"
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:07d}"
 
 
 def save(run_dir: Path, model, optimizer, state: TrainerState, cfg, keep: int = 3) -> Path:
@@ -86,7 +60,7 @@ def save(run_dir: Path, model, optimizer, state: TrainerState, cfg, keep: int = 
         tmp.mkdir(parents=True)
         mx.save_safetensors(str(tmp / ADAPTER_FILE), adapter_weights(model))
         mx.save_safetensors(str(tmp / OPTIMIZER_FILE), dict(tree_flatten(optimizer.state)))
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(cfg.model, cfg.finetune), indent=2))
+        (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(adapter_config(cfg.model, cfg.finetune), indent=2))
         (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=2))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -111,7 +85,7 @@ def save(run_dir: Path, model, optimizer, state: TrainerState, cfg, keep: int = 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders of interrupted saves are ignored)."""
-    root = Path(run_dir) / CHECKPOINTS
+    root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).exists())
@@ -185,3 +159,28 @@ def check_fingerprint(saved: dict, current: dict, path: Path) -> None:
             f"{f', and {len(differing) - 1} more' if len(differing) > 1 else ''}); "
             "resume with the same config, or start fresh with a new hydra.run.dir or train.resume=never"
         )
+
+
+def finished_summary(cfg, run_dir: Path) -> dict | None:
+    """The summary of a finished run of this same config in `run_dir`, else None.
+
+    A relaunched sweep skips such a job before anything is loaded: `summary.json` says
+    finished, and the newest checkpoint is at `train.iters` with the same config
+    fingerprint. Call at the top of `train()` (after `validate`).
+    """
+    run_dir = Path(run_dir)
+    summary = read_json(run_dir / SUMMARY_FILE)
+    if not summary or summary.get("status") != "finished":
+        return None
+    if cfg.train.resume not in ("auto",):  # resume=never asks for a fresh run; a path, for that checkpoint
+        return None
+    newest = latest(run_dir)
+    if newest is None:
+        return None
+    state = read_json(newest / STATE_FILE)
+    if not state or state.get("step") != cfg.train.iters or summary.get("step") != cfg.train.iters:
+        return None  # more (or fewer) iterations asked for: let the trainer resume
+    if state.get("config_fingerprint") != config_fingerprint(cfg):
+        return None  # another config: the trainer's own check reports it
+    log.info("%s already finished with this config (step %d); skipped", run_dir, cfg.train.iters)
+    return summary

@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from ppo.data import Prompt
+from ppo.train.data import Prompt
 from ppo.judges.base import Pair
-from ppo.models import reference_model
-from ppo.rollout import sample
+from ppo.train.models import reference_model
+from ppo.train.rollout import sample
 
 
 def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:

@@ -52,6 +52,15 @@ POSITIVE_WORDS = POSITIVE_ADJECTIVES + POSITIVE_ADVERBS
 #: Words a rule judge can penalise; as frequent in the corpus as POSITIVE_WORDS.
 NEGATIVE_WORDS = NEGATIVE_ADJECTIVES + NEGATIVE_ADVERBS
 
+
+def lexicon(kind: str) -> list[str]:
+    """The demo's word list `positive` or `negative`, for conf/judge/rule.yaml to name
+    (`{_target_: ppo.demo.corpus.lexicon, kind: positive}`) instead of copying it."""
+    words = {"positive": POSITIVE_WORDS, "negative": NEGATIVE_WORDS}
+    if kind not in words:
+        raise ValueError(f"unknown lexicon {kind!r}: choose positive or negative")
+    return list(words[kind])
+
 NEUTRAL_ADVERBS = (
     "quickly", "slowly", "quietly", "loudly", "often", "again", "today", "yesterday", "now", "soon",
     "always", "rarely", "carefully", "suddenly", "early", "late", "once", "twice", "there", "here",

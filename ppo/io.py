@@ -1,0 +1,89 @@
+"""Run-folder files: their names, atomic writes, and JSONL reading that survives a crash.
+
+One module for what every writer and reader of a run folder shares. A file is written to
+a temporary name in the same folder, fsynced and renamed into place, so a reader never
+sees half a file whatever kills the writer. JSONL files are append-only, so a crash can
+leave only a torn last line, which readers skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# The files of a run folder (README, "Outputs of a run").
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+JUDGMENTS_FILE = "judgments.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+# mlx-lm's adapter format: `mlx_lm.load(model, adapter_path=RUN_DIR)` reads these two.
+ADAPTER_FILE = "adapters.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+# Inside each checkpoint folder.
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def fsync_replace(tmp: Path, final: Path) -> None:
+    """Flush `tmp` to disk and rename it over `final` (atomic on POSIX)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        fsync_replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: Path, value) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, default=float))
+
+
+def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
+    import mlx.core as mx
+
+    path = Path(path)
+    # Dot-prefixed (mlx-lm's "model*.safetensors" glob never matches it) and ending in
+    # .safetensors (mx.save_safetensors appends the suffix otherwise).
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
+    try:
+        mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
+        fsync_replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from `path`, or None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete JSON object of a JSONL file; a torn line (a killed writer) is skipped.
+    A missing file reads as no rows."""
+    rows = []
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return rows
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

@@ -1,0 +1,234 @@
+"""The training loop, top to bottom: set up, resume, then for every step collect and update
+(`ppo.train.step.train_step`), evaluate, report, save.
+
+Reproducibility: MLX's random state is re-seeded from (seed, step) at the start of every
+step, so a run resumed from a checkpoint samples exactly what the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from omegaconf import OmegaConf
+
+from ppo.errors import ConfigError, JudgeQuit, JudgeUnavailable, TrainingInterrupted, TrainingStopped
+from ppo.health import HealthMonitor
+from ppo.io import METRICS_FILE, SUMMARY_FILE, atomic_write_json, read_jsonl
+from ppo.judges import build_judge
+from ppo.train import checkpoint
+from ppo.train.config import validate
+from ppo.train.data import PromptSampler, load_prompts
+from ppo.train.evaluation import evaluate
+from ppo.train.models import frozen_base, load_policy_and_reference
+from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
+from ppo.train.step import Sampling, make_loss_fn, mean_dicts, train_step
+from ppo.train.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """What the loop carries from step to step besides weights, optimizer and data position;
+    saved in every checkpoint (`TrainerState.extra`), so a resume continues it exactly."""
+
+    # Metrics of the steps since the last report (averaged into the next report).
+    window: list[dict] = field(default_factory=list)
+    # The newest evaluation's metrics.
+    last_eval: dict = field(default_factory=dict)
+    # The best eval/win_rate so far.
+    best_win_rate: float | None = None
+    # The clip_fraction health rule's streak and warnings.
+    health: HealthMonitor = field(default_factory=HealthMonitor)
+
+    def to_checkpoint(self) -> dict:
+        return {"window": self.window, "last_eval": self.last_eval, "best_win_rate": self.best_win_rate,
+                "health": self.health.__dict__}
+
+    @classmethod
+    def from_checkpoint(cls, extra: dict) -> "RunState":
+        return cls(extra["window"], extra["last_eval"], extra["best_win_rate"], HealthMonitor(**extra["health"]))
+
+    def record_eval(self, metrics: dict) -> None:
+        self.last_eval = metrics
+        win_rate = metrics.get("eval/win_rate")
+        if win_rate is not None and not math.isnan(win_rate):
+            self.best_win_rate = max(self.best_win_rate or -1.0, win_rate)
+
+
+def step_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """SIGINT / SIGTERM set a flag the loop checks after each step (so a step is never torn)."""
+    requested: list[int] = []
+    handler = lambda signum, frame: requested.append(signum)  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def train(cfg, run_dir: Path) -> dict:
+    """Train PPO as `cfg` says, writing every output into `run_dir`. Returns the summary."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (done := checkpoint.finished_summary(cfg, run_dir)) is not None:  # a finished sweep job: skip it
+        return done
+    started = time.perf_counter()
+    train_cfg = cfg.train
+
+    # Set-up: models, prompts, judge, optimizer.
+    mx.random.seed(cfg.seed)
+    policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
+    if train_cfg.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(policy.layers[0])
+    splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - cfg.generation.max_completion_length)
+    sampler = PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle)
+    judge = build_judge(cfg.judge, run_dir=run_dir, seed=cfg.seed, tokenizer=tokenizer, base_path=cfg.model.path,
+                        base=frozen_base(policy, reference, cfg.model, cfg.finetune))
+    lr_schedule = learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs)
+    optimizer = make_optimizer(train_cfg, lr_schedule)
+    loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
+    sampling = Sampling.from_config(cfg.generation, tokenizer)
+
+    # Resume: the newest complete checkpoint of this run folder (or the one named).
+    fingerprint = checkpoint.config_fingerprint(cfg)
+    resume_from = None if train_cfg.resume == "never" else (
+        checkpoint.latest(run_dir) if train_cfg.resume == "auto" else Path(train_cfg.resume))
+    saved = checkpoint.load(resume_from, policy, optimizer, fingerprint) if resume_from is not None else None
+    if saved is not None:
+        sampler.position = saved.data_position
+        log.info("resumed from %s (step %d)", resume_from, saved.step)
+    start_step = saved.step if saved else 0
+    state = RunState.from_checkpoint(saved.extra) if saved else RunState()
+
+    tracker = Tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True),
+                      resume_step=start_step if saved else None, wandb_id=saved.wandb_id if saved else None)
+    progress = _Progress(train_cfg.iters, start_step) if train_cfg.progress else None
+
+    def run_evaluation(step: int) -> None:
+        state.record_eval(evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation, step=step))
+
+    def save(step: int) -> None:
+        saved_state = checkpoint.TrainerState(step, sampler.position, tracker.wandb_id, fingerprint, state.to_checkpoint())
+        checkpoint.save(run_dir, policy, optimizer, saved_state, cfg, keep=train_cfg.keep_checkpoints)
+
+    status, step = "failed", start_step
+    position_at_step_start, updated = sampler.position, True
+    try:
+        if train_cfg.eval_at_start and start_step == 0:
+            mx.random.seed(step_seed(cfg.seed, 0))
+            run_evaluation(0)
+            tracker.log(0, state.last_eval)
+        with stop_requests() as stop:
+            for step in range(start_step + 1, train_cfg.iters + 1):
+                mx.random.seed(step_seed(cfg.seed, step))
+                position_at_step_start, updated = sampler.position, False
+
+                metrics = train_step(policy, reference, tokenizer, judge, optimizer, loss_and_grad, sampler.next_batch,
+                                     step=step, sampling=sampling, loss_cfg=cfg.loss,
+                                     grad_accumulation_steps=train_cfg.grad_accumulation_steps,
+                                     dropout=cfg.finetune.dropout)
+                updated = True
+                metrics["learning_rate"] = learning_rate_at(lr_schedule, step * cfg.loss.ppo_epochs - 1)
+                metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
+                if "clip_fraction" in metrics:
+                    state.health.check(step, metrics)
+                state.window.append(metrics)
+
+                # Evaluate, report, save.
+                is_last = step == train_cfg.iters
+                is_eval = step % train_cfg.steps_per_eval == 0 or is_last
+                if is_eval:
+                    run_evaluation(step)
+                if step % train_cfg.steps_per_report == 0 or is_last:
+                    reported = mean_dicts(state.window) | (state.last_eval if is_eval else {})
+                    tracker.log(step, reported)
+                    state.window = []
+                    if progress:
+                        progress.update(reported, step)
+                if stop or step % train_cfg.save_every == 0 or is_last:
+                    save(step)
+                if stop:
+                    raise TrainingInterrupted(stop[0], step)
+        status = "finished"
+    except TrainingInterrupted:
+        status = "interrupted"
+        raise
+    except (JudgeQuit, JudgeUnavailable) as err:
+        # Stopped while judging: before this step's update the previous step's state is
+        # exact (the data position is rewound); after it (in evaluation), this step's is.
+        status = "interrupted"
+        if not updated:
+            sampler.position = position_at_step_start
+            step -= 1
+        save(step)
+        raise TrainingStopped(f"{err}; checkpoint of step {step} saved, resume with train.resume=auto") from None
+    finally:
+        judge.close()
+        if progress:
+            progress.close()
+        summary = write_summary(run_dir, started, state, status, step, splits)
+        tracker.finish(summary, 0 if status == "finished" else 1)
+    return summary
+
+
+def write_summary(run_dir: Path, started: float, state: RunState, status: str, step: int, splits) -> dict:
+    from ppo.train.provenance import provenance
+
+    rows = read_jsonl(run_dir / METRICS_FILE)
+    summary = {
+        "status": status,
+        "step": step,
+        "final": rows[-1] if rows else {},
+        "eval": state.last_eval,
+        "best_eval_win_rate": state.best_win_rate,
+        "skipped_rows": splits.skipped_rows,
+        "truncated_prompts": splits.truncated_prompts,
+        "wall_seconds": time.perf_counter() - started,
+        **provenance(),
+    }
+    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+class _Progress:
+    """A rich progress bar showing loss, clip_fraction, kl and the eval win rate."""
+
+    def __init__(self, total: int, completed: int = 0):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]ppo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+        )
+        self._task = self._progress.add_task("train", total=total, completed=completed, stats="")
+        self._progress.start()
+
+    def update(self, metrics: dict, step: int) -> None:
+        keys = ("loss", "clip_fraction", "kl", "eval/win_rate")
+        stats = "  ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in keys if k in metrics and not math.isnan(metrics[k]))
+        self._progress.update(self._task, completed=step, stats=stats)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+__all__ = ["train", "RunState", "ConfigError", "TrainingInterrupted", "TrainingStopped"]

@@ -1,0 +1,233 @@
+"""One PPO step in two phases, each a function with typed inputs and outputs.
+
+    collect(...)  prompts -> two completions each (policy) -> judge -> chosen / rejected
+                  -> log-probs under the reference (and at sampling time)   -> Collected
+    update(...)   loss -> gradients (mean over micro-batches) -> optimizer step(s) -> Updated
+
+`train_step` runs both for one step (with gradient accumulation over micro-batches) and
+merges their metrics. The loop (`ppo.train.loop`) only calls it; the benchmarks time these
+same functions, passing variants in as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_map
+
+from ppo.judges import Pair, advantages_from_verdicts
+from ppo.train.data import Prompt
+from ppo.train.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
+from ppo.train.models import reference_model
+from ppo.train.rollout import sample_pairs
+from ppo.train.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
+
+
+@dataclass
+class JudgedBatch:
+    """One micro-batch after rollout and judging: everything an update needs, all constants."""
+
+    batch: ScoringBatch
+    chosen: mx.array  # row of each kept pair's chosen completion
+    rejected: mx.array
+    advantages: mx.array  # judge confidence of each kept pair
+    ref_token_logps: mx.array  # (2B, T), no gradient
+    old_logps: mx.array | None  # per-sequence log-probs at sampling time (loss.ratio=rollout)
+    # None with loss.ratio=rollout: the first update's own log-probs are the sampling-time
+    # ones (no update has happened since sampling, and without dropout train = eval mode),
+    # so they are taken from that forward instead of a separate one.
+
+
+@dataclass
+class Collected:
+    """What `collect` returns for one micro-batch. `judged` is None when the judge could
+    decide no pair (nothing to learn from); `metrics` carry the phase timings."""
+
+    judged: JudgedBatch | None
+    metrics: dict
+
+
+@dataclass
+class Updated:
+    """What `update` returns: the loss metrics of every micro-batch forward, and the time."""
+
+    loss_metrics: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How completions are sampled (from `generation.*` and the tokenizer)."""
+
+    eos_token_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float = 1.0
+
+    @classmethod
+    def from_config(cls, gen_cfg, tokenizer) -> "Sampling":
+        return cls(list(tokenizer.eos_token_ids), gen_cfg.max_completion_length, gen_cfg.temperature, gen_cfg.top_p)
+
+    def kwargs(self) -> dict:
+        return dict(eos_token_ids=self.eos_token_ids, max_tokens=self.max_tokens, temperature=self.temperature,
+                    top_p=self.top_p)
+
+
+def judge_metrics(diagnostics: dict) -> dict:
+    """The judge's per-batch metrics; the cache hit rate is left out, since it depends on
+    what this process happens to remember (it differs between a resumed and a straight run)."""
+    return {k: v for k, v in diagnostics.items() if k.startswith("judge/") and k != "judge/cache_hit_rate"}
+
+
+def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, prompts: list[Prompt], *, step: int,
+            sampling: Sampling, loss_cfg, dropout: float = 0.0, sample_fn: Callable = sample_pairs) -> Collected:
+    """Rollout, judge and score one micro-batch of prompts.
+
+    `sample_fn(model, prompt_ids, **sampling)` returns the (first, second) completions;
+    a benchmark passes a variant here. Rows 0..B-1 of the scoring batch hold the first
+    completions, B..2B-1 the second.
+    """
+    prompt_ids = [list(p.tokens) for p in prompts]
+
+    # 1. Rollout: two completions per prompt, one batched decode, ids kept.
+    policy.eval()
+    first, second = sample_fn(policy, prompt_ids, **sampling.kwargs())
+    rollout_seconds = first.seconds + second.seconds
+
+    # 2. Judge: P(first is better) -> chosen / rejected and the advantage.
+    judge_start = time.perf_counter()
+    decoded_first = tokenizer.batch_decode(first.token_ids, skip_special_tokens=True)
+    decoded_second = tokenizer.batch_decode(second.token_ids, skip_special_tokens=True)
+    pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(
+        prompts, decoded_first, decoded_second, first.finished, second.finished)]
+    verdicts = judge(pairs, step=step)
+    judge_seconds = time.perf_counter() - judge_start
+    first_is_chosen, confidence, valid = advantages_from_verdicts(verdicts.p)
+
+    # 3. Score: reference (and sampling-time) log-probs, frozen before any update.
+    score_start = time.perf_counter()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = build_scoring_batch(prompt_ids * 2, first.token_ids + second.token_ids, pad_id)
+    n, keep = len(prompts), np.flatnonzero(valid)
+    with reference_model(policy, reference) as ref:
+        ref_token_logps = mx.stop_gradient(token_logps(ref, batch))
+    old_logps = None
+    if loss_cfg.ratio == "rollout" and dropout > 0:  # else: see JudgedBatch
+        old_logps = mx.stop_gradient(reduce_logps(token_logps(policy, batch), batch.completion_mask,
+                                                  loss_cfg.logprob_reduction))
+    mx.eval(ref_token_logps, old_logps)  # materialise now: the update must not see later weights
+    judged = None
+    if len(keep):  # pairs the judge could not decide are left out of the loss
+        judged = JudgedBatch(
+            batch=batch,
+            chosen=mx.array(np.where(first_is_chosen, np.arange(n), np.arange(n) + n)[keep]),
+            rejected=mx.array(np.where(first_is_chosen, np.arange(n) + n, np.arange(n))[keep]),
+            advantages=mx.array(confidence[keep]),
+            ref_token_logps=ref_token_logps,
+            old_logps=old_logps,
+        )
+    lengths = np.array([len(t) for t in first.token_ids + second.token_ids])
+    return Collected(judged, {
+        "completions/mean_length": lengths.mean(),
+        "completions/eos_rate": np.mean(first.finished + second.finished),
+        **judge_metrics(verdicts.diagnostics),
+        "tokens_per_second": (first.num_tokens + second.num_tokens) / max(rollout_seconds, 1e-9),
+        "timing/rollout_seconds": rollout_seconds,
+        "timing/judge_seconds": judge_seconds,
+        "timing/score_seconds": time.perf_counter() - score_start,
+    })
+
+
+def make_loss_fn(loss_cfg):
+    """loss(model, judged) -> (loss, (metrics, logps)) for the configured loss_type and options."""
+    reduction = loss_cfg.logprob_reduction
+
+    def loss_fn(model, judged: JudgedBatch):
+        token_logps_ = token_logps(model, judged.batch)
+        mask = judged.batch.completion_mask
+        logps = reduce_logps(token_logps_, mask, reduction)
+        ref_logps = reduce_logps(judged.ref_token_logps, mask, reduction)
+        c, r = judged.chosen, judged.rejected
+        args = (logps[c], logps[r], ref_logps[c], ref_logps[r])
+        if loss_cfg.type == "ppo_clip":
+            kl_per_sequence = None
+            if loss_cfg.kl_estimator != "k1":
+                kl_all = sequence_kl(token_logps_, judged.ref_token_logps, mask, estimator=loss_cfg.kl_estimator, reduction=reduction)
+                kl_per_sequence = mx.concatenate([kl_all[c], kl_all[r]])
+            old = judged.old_logps
+            if old is None and loss_cfg.ratio == "rollout":
+                old = mx.stop_gradient(logps)
+            loss, metrics = ppo_loss(
+                *args,
+                epsilon=loss_cfg.epsilon,
+                beta=loss_cfg.beta,
+                advantages=judged.advantages if loss_cfg.advantage == "judge" else None,
+                old_chosen_logps=None if old is None else old[c],
+                old_rejected_logps=None if old is None else old[r],
+                kl_per_sequence=kl_per_sequence,
+                max_log_ratio=loss_cfg.max_log_ratio,
+            )
+        else:
+            loss, metrics = dpo_loss(*args, beta=loss_cfg.beta, loss_type=loss_cfg.type, delta=loss_cfg.delta,
+                                     weights=judged.advantages)
+        metrics.update(implicit_rewards(*args, beta=loss_cfg.beta))
+        return loss, ({"loss": loss, **metrics}, mx.stop_gradient(logps))
+
+    return loss_fn
+
+
+def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches: list[JudgedBatch], *,
+           epochs: int, rollout_ratio: bool) -> Updated:
+    """`epochs` optimizer steps, each on the mean gradient of the micro-batches.
+
+    `loss_and_grad`: `nn.value_and_grad(policy, make_loss_fn(loss_cfg))`. With
+    `rollout_ratio` (loss.ratio=rollout) the first epoch's log-probs become the
+    sampling-time ones of the later epochs.
+    """
+    start = time.perf_counter()
+    out = Updated()
+    policy.train()
+    for _ in range(epochs if judged_batches else 0):
+        grads_sum = None
+        for judged in judged_batches:
+            (_, (loss_metrics, logps)), grads = loss_and_grad(policy, judged)
+            if rollout_ratio and judged.old_logps is None:
+                judged.old_logps = logps  # the first epoch's log-probs are the sampling-time ones
+            grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
+            mx.eval(grads_sum, loss_metrics)  # one graph per micro-batch keeps memory flat
+            out.loss_metrics.append({k: v.item() for k, v in loss_metrics.items()})
+        optimizer.update(policy, tree_map(lambda g: g / len(judged_batches), grads_sum))
+        mx.eval(policy.trainable_parameters(), optimizer.state)  # the step is done before the next rollout
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def mean_dicts(dicts: list[dict]) -> dict:
+    """Key-wise mean over dicts, skipping missing and NaN values (NaN when none is left)."""
+    out = {}
+    for k in sorted({k for d in dicts for k in d}):
+        values = [d[k] for d in dicts if k in d and d[k] is not None and not math.isnan(d[k])]
+        out[k] = float(np.mean(values)) if values else math.nan
+    return out
+
+
+def train_step(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, optimizer, loss_and_grad: Callable,
+               next_prompts: Callable[[], list[Prompt]], *, step: int, sampling: Sampling, loss_cfg,
+               grad_accumulation_steps: int = 1, dropout: float = 0.0) -> dict:
+    """Collect `grad_accumulation_steps` micro-batches, update once on them; the step's metrics."""
+    step_start = time.perf_counter()
+    collected = [collect(policy, reference, tokenizer, judge, next_prompts(), step=step, sampling=sampling,
+                         loss_cfg=loss_cfg, dropout=dropout) for _ in range(grad_accumulation_steps)]
+    judged = [c.judged for c in collected if c.judged is not None]
+    updated = update(policy, optimizer, loss_and_grad, judged, epochs=loss_cfg.ppo_epochs,
+                     rollout_ratio=loss_cfg.ratio == "rollout")
+    metrics = mean_dicts([c.metrics for c in collected] + updated.loss_metrics)
+    metrics["timing/update_seconds"] = updated.seconds
+    metrics["timing/step_seconds"] = time.perf_counter() - step_start
+    return metrics
