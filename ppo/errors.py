@@ -42,8 +42,51 @@ class JudgeQuit(RuntimeError):
     """
 
 
-class SweepJobFailed(RuntimeError):
-    """One job of a multirun failed; raised (not sys.exit) so Hydra runs the other jobs."""
+class RunFolderBusy(RuntimeError):
+    """Another live process holds the run folder's lock; nothing in the folder was touched."""
+
+
+class RunFolderWriteError(RuntimeError):
+    """A write into the run folder failed (a full disk, a read-only or vanished folder).
+
+    The message names the file and the reason; the newest complete checkpoint is intact,
+    so the run resumes once the cause is fixed.
+    """
+
+
+class TrainingDiverged(Exception):
+    """A loss, gradient or weight became NaN or infinite: the run stopped at that step,
+    before the update was kept, and the last finite checkpoint stays the newest."""
+
+    exit_code = 4
+
+    def __init__(self, metric: str, value: float, step: int | None = None):
+        self.metric, self.value, self.step = metric, value, step
+        super().__init__(self._message())
+
+    def at(self, step: int, kept: str) -> "TrainingDiverged":
+        self.step = step
+        self.args = (self._message(kept),)
+        return self
+
+    def _message(self, kept: str = "") -> str:
+        where = f" at step {self.step}" if self.step is not None else ""
+        tail = f"; {kept}" if kept else ""
+        return (f"training diverged{where}: {self.metric} is {self.value} (not finite){tail}; lower train.learning_rate "
+                "or fix the value that made it non-finite (e.g. finetune.scale) and start again with train.resume=never")
+
+
+try:  # Hydra prints a CompactHydraException as its message alone, without a traceback
+    from hydra.errors import CompactHydraException as _OneLine
+except ImportError:  # pragma: no cover - hydra is a dependency; report tools work without it
+    _OneLine = RuntimeError
+
+
+class SweepJobFailed(_OneLine):
+    """One job of a multirun failed; raised (not sys.exit) so Hydra runs the other jobs.
+
+    Each failed job prints its own line as it fails; Hydra prints the first one's again at
+    the end of the sweep (one line) and exits 1."""
 
 
 class ReportError(Exception):

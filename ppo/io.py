@@ -8,8 +8,11 @@ leave only a torn last line, which readers skip.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 # The files of a run folder (README, "Outputs of a run").
@@ -23,6 +26,47 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 # Inside each checkpoint folder.
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
+# sha256 of every other file of the checkpoint, written last before the folder is renamed
+# into place: a checkpoint whose bytes changed afterwards is refused before it is loaded.
+CHECKSUMS_FILE = "checksums.json"
+# Held (flock) by the process training into the folder; holds that process's pid and host.
+LOCK_FILE = ".lock"
+HYDRA_DIR = ".hydra"
+# train.resume=never moves an earlier run's outputs into RUN_DIR/previous-<UTC time>/.
+PREVIOUS_PREFIX = "previous-"
+# What a run leaves in its folder (globs), i.e. what belongs to one run and must never be
+# mixed with another's. Hydra's train.log is left out: it is held open by this process.
+RUN_OUTPUTS = (HYDRA_DIR, METRICS_FILE, SUMMARY_FILE, JUDGMENTS_FILE, CHECKPOINTS_DIR, ADAPTER_FILE,
+               ADAPTER_CONFIG_FILE, "wandb", "report.md", "*.png", "reproduce.json")
+
+
+def write_error_reason(err: BaseException, folder: Path | None = None) -> str:
+    """A short reason for a failed write: MLX reports a full disk as a RuntimeError
+    ("[write] Unable to write ...") without an errno, so the free space is looked at."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return "no space left on device"
+    if folder is not None:
+        try:
+            if shutil.disk_usage(folder).free < 1 << 20:
+                return "no space left on device"
+        except OSError:
+            pass
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def is_write_error(err: BaseException) -> bool:
+    """OSError, or MLX's RuntimeError for a failed file write (it has no OSError type)."""
+    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and str(err).startswith("[write]"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_replace(tmp: Path, final: Path) -> None:

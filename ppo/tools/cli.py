@@ -19,17 +19,32 @@ def print_outcome(summary: dict, run_dir: str) -> None:
     from ppo.tools.report import write_report
 
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
+
+    def num(value, fmt: str) -> str:  # metrics.jsonl stores NaN as null
+        return format(value, fmt) if isinstance(value, (int, float)) else "n/a"
+
     if ev:
-        print(f"eval win rate against the reference: {ev['eval/win_rate']:.3f} "
-              f"(95% interval {ev['eval/win_rate_low']:.2f}-{ev['eval/win_rate_high']:.2f}, {ev['eval/pairs']} pairs); "
-              f"completions ending by themselves: {ev['eval/eos_rate']:.2f} (reference {ev['eval/ref_eos_rate']:.2f}); "
-              f"KL to the reference: {final.get('kl', float('nan')):.3g}")
+        print(f"eval win rate against the reference: {num(ev.get('eval/win_rate'), '.3f')} "
+              f"(95% interval {num(ev.get('eval/win_rate_low'), '.2f')}-{num(ev.get('eval/win_rate_high'), '.2f')}, "
+              f"{ev.get('eval/pairs')} pairs); completions ending by themselves: {num(ev.get('eval/eos_rate'), '.2f')} "
+              f"(reference {num(ev.get('eval/ref_eos_rate'), '.2f')}); KL to the reference: {num(final.get('kl'), '.3g')}; "
+              f"judge/invalid_rate: {num(final.get('judge/invalid_rate'), '.2f')}")
     write_report(Path(run_dir))
     print(f"run folder: {run_dir} (metrics.jsonl, summary.json, adapters); plots: {run_dir}/curves_*.png")
 
 
 def train_main() -> None:
     """`ppo-train [overrides]`: a Hydra app over conf/train.yaml."""
+    try:
+        _train_main()
+    except KeyboardInterrupt:
+        # SIGINT outside the training loop (which saves and stops by itself): while Python,
+        # Hydra or the models load, or between sweep jobs. Nothing half-written is left.
+        _fail("interrupted (SIGINT) before training could save anything new; the run folder's newest checkpoint, "
+              "if any, is intact: run the same command again to continue", 130)
+
+
+def _train_main() -> None:
     ensure_fast_blas()
     if any(arg.startswith("+experiment=") for arg in sys.argv[1:]):
         _fail("write experiment=NAME without the +: `experiment` is already in the defaults list (conf/train.yaml)")
@@ -46,25 +61,32 @@ def train_main() -> None:
     def _train(cfg) -> float | None:
         from hydra.types import RunMode
 
-        from ppo.errors import CheckpointError, ConfigError, SweepJobFailed, TrainingInterrupted, TrainingStopped
+        from ppo.errors import (CheckpointError, ConfigError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
+                                TrainingInterrupted, TrainingStopped)
         from ppo.tools.sweep import record_failure
         from ppo.train.loop import train
+        from ppo.train.run_folder import claim, save_hydra_files
 
         hydra_cfg = HydraConfig.get()
         run_dir, multirun = hydra_cfg.runtime.output_dir, hydra_cfg.mode == RunMode.MULTIRUN
+        one_line = (ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
+                    TrainingInterrupted, TrainingStopped)
         try:
-            summary = train(cfg, run_dir)
-        except (ConfigError, CheckpointError) as err:
-            if multirun:  # Hydra records the job as failed, runs the others, and exits 1
-                record_failure(run_dir, err)
-                raise SweepJobFailed(f"{run_dir}: {err}") from None
-            _fail(str(err))
-        except (TrainingInterrupted, TrainingStopped) as err:
-            _fail(str(err), err.exit_code)
-        except Exception as err:
-            if multirun:
-                record_failure(run_dir, err)
-            raise
+            # Claimed before .hydra/ is written (hydra.output_subdir is null): a second process
+            # into a live run's folder, or a refused resume, leaves the folder as it was.
+            with claim(cfg, run_dir):
+                try:
+                    save_hydra_files(run_dir, cfg)
+                    summary = train(cfg, run_dir)
+                except Exception as err:
+                    if multirun:  # under the lock: so that ppo-report lists the failed job
+                        record_failure(run_dir, err)
+                    raise
+        except one_line as err:
+            if multirun:  # one line now; the other jobs run; ppo.tools.sweep.SweepOutcome exits 1 at the end
+                print(f"error: sweep job {run_dir} failed: {err}", file=sys.stderr)
+                return None
+            _fail(str(err), getattr(err, "exit_code", 2))
         if not multirun:
             print_outcome(summary, run_dir)
         return (summary.get("eval") or {}).get("eval/win_rate")

@@ -11,7 +11,6 @@ every step.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -23,8 +22,9 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ppo.errors import CheckpointError
-from ppo.io import (ADAPTER_CONFIG_FILE, ADAPTER_FILE, CHECKPOINTS_DIR, OPTIMIZER_FILE, STATE_FILE, SUMMARY_FILE,
-                    atomic_save_safetensors, atomic_write_text, read_json)
+from ppo.io import (ADAPTER_CONFIG_FILE, ADAPTER_FILE, CHECKPOINTS_DIR, CHECKSUMS_FILE, METRICS_FILE, OPTIMIZER_FILE,
+                    STATE_FILE, SUMMARY_FILE, atomic_save_safetensors, atomic_write_text, file_sha256, is_write_error,
+                    read_json, read_jsonl, write_error_reason)
 from ppo.train.models import adapter_config, adapter_weights
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ def save(run_dir: Path, model, optimizer, state: TrainerState, cfg, keep: int = 
         mx.save_safetensors(str(tmp / OPTIMIZER_FILE), dict(tree_flatten(optimizer.state)))
         (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(adapter_config(cfg.model, cfg.finetune), indent=2))
         (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=2))
+        checksums = {f.name: file_sha256(f) for f in sorted(tmp.iterdir())}
+        (tmp / CHECKSUMS_FILE).write_text(json.dumps(checksums, indent=2))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -69,11 +71,13 @@ def save(run_dir: Path, model, optimizer, state: TrainerState, cfg, keep: int = 
             shutil.rmtree(final)
         os.replace(tmp, final)
         save_adapters(run_dir, model, cfg)
-    except OSError as err:
+    except Exception as err:
+        if not is_write_error(err):  # MLX reports a failed write as RuntimeError("[write] ...")
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest(run_dir)
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-        reason = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        reason = write_error_reason(err, final.parent)
         raise CheckpointError(
             f"could not save checkpoint step {state.step} to {final.parent} ({reason}); {kept}; "
             "free space and resume with train.resume=auto"
@@ -103,6 +107,29 @@ def read_state(path: Path) -> TrainerState:
         raise CheckpointError(f"checkpoint {path} is unreadable ({err}); delete it to resume from an earlier one") from None
 
 
+def verify(path: Path) -> None:
+    """Compare each file of checkpoint `path` with the checksum written when it was saved.
+
+    A checkpoint saved before checksums existed has no CHECKSUMS_FILE and is read as is."""
+    path = Path(path)
+    expected = read_json(path / CHECKSUMS_FILE)
+    if expected is None:
+        if (path / CHECKSUMS_FILE).exists():
+            raise CheckpointError(f"checkpoint {path} is corrupt ({CHECKSUMS_FILE} is unreadable); "
+                                  "delete it to resume from an earlier one")
+        log.warning("checkpoint %s has no %s (saved by an older version); loaded unverified", path, CHECKSUMS_FILE)
+        return
+    for name, digest in expected.items():
+        try:
+            actual = file_sha256(path / name)
+        except OSError as err:
+            raise CheckpointError(f"checkpoint {path} is incomplete ({name}: {err.strerror or err}); "
+                                  "delete it to resume from an earlier one") from None
+        if actual != digest:
+            raise CheckpointError(f"checkpoint {path} is corrupt ({name} changed since it was saved: checksum mismatch); "
+                                  "delete it to resume from an earlier one")
+
+
 def load(path: Path, model, optimizer, fingerprint: dict | None = None) -> TrainerState:
     """Restore weights and optimizer state from checkpoint folder `path`; return its trainer state.
 
@@ -110,6 +137,7 @@ def load(path: Path, model, optimizer, fingerprint: dict | None = None) -> Train
     refused before anything is loaded.
     """
     path = Path(path)
+    verify(path)
     state = read_state(path)
     if fingerprint is not None:
         check_fingerprint(state.config_fingerprint, fingerprint, path)
@@ -137,6 +165,9 @@ def config_fingerprint(cfg) -> dict:
 
     container = OmegaConf.to_container(cfg, resolve=True)
     changeable = {"train.iters", "train.progress", "train.resume", "train.save_every", "train.keep_checkpoints", "experiment_name"}
+    # How long and how often a judge is waited for changes no verdict it gives, so a resume
+    # after a judge outage may raise them.
+    changeable |= {"judge.timeout", "judge.backoff", "judge.retries", "judge.concurrency"}
     flat = {}
 
     def walk(prefix, node):
@@ -182,5 +213,8 @@ def finished_summary(cfg, run_dir: Path) -> dict | None:
         return None  # more (or fewer) iterations asked for: let the trainer resume
     if state.get("config_fingerprint") != config_fingerprint(cfg):
         return None  # another config: the trainer's own check reports it
+    rows = read_jsonl(run_dir / METRICS_FILE)
+    if not rows or rows[-1].get("step") != cfg.train.iters:
+        return None  # the metrics are not this run's, complete: let the trainer resume and rewrite them
     log.info("%s already finished with this config (step %d); skipped", run_dir, cfg.train.iters)
     return summary

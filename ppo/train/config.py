@@ -14,6 +14,9 @@ reference_model_path -> model.reference_path.
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -209,6 +212,29 @@ def register() -> None:
         OmegaConf.register_new_resolver("ppo_asset", lambda name: str(resources.asset(name)))
     if not OmegaConf.has_resolver("ppo_cache"):
         OmegaConf.register_new_resolver("ppo_cache", lambda: str(resources.cache_dir()))
+    # ${ppo_job_dir:OVERRIDES,EXCLUDE_KEYS}: a sweep job's folder name (conf/hydra/default.yaml).
+    if not OmegaConf.has_resolver("ppo_job_dir"):
+        OmegaConf.register_new_resolver("ppo_job_dir", lambda overrides, exclude: job_dir_name(list(overrides), list(exclude)))
+
+
+_NAME_SAFE = re.compile(r"^[A-Za-z0-9._+@-]{1,40}$")
+
+
+def job_dir_name(overrides: list[str], exclude_keys: list[str]) -> str:
+    """Hydra's override_dirname (sorted `key=value`, comma-joined, `exclude_keys` left out), except
+    that a value unfit for a folder name (a path, a long or odd string) becomes its last part
+    plus 8 hex digits of its sha256: two values never share a folder, and none nests folders.
+    The full overrides stay in the job's .hydra/overrides.yaml."""
+    items = []
+    for override in overrides:
+        key, sep, value = str(override).partition("=")
+        if key.lstrip("+~") in exclude_keys:
+            continue
+        if sep and not _NAME_SAFE.match(value):
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", value.rstrip("/").rsplit("/", 1)[-1])[:24].strip("._") or "value"
+            value = f"{stem}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
+        items.append(f"{key}{sep}{value}")
+    return ",".join(sorted(items)) or "default"
 
 
 def compose_train(overrides: list[str]):

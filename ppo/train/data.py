@@ -45,9 +45,11 @@ def truncate_left(prompts: list[Prompt], max_tokens: int) -> tuple[list[Prompt],
     return out, truncated
 
 
-def _load_rows(path: str, split: str):
-    """A `datasets.Dataset` from a hub id, a local file or a local folder."""
+def _load_rows(path: str, split: str, on_bad_row: str = "error"):
+    """A `datasets.Dataset` from a hub id, a local file or a local folder (JSON lines: `prompt_files.Rows`)."""
     import datasets
+
+    from ppo.train import prompt_files
 
     datasets.disable_progress_bars()
     local = Path(path).expanduser()
@@ -56,6 +58,9 @@ def _load_rows(path: str, split: str):
             fmt = _FORMATS.get(local.suffix.lower())
             if fmt is None:
                 raise ConfigError(f"data.path={path}: unsupported file type {local.suffix!r}; use .json, .jsonl, .parquet or .csv")
+            if local.suffix.lower() == ".jsonl":
+                return prompt_files.read_jsonl(local, on_bad_row)
+            prompt_files.check_file(local, text=fmt != "parquet")
             return datasets.load_dataset(fmt, data_files={split: str(local)}, split=split)
         if local.is_dir():
             return datasets.load_dataset(str(local), split=split)
@@ -102,7 +107,7 @@ def format_prompt(tokenizer, prompt: str | list[dict]) -> tuple[str, list[int]]:
 
 
 def read_prompts(path: str, split: str, field: str, tokenizer, on_bad_row: str) -> tuple[list[Prompt], int]:
-    rows = _load_rows(path, split)
+    rows = _load_rows(path, split, on_bad_row)
     if field not in rows.column_names:
         raise ConfigError(
             f"data.prompt_field={field!r} is not a column of {path} (columns: {', '.join(rows.column_names)}); set data.prompt_field"

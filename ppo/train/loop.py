@@ -20,15 +20,16 @@ import mlx.nn as nn
 import numpy as np
 from omegaconf import OmegaConf
 
-from ppo.errors import ConfigError, JudgeQuit, JudgeUnavailable, TrainingInterrupted, TrainingStopped
+from ppo.errors import (ConfigError, JudgeQuit, JudgeUnavailable, RunFolderWriteError, TrainingDiverged,
+                        TrainingInterrupted, TrainingStopped)
 from ppo.health import HealthMonitor
-from ppo.io import METRICS_FILE, SUMMARY_FILE, atomic_write_json, read_jsonl
+from ppo.io import METRICS_FILE, SUMMARY_FILE, atomic_write_json, is_write_error, read_jsonl, write_error_reason
 from ppo.judges import build_judge
-from ppo.train import checkpoint
+from ppo.train import checkpoint, run_folder
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
 from ppo.train.evaluation import evaluate
-from ppo.train.models import frozen_base, load_policy_and_reference
+from ppo.train.models import check_reference_fits, frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
 from ppo.train.step import Sampling, make_loss_fn, mean_dicts, train_step
 from ppo.train.tracking import Tracker
@@ -83,10 +84,29 @@ def stop_requests():
 
 
 def train(cfg, run_dir: Path) -> dict:
-    """Train PPO as `cfg` says, writing every output into `run_dir`. Returns the summary."""
+    """Train PPO as `cfg` says, writing every output into `run_dir`. Returns the summary.
+
+    The run folder is claimed first (`ppo.train.run_folder`): one process at a time, and
+    with train.resume=never an earlier run's outputs are moved aside, never mixed in."""
     validate(cfg)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_folder.claim(cfg, run_dir):
+        return _train(cfg, Path(run_dir))
+
+
+def _kept_checkpoint(run_dir: Path, which: str = "newest") -> str:
+    newest = checkpoint.latest(run_dir)
+    return f"the {which} checkpoint {newest.name} is intact" if newest else "no checkpoint had been saved"
+
+
+def warn_judge_invalid(step: int, reported: dict) -> None:
+    """A judge that answers nothing usable trains nothing: say so at every report step."""
+    rate = reported.get("judge/invalid_rate")
+    if rate is not None and not math.isnan(rate) and rate >= 0.5:
+        log.warning("step %d: judge/invalid_rate=%.2f: the judge gave no usable verdict for %s of the pairs, which "
+                    "teach nothing; check the judge's prompt, labels or server", step, rate, "all" if rate >= 1 else "most")
+
+
+def _train(cfg, run_dir: Path) -> dict:
     if (done := checkpoint.finished_summary(cfg, run_dir)) is not None:  # a finished sweep job: skip it
         return done
     started = time.perf_counter()
@@ -95,6 +115,7 @@ def train(cfg, run_dir: Path) -> dict:
     # Set-up: models, prompts, judge, optimizer.
     mx.random.seed(cfg.seed)
     policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
+    check_reference_fits(policy, reference, cfg.model)
     if train_cfg.grad_checkpoint:
         from mlx_lm.tuner.trainer import grad_checkpoint
 
@@ -161,6 +182,7 @@ def train(cfg, run_dir: Path) -> dict:
                 if step % train_cfg.steps_per_report == 0 or is_last:
                     reported = mean_dicts(state.window) | (state.last_eval if is_eval else {})
                     tracker.log(step, reported)
+                    warn_judge_invalid(step, reported)
                     state.window = []
                     if progress:
                         progress.update(reported, step)
@@ -172,6 +194,10 @@ def train(cfg, run_dir: Path) -> dict:
     except TrainingInterrupted:
         status = "interrupted"
         raise
+    except TrainingDiverged as err:
+        # Raised before the step's update is kept: nothing non-finite is saved.
+        status = "diverged"
+        raise err.at(step, _kept_checkpoint(run_dir, "last finite")) from None
     except (JudgeQuit, JudgeUnavailable) as err:
         # Stopped while judging: before this step's update the previous step's state is
         # exact (the data position is rewound); after it (in evaluation), this step's is.
@@ -181,12 +207,29 @@ def train(cfg, run_dir: Path) -> dict:
             step -= 1
         save(step)
         raise TrainingStopped(f"{err}; checkpoint of step {step} saved, resume with train.resume=auto") from None
+    except Exception as err:
+        if not is_write_error(err):
+            raise
+        raise RunFolderWriteError(
+            f"could not write {getattr(err, 'filename', None) or 'into ' + str(run_dir)} "
+            f"({write_error_reason(err, run_dir)}); {_kept_checkpoint(run_dir)}; free space and resume with train.resume=auto"
+        ) from None
     finally:
         judge.close()
         if progress:
             progress.close()
-        summary = write_summary(run_dir, started, state, status, step, splits)
+        try:
+            summary = write_summary(run_dir, started, state, status, step, splits)
+        except OSError as err:
+            # Not raised from here: it would hide the error that ended the run, if any.
+            summary_error, summary = err, {"status": status, "step": step}
+        else:
+            summary_error = None
         tracker.finish(summary, 0 if status == "finished" else 1)
+    if summary_error is not None:
+        raise RunFolderWriteError(f"trained to step {step} but could not write {run_dir / SUMMARY_FILE} "
+                                  f"({write_error_reason(summary_error, run_dir)}); {_kept_checkpoint(run_dir)}; "
+                                  "free space and run the same command again")
     return summary
 
 

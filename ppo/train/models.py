@@ -135,6 +135,24 @@ def load_policy_and_reference(model_cfg, ft):
     return policy, reference, tokenizer
 
 
+def check_reference_fits(policy: nn.Module, reference: nn.Module | None, model_cfg) -> None:
+    """Refuse a reference whose log-probs do not mean the same tokens as the policy's: the
+    KL and every ratio would compare different vocabularies (or gather past its logits)."""
+    if reference is None:
+        return
+
+    def describe(model):
+        args = getattr(model, "args", None)
+        return getattr(model, "model_type", None) or getattr(args, "model_type", None), getattr(args, "vocab_size", None)
+
+    (policy_type, policy_vocab), (ref_type, ref_vocab) = describe(policy), describe(reference)
+    if policy_vocab != ref_vocab or policy_type != ref_type:
+        raise ConfigError(
+            f"model.reference_path={model_cfg.reference_path} does not fit the policy {model_cfg.path} "
+            f"({ref_type} with {ref_vocab} tokens there, {policy_type} with {policy_vocab} here); use a reference of the "
+            "same architecture and tokenizer, or leave model.reference_path empty (the policy's own base)")
+
+
 def frozen_base(policy: nn.Module, reference: nn.Module | None, model_cfg, ft) -> nn.Module | None:
     """A loaded model that computes `model.path` unchanged for the whole run (run it under
     `adapters_disabled`), for a judge of the same model to share; None when there is none.

@@ -19,8 +19,9 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
+from ppo.errors import TrainingDiverged
 from ppo.judges import Pair, advantages_from_verdicts
 from ppo.train.data import Prompt
 from ppo.train.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
@@ -182,6 +183,27 @@ def make_loss_fn(loss_cfg):
     return loss_fn
 
 
+def check_finite_metrics(metrics: dict) -> None:
+    """Raise TrainingDiverged naming the first non-finite loss metric ("loss" first)."""
+    for key in sorted(metrics, key=lambda k: k != "loss"):
+        value = metrics[key]
+        if value is not None and not math.isfinite(value):
+            raise TrainingDiverged(key, value)
+
+
+def check_finite_tree(what: str, tree) -> None:
+    """Raise TrainingDiverged naming the first array of `tree` holding a NaN or an inf."""
+    leaves = tree_flatten(tree)
+    if not leaves:
+        return
+    finite = mx.stack([mx.isfinite(v).all() for _, v in leaves])
+    if bool(finite.all().item()):
+        return
+    name, value = leaves[int(np.argmin(np.array(finite)))]
+    bad = np.array(value.astype(mx.float32))
+    raise TrainingDiverged(f"{what} {name}", float(bad[~np.isfinite(bad)].flat[0]))
+
+
 def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches: list[JudgedBatch], *,
            epochs: int, rollout_ratio: bool) -> Updated:
     """`epochs` optimizer steps, each on the mean gradient of the micro-batches.
@@ -202,8 +224,12 @@ def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches
             grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
             mx.eval(grads_sum, loss_metrics)  # one graph per micro-batch keeps memory flat
             out.loss_metrics.append({k: v.item() for k, v in loss_metrics.items()})
-        optimizer.update(policy, tree_map(lambda g: g / len(judged_batches), grads_sum))
+            check_finite_metrics(out.loss_metrics[-1])
+        grads = tree_map(lambda g: g / len(judged_batches), grads_sum)
+        check_finite_tree("gradient", grads)  # before the optimizer sees it: the weights stay finite
+        optimizer.update(policy, grads)
         mx.eval(policy.trainable_parameters(), optimizer.state)  # the step is done before the next rollout
+        check_finite_tree("weight", policy.trainable_parameters())
     out.seconds = time.perf_counter() - start
     return out
 

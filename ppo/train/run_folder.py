@@ -1,0 +1,153 @@
+"""One run per run folder: the lock, the earlier run moved aside, the checks made before
+anything in the folder is written.
+
+`claim(cfg, run_dir)` is taken by `ppo-train` before Hydra's `.hydra/` files are written
+(conf/hydra/default.yaml sets `hydra.output_subdir: null`; `save_hydra_files` writes them
+under the lock) and again by `ppo.train.loop.train` for callers that skip the CLI; a
+process that already holds a folder's claim re-enters it.
+
+The lock is `fcntl.flock` on RUN_DIR/.lock, held for as long as the process trains: the
+kernel drops it when the process dies however it dies, so a crash never leaves a folder
+stuck, and the pid/host written into the file only serve the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from ppo.errors import CheckpointError, RunFolderBusy, RunFolderWriteError
+from ppo.io import (HYDRA_DIR, LOCK_FILE, PREVIOUS_PREFIX, RUN_OUTPUTS, STATE_FILE, atomic_write_text,
+                    write_error_reason)
+
+log = logging.getLogger(__name__)
+
+# Folders this process holds (resolved path -> lock file descriptor).
+_held: dict[str, int] = {}
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        info = json.loads(lock_path.read_text(encoding="utf-8"))
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def lock(run_dir: Path):
+    """Hold RUN_DIR's lock, or raise RunFolderBusy naming the holder (the folder untouched)."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _held:
+        yield False
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunFolderWriteError(f"cannot use run folder {run_dir} ({write_error_reason(err)}); "
+                                  "choose a writable hydra.run.dir") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunFolderBusy(f"run folder {run_dir} is in use by {_holder(run_dir / LOCK_FILE)}; wait for that run "
+                            "to end (or stop it), or give this run another hydra.run.dir") from None
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+    except OSError:
+        pass  # the lock holds without its note; only a busy message would be vaguer
+    _held[key] = fd
+    try:
+        yield True
+    finally:
+        del _held[key]
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def earlier_outputs(run_dir: Path) -> list[Path]:
+    """The outputs of an earlier run in `run_dir` (RUN_OUTPUTS), sorted."""
+    run_dir = Path(run_dir)
+    return sorted({p for pattern in RUN_OUTPUTS for p in run_dir.glob(pattern)})
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move an earlier run's outputs into RUN_DIR/previous-<UTC time>/; return that folder."""
+    run_dir = Path(run_dir)
+    found = earlier_outputs(run_dir)
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, n = run_dir / f"{PREVIOUS_PREFIX}{stamp}", 1
+    while target.exists():
+        n += 1
+        target = run_dir / f"{PREVIOUS_PREFIX}{stamp}-{n}"
+    try:
+        target.mkdir()
+        for path in found:
+            os.replace(path, target / path.name)  # a rename within the folder: never a copy
+    except OSError as err:
+        raise RunFolderWriteError(f"could not move the earlier run in {run_dir} aside into {target.name} "
+                                  f"({write_error_reason(err)}); move or delete it yourself, or use another hydra.run.dir") from None
+    log.warning("train.resume=never: the earlier run's outputs in %s were moved into %s", run_dir, target.name)
+    return target
+
+
+def check_resume(cfg, run_dir: Path) -> None:
+    """Refuse, before anything is written, a resume that cannot work: a named checkpoint
+    that is not there, or (resume=auto) a folder whose newest checkpoint has another config."""
+    from ppo.train import checkpoint
+
+    resume = cfg.train.resume
+    if resume == "never":
+        return
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            what = "does not exist" if not path.exists() else f"has no {STATE_FILE}"
+            raise CheckpointError(f"train.resume={resume}: that checkpoint {what}; name a checkpoint folder "
+                                  "(RUN_DIR/checkpoints/step-NNNNNNN), or use train.resume=auto or train.resume=never")
+        return
+    newest = checkpoint.latest(run_dir)
+    if newest is not None:
+        state = checkpoint.read_state(newest)
+        checkpoint.check_fingerprint(state.config_fingerprint, checkpoint.config_fingerprint(cfg), newest)
+
+
+@contextlib.contextmanager
+def claim(cfg, run_dir: Path):
+    """Lock `run_dir`, check the resume, and with train.resume=never move an earlier run aside."""
+    with lock(run_dir) as fresh:
+        if fresh:
+            check_resume(cfg, run_dir)
+            if cfg.train.resume == "never":
+                set_aside(run_dir)
+        yield
+
+
+def save_hydra_files(run_dir: Path, cfg) -> None:
+    """What Hydra writes into RUN_DIR/.hydra/ (config, hydra, overrides), written under the lock."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hydra_cfg = HydraConfig.instance().cfg
+    out = Path(run_dir) / HYDRA_DIR
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
+        atomic_write_text(out / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+        atomic_write_text(out / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
+    except OSError as err:
+        raise RunFolderWriteError(f"could not write {out} ({write_error_reason(err, out.parent)}); "
+                                  "free space or choose a writable hydra.run.dir") from None
