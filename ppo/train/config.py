@@ -252,8 +252,45 @@ def _check(ok: bool, key: str, value: Any, fix: str) -> None:
         raise ConfigError(f"invalid {key}={value!r}: {fix}")
 
 
+def _unknown_keys(node, schema, prefix: str = "") -> list[str]:
+    """Keys of `node` the schema does not have (Hydra's `+key=value` adds them to a struct config)."""
+    out, known = [], set(schema.keys())  # (`in` is False for a key whose value is ???)
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if key not in known:
+            out.append(path)
+        elif path != "judge" and OmegaConf.is_dict(node._get_node(key)) and OmegaConf.is_dict(schema._get_node(key)):
+            out.extend(_unknown_keys(node[key], schema[key], f"{path}."))
+    return out
+
+
+def check_known_keys(cfg) -> None:
+    """Refuse a key the schema lacks (a typo such as `+loss.epsilom=0.2` would be stored and ignored).
+    The judge node is free-form: each judge class checks its own keys."""
+    import difflib
+
+    schema = OmegaConf.structured(PPOConfig)
+    unknown = _unknown_keys(cfg, schema)
+    if unknown:
+        key = unknown[0]
+        parent, _, leaf = key.rpartition(".")
+        siblings = list((OmegaConf.select(schema, parent) if parent else schema).keys())
+        close = difflib.get_close_matches(leaf, siblings, n=1)
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+        raise ConfigError(f"unknown key {key}: the config schema has no such key; {hint}remove the override "
+                          "(a + in front of a key adds a key the trainer never reads)")
+
+
 def validate(cfg) -> None:
     """Check value ranges; raise ConfigError naming the key and the fix."""
+    check_known_keys(cfg)
+    for key, value in (("loss.epsilon", cfg.loss.epsilon), ("loss.beta", cfg.loss.beta), ("loss.delta", cfg.loss.delta),
+                       ("loss.max_log_ratio", cfg.loss.max_log_ratio), ("train.learning_rate", cfg.train.learning_rate),
+                       ("train.weight_decay", cfg.train.weight_decay), ("train.min_learning_rate", cfg.train.min_learning_rate),
+                       ("finetune.scale", cfg.finetune.scale), ("finetune.dropout", cfg.finetune.dropout),
+                       ("generation.temperature", cfg.generation.temperature), ("generation.top_p", cfg.generation.top_p)):
+        if not OmegaConf.is_missing(cfg, key):
+            _check(math.isfinite(value), key, value, "must be a finite number")
     for node, group in ((cfg.loss, "loss_type, ppo_form, epsilon and beta"), (cfg.finetune, "finetune"), (cfg.logger, "logger")):
         for key in node:
             _check(not OmegaConf.is_missing(node, key), key, "???", f"it has no value: keep the {group} group in the defaults list or set it")
@@ -283,9 +320,14 @@ def validate(cfg) -> None:
            "choose constant, cosine or linear")
     _check(0 <= train.warmup_steps < train.iters, "train.warmup_steps", train.warmup_steps, "must lie in [0, train.iters)")
     _check(train.keep_checkpoints >= 1, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 1")
-    _check(train.max_seq_length > gen.max_completion_length, "train.max_seq_length", train.max_seq_length,
-           "must exceed generation.max_completion_length so a prompt fits")
+    _check(train.max_seq_length > gen.max_completion_length, "generation.max_completion_length", gen.max_completion_length,
+           f"must be below train.max_seq_length={train.max_seq_length} so a prompt fits: lower it or raise train.max_seq_length")
     _check(cfg.model.quantize in ("none", "4", "8"), "model.quantize", cfg.model.quantize, "choose none, 4 or 8")
+    _check(cfg.model.quantize == "none" or cfg.model.quantize_group_size in (32, 64, 128), "model.quantize_group_size",
+           cfg.model.quantize_group_size, "MLX quantizes in groups of 32, 64 or 128")
+    _check(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "must be >= 0, e.g. 0.01")
+    _check(train.min_learning_rate >= 0, "train.min_learning_rate", train.min_learning_rate, "must be >= 0")
+    _check(loss.delta >= 0, "loss.delta", loss.delta, "dpop's penalty weight must be >= 0, e.g. 50")
     for key in ("steps_per_report", "steps_per_eval", "save_every"):
         _check(getattr(train, key) >= 1, f"train.{key}", getattr(train, key), "must be >= 1")
     _check(ft.type in ("lora", "dora", "full"), "finetune.type", ft.type, "choose lora, dora or full (finetune=NAME)")

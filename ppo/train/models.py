@@ -103,6 +103,11 @@ def quantize_base(model: nn.Module, model_cfg, trainable: bool = False) -> None:
     from mlx_lm.utils import dequantize_model, quantize_model
 
     quantize_model(model, {}, group_size=model_cfg.quantize_group_size, bits=int(model_cfg.quantize))
+    # mlx-lm skips every layer whose width the group size does not divide, silently.
+    if not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()):
+        raise ConfigError(f"model.quantize={model_cfg.quantize} with model.quantize_group_size={model_cfg.quantize_group_size} "
+                          "quantized no layer of the model (no weight width divides by the group size); "
+                          "choose a smaller model.quantize_group_size (32) or model.quantize=none")
     if trainable:
         dequantize_model(model)
 
