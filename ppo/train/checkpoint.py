@@ -55,6 +55,7 @@ def save(run_dir: Path, model, optimizer, state: TrainerState, cfg, keep: int = 
     """Write checkpoint `step-NNNNNNN/` atomically and the run's adapter files; keep the last `keep`."""
     final = _step_dir(run_dir, state.step)
     tmp = final.with_name(f".tmp-{final.name}")
+    placed = False
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -70,14 +71,19 @@ def save(run_dir: Path, model, optimizer, state: TrainerState, cfg, keep: int = 
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        placed = True
         save_adapters(run_dir, model, cfg)
     except Exception as err:
         if not is_write_error(err):  # MLX reports a failed write as RuntimeError("[write] ...")
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = write_error_reason(err, final.parent)
+        if placed:  # the checkpoint is complete; only the run folder's copy of the adapters is old
+            raise CheckpointError(
+                f"checkpoint step {state.step} saved, but {Path(run_dir) / ADAPTER_FILE} could not be updated ({reason}); "
+                "free space and resume with train.resume=auto") from None
         previous = latest(run_dir)
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-        reason = write_error_reason(err, final.parent)
         raise CheckpointError(
             f"could not save checkpoint step {state.step} to {final.parent} ({reason}); {kept}; "
             "free space and resume with train.resume=auto"

@@ -154,7 +154,7 @@ def check_reference_fits(policy: nn.Module, reference: nn.Module | None, model_c
     if policy_vocab != ref_vocab or policy_type != ref_type:
         raise ConfigError(
             f"model.reference_path={model_cfg.reference_path} does not fit the policy {model_cfg.path} "
-            f"({ref_type} with {ref_vocab} tokens there, {policy_type} with {policy_vocab} here); use a reference of the "
+            f"({ref_type} with {ref_vocab} tokens there, {policy_type} with {policy_vocab} tokens here); use a reference of the "
             "same architecture and tokenizer, or leave model.reference_path empty (the policy's own base)")
 
 
