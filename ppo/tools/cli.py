@@ -29,7 +29,11 @@ def print_outcome(summary: dict, run_dir: str) -> None:
               f"{ev.get('eval/pairs')} pairs); completions ending by themselves: {num(ev.get('eval/eos_rate'), '.2f')} "
               f"(reference {num(ev.get('eval/ref_eos_rate'), '.2f')}); KL to the reference: {num(final.get('kl'), '.3g')}; "
               f"judge/invalid_rate: {num(final.get('judge/invalid_rate'), '.2f')}")
-    write_report(Path(run_dir))
+    try:
+        write_report(Path(run_dir))
+    except OSError as err:  # the run itself is complete; only its plots are missing
+        _fail(f"training finished, but the plots could not be written into {run_dir} ({err.strerror or err}); "
+              f"free space and run `ppo-report {run_dir}`", 1)
     print(f"run folder: {run_dir} (metrics.jsonl, summary.json, adapters); plots: {run_dir}/curves_*.png")
 
 

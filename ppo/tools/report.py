@@ -29,7 +29,7 @@ from pathlib import Path
 from ppo.errors import ReportError
 from ppo.health import CLIP_FRACTION_HIGH, CLIP_FRACTION_IDLE
 from ppo.health import verdict as health_verdict
-from ppo.io import CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE, atomic_write_text, read_json, read_jsonl
+from ppo.io import CHECKPOINTS_DIR, METRICS_FILE, PREVIOUS_PREFIX, SUMMARY_FILE, atomic_write_text, read_json, read_jsonl
 
 LAST_FRACTION = 0.2  # clip_fraction is averaged over this last share of the steps
 SKIP_DIRS = {".hydra", "wandb", CHECKPOINTS_DIR, "__pycache__"}
@@ -96,7 +96,8 @@ def _last(rows: list[dict], key: str) -> float | None:
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
     found = []
     for root, dirs, _files in os.walk(sweep_dir):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("offline-run-"))
+        # previous-*: an earlier run moved aside by train.resume=never, not one of the sweep's
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith(("offline-run-", PREVIOUS_PREFIX)))
         if (Path(root) / ".hydra" / "config.yaml").is_file():
             found.append(Path(root))
     return found

@@ -170,15 +170,18 @@ def reproduce(source: str, overrides: list[str] | None = None, out: Path | None 
     from ppo.train.config import validate
 
     validate(cfg)  # a bad override fails here, before any folder is made
-    (out / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    OmegaConf.save(OmegaConf.create(original_overrides + overrides), out / ".hydra" / "overrides.yaml")
-    (out / "reproduce.json").write_text(json.dumps(
-        {"source": description, "source_overrides": original_overrides, "overrides": overrides}, indent=2) + "\n")
-
     from ppo.train.loop import train
+    from ppo.train.run_folder import claim
 
-    return out, train(cfg, out)
+    # Claimed before these files are written: the trainer's own claim then finds them this
+    # run's (a source run's train.resume=never would otherwise move them aside).
+    with claim(cfg, out):
+        (out / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create(original_overrides + overrides), out / ".hydra" / "overrides.yaml")
+        (out / "reproduce.json").write_text(json.dumps(
+            {"source": description, "source_overrides": original_overrides, "overrides": overrides}, indent=2) + "\n")
+        return out, train(cfg, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    from ppo.errors import CheckpointError, ConfigError, TrainingInterrupted, TrainingStopped
+    from ppo.errors import (CheckpointError, ConfigError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
+                            TrainingInterrupted, TrainingStopped)
 
     try:
         out, summary = reproduce(args.source, args.overrides, args.out)
-    except (ReproduceError, ConfigError, CheckpointError) as err:
+    except (ReproduceError, ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (TrainingInterrupted, TrainingStopped) as err:
+    except (TrainingInterrupted, TrainingStopped, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     win = (summary.get("eval") or {}).get("eval/win_rate")

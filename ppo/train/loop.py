@@ -89,8 +89,19 @@ def train(cfg, run_dir: Path) -> dict:
     The run folder is claimed first (`ppo.train.run_folder`): one process at a time, and
     with train.resume=never an earlier run's outputs are moved aside, never mixed in."""
     validate(cfg)
+    run_dir = Path(run_dir)
     with run_folder.claim(cfg, run_dir):
-        return _train(cfg, Path(run_dir))
+        try:
+            return _train(cfg, run_dir)
+        except Exception as err:
+            # A full disk or another I/O error anywhere (metrics, judgments, set-up): one line.
+            # Checkpoint saves report their own (CheckpointError); MLX's writes raise RuntimeError.
+            if not is_write_error(err):
+                raise
+            raise RunFolderWriteError(
+                f"I/O error on {getattr(err, 'filename', None) or run_dir} ({write_error_reason(err, run_dir)}); "
+                f"{_kept_checkpoint(run_dir)}; fix it (free space, permissions) and run the same command again "
+                "(train.resume=auto continues)") from None
 
 
 def _kept_checkpoint(run_dir: Path, which: str = "newest") -> str:
@@ -207,13 +218,6 @@ def _train(cfg, run_dir: Path) -> dict:
             step -= 1
         save(step)
         raise TrainingStopped(f"{err}; checkpoint of step {step} saved, resume with train.resume=auto") from None
-    except Exception as err:
-        if not is_write_error(err):
-            raise
-        raise RunFolderWriteError(
-            f"could not write {getattr(err, 'filename', None) or 'into ' + str(run_dir)} "
-            f"({write_error_reason(err, run_dir)}); {_kept_checkpoint(run_dir)}; free space and resume with train.resume=auto"
-        ) from None
     finally:
         judge.close()
         if progress:
