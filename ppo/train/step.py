@@ -225,9 +225,10 @@ def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches
             mx.eval(grads_sum, loss_metrics)  # one graph per micro-batch keeps memory flat
             out.loss_metrics.append({k: v.item() for k, v in loss_metrics.items()})
             check_finite_metrics(out.loss_metrics[-1])
-        grads = tree_map(lambda g: g / len(judged_batches), grads_sum)
-        check_finite_tree("gradient", grads)  # before the optimizer sees it: the weights stay finite
-        optimizer.update(policy, grads)
+        # Checked on the (already evaluated) sum: finite exactly when the mean is, and no extra
+        # copy of the gradients. Before the optimizer sees it, so the weights stay finite.
+        check_finite_tree("gradient", grads_sum)
+        optimizer.update(policy, tree_map(lambda g: g / len(judged_batches), grads_sum))
         mx.eval(policy.trainable_parameters(), optimizer.state)  # the step is done before the next rollout
         check_finite_tree("weight", policy.trainable_parameters())
     out.seconds = time.perf_counter() - start
