@@ -52,3 +52,10 @@ class ReportError(Exception):
 
 class ReproduceError(Exception):
     """SOURCE is not a run, or an override does not fit; the message says which."""
+
+
+class RankTimeout(RuntimeError):
+    """With several processes: another rank died or stopped answering; the last complete
+    checkpoint is intact and relaunching the same command resumes."""
+
+    exit_code = 4
