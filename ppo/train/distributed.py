@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,13 +62,29 @@ class World:
     rank: int = 0
     size: int = 1
     timeout: float = 300.0
+    # Seconds spent waiting at collectives since the last `take_wait_seconds` (timing/collective_seconds).
+    waited: float = 0.0
 
     @classmethod
     def current(cls, timeout: float = 300.0) -> "World":
         if not launched():
             return cls(timeout=timeout)
         group = mx.distributed.init()
-        return cls(group, group.rank(), group.size(), timeout) if group.size() > 1 else cls(timeout=timeout)
+        if group.size() == 1:
+            return cls(timeout=timeout)
+        world = cls(group, group.rank(), group.size(), timeout)
+        world.share_cores()
+        return world
+
+    def share_cores(self) -> None:
+        """Ranks on one machine split its cores between their BLAS thread pools: two ranks on
+        two cores each running two OpenBLAS threads would oversubscribe the CPU."""
+        import socket
+
+        from ppo.platform.blas import set_blas_threads
+
+        hosts = self.gather_objects(socket.gethostname())
+        set_blas_threads((os.cpu_count() or 1) // hosts.count(hosts[self.rank]))
 
     @property
     def is_main(self) -> bool:
@@ -94,6 +111,7 @@ class World:
         timer = threading.Timer(self.timeout, self._give_up)
         timer.daemon = True
         timer.start()
+        start = time.perf_counter()
         try:
             mx.eval(*arrays)
         except RuntimeError as err:  # the ring backend: "[ring] connection to a peer was lost"
@@ -101,6 +119,11 @@ class World:
                               "The last complete checkpoint is intact: relaunch the same command to resume") from None
         finally:
             timer.cancel()
+            self.waited += time.perf_counter() - start
+
+    def take_wait_seconds(self) -> float:
+        waited, self.waited = self.waited, 0.0
+        return waited
 
     def _give_up(self) -> None:
         print(f"error: rank {self.rank}: the other ranks did not answer within train.rank_timeout={self.timeout:g} s "

@@ -164,6 +164,8 @@ def train(cfg, run_dir: Path) -> dict:
                                      grad_accumulation_steps=train_cfg.grad_accumulation_steps,
                                      dropout=cfg.finetune.dropout, world=world)
                 updated = True
+                if world.size > 1:  # the time this rank waited for the others (the slowest rank's is logged)
+                    metrics["timing/collective_seconds"] = world.take_wait_seconds()
                 metrics = reduce_metrics(world.gather_objects(metrics))
                 judge.flush()
                 metrics["learning_rate"] = learning_rate_at(lr_schedule, step * cfg.loss.ppo_epochs - 1)
