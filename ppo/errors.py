@@ -59,3 +59,7 @@ class RankTimeout(RuntimeError):
     checkpoint is intact and relaunching the same command resumes."""
 
     exit_code = 4
+
+    def __init__(self, message: str, reported: bool = False):
+        super().__init__(message)
+        self.reported = reported  # already printed when it happened

@@ -120,7 +120,7 @@ def test_sigkill_of_every_rank_then_resume_equals_a_straight_run(tmp_path, tiny_
     args = overrides(tiny_model_dir, prompts_file, killed, **{"train.iters": 400})
     proc = launch(args, wait=False)
     try:
-        assert wait_for(lambda: (killed / "checkpoints" / "step-0000002").exists(), 120)
+        assert wait_for(lambda: (killed / "checkpoints" / "step-0000002").exists(), 300)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -139,7 +139,7 @@ def test_a_lost_rank_ends_the_run_within_the_bound(tmp_path, tiny_model_dir, pro
     proc = launch(overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 100000, "train.rank_timeout": 5}),
                   wait=False)
     try:
-        assert wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 2, 120)
+        assert wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 2, 300)
         pids = rank_pids(run_dir)
         assert set(pids) == {0, 1}, pids
         os.kill(pids[1], signal.SIGKILL if how == "killed" else signal.SIGSTOP)

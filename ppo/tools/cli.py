@@ -61,7 +61,11 @@ def train_main() -> None:
                 record_failure(run_dir, err)
                 raise SweepJobFailed(f"{run_dir}: {err}") from None
             _fail(str(err))
-        except (TrainingInterrupted, TrainingStopped, RankTimeout) as err:
+        except RankTimeout as err:
+            if not err.reported:
+                print(f"error: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+        except (TrainingInterrupted, TrainingStopped) as err:
             _fail(str(err), err.exit_code)
         except Exception as err:
             if multirun:

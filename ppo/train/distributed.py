@@ -115,8 +115,11 @@ class World:
         try:
             mx.eval(*arrays)
         except RuntimeError as err:  # the ring backend: "[ring] connection to a peer was lost"
-            raise RankTimeout(f"rank {self.rank}: lost the other ranks ({str(err).splitlines()[0]}); a rank died. "
-                              "The last complete checkpoint is intact: relaunch the same command to resume") from None
+            # Said at once: mlx.launch sends SIGTERM to the surviving ranks right after one dies.
+            message = (f"rank {self.rank}: lost the other ranks ({str(err).splitlines()[0]}); a rank died. "
+                       "The last complete checkpoint is intact: relaunch the same command to resume")
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise RankTimeout(message, reported=True) from None
         finally:
             timer.cancel()
             self.waited += time.perf_counter() - start
