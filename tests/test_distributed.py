@@ -157,3 +157,20 @@ def test_a_lost_rank_ends_the_run_within_the_bound(tmp_path, tiny_model_dir, pro
     assert "error: rank 0:" in out and "relaunch the same command to resume" in out, out[-3000:]
     assert "Traceback" not in out
     assert (run_dir / "checkpoints").exists() or rows(run_dir)  # whatever was saved is complete
+
+
+@pytest.mark.slow
+def test_ranks_started_with_different_configs_are_refused(tmp_path, tiny_model_dir, prompts_file):
+    # A launcher "python" that gives rank 1 another seed, as a mistyped per-host command would.
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/bash\nif [ "$MLX_RANK" = "1" ]; then exec {sys.executable} "$@" seed=7; fi\n'
+                      f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    run_dir = tmp_path / "run"
+    cmd = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "--python", str(python), str(BIN / "ppo-train"),
+           *overrides(tiny_model_dir, prompts_file, run_dir)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "WANDB_SILENT": "true"})
+    out = result.stdout + result.stderr
+    assert "ranks were started with different configs" in out and "Traceback" not in out
+    assert not (run_dir / "metrics.jsonl").exists()
