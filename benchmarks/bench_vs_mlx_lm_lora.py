@@ -4,7 +4,7 @@
 
 Both trainers run, one after the other, in this one invocation, on the same tiny Qwen3
 (`ppo.demo.tiny.build_tiny_model`: hidden 256, 4 layers, vocab 4096, 4.2M parameters, saved to a
-temp dir), the same prompts (ppo/assets/demo_prompts.jsonl), batch 2 prompts (two
+temp dir), the same prompts (ppo/demo/assets/demo_prompts.jsonl), batch 2 prompts (two
 completions each), 32-token completions, temperature 0.8, LoRA rank 8 scale 20 on all
 layers, Adam at 1e-5, and an LLM judge that is the same tiny model:
 
@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ppo.platform.blas import ensure_fast_blas  # noqa: E402
+from ppo.resources import asset  # noqa: E402
 
 ensure_fast_blas()
 
@@ -74,7 +75,7 @@ def run_lora(lora_python: str, model_dir: Path, tmp: Path, iters: int, warmup: i
              judge_max_tokens: int, blas: str | None) -> dict:
     data = tmp / "lora_data"
     data.mkdir(exist_ok=True)
-    (data / "train.jsonl").write_text((ROOT / "ppo" / "assets" / "demo_prompts.jsonl").read_text())
+    (data / "train.jsonl").write_text(asset("demo_prompts.jsonl").read_text())
     out = tmp / f"lora_{judge_max_tokens}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PPO_", "PYTHON"))}
     env["LD_PRELOAD"] = blas or ""
