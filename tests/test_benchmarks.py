@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
