@@ -58,7 +58,7 @@ class TrainingDiverged(Exception):
     """A loss, gradient or weight became NaN or infinite: the run stopped at that step,
     before the update was kept, and the last finite checkpoint stays the newest."""
 
-    exit_code = 4
+    exit_code = 5
 
     def __init__(self, metric: str, value: float, step: int | None = None):
         self.metric, self.value, self.step = metric, value, step
@@ -95,3 +95,14 @@ class ReportError(Exception):
 
 class ReproduceError(Exception):
     """SOURCE is not a run, or an override does not fit; the message says which."""
+
+
+class RankTimeout(RuntimeError):
+    """With several processes: another rank died or stopped answering; the last complete
+    checkpoint is intact and relaunching the same command resumes."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, reported: bool = False):
+        super().__init__(message)
+        self.reported = reported  # already printed when it happened

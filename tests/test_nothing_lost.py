@@ -152,7 +152,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tmp_
     run_dir = tmp_path / "run"
     # A huge learning rate: step 1's update is finite but overflows the next forward.
     result = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{"train.learning_rate": 1e30}))
-    assert result.returncode == 4
+    assert result.returncode == 5
     line = _one_line_error(result, "training diverged at step 2: loss is nan")
     assert "step-0000001 is intact" in line
     summary = _summary(run_dir)

@@ -152,6 +152,9 @@ class TrainConfig:
     resume: str = "auto"
     # A rich progress bar on the terminal.
     progress: bool = True
+    # With several processes (mlx.launch): seconds a rank waits at a collective for the others
+    # before it stops the run with one line (a rank died or hangs). Long enough for the slowest rank's rollout.
+    rank_timeout: float = 300.0
 
 
 @dataclass
@@ -328,6 +331,7 @@ def validate(cfg) -> None:
     _check(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "must be >= 0, e.g. 0.01")
     _check(train.min_learning_rate >= 0, "train.min_learning_rate", train.min_learning_rate, "must be >= 0")
     _check(loss.delta >= 0, "loss.delta", loss.delta, "dpop's penalty weight must be >= 0, e.g. 50")
+    _check(train.rank_timeout > 0, "train.rank_timeout", train.rank_timeout, "must be > 0 seconds, e.g. 300")
     for key in ("steps_per_report", "steps_per_eval", "save_every"):
         _check(getattr(train, key) >= 1, f"train.{key}", getattr(train, key), "must be >= 1")
     _check(ft.type in ("lora", "dora", "full"), "finetune.type", ft.type, "choose lora, dora or full (finetune=NAME)")

@@ -1,7 +1,8 @@
 """One run per run folder: the lock, the earlier run moved aside, the checks made before
 anything in the folder is written.
 
-`claim(cfg, run_dir)` is taken by `ppo-train` before Hydra's `.hydra/` files are written
+Under `mlx.launch` only rank 0 claims the folder and writes into it (the other ranks only
+read the checkpoint they resume from). `claim(cfg, run_dir)` is taken by `ppo-train` before Hydra's `.hydra/` files are written
 (conf/hydra/default.yaml sets `hydra.output_subdir: null`; `save_hydra_files` writes them
 under the lock) and again by `ppo.train.loop.train` for callers that skip the CLI; a
 process that already holds a folder's claim re-enters it.
@@ -44,9 +45,11 @@ def _holder(lock_path: Path) -> str:
 @contextlib.contextmanager
 def lock(run_dir: Path):
     """Hold RUN_DIR's lock, or raise RunFolderBusy naming the holder (the folder untouched)."""
+    from ppo.train.distributed import launch_rank
+
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())
-    if key in _held:
+    if key in _held or launch_rank() > 0:  # under mlx.launch rank 0 holds the folder for every rank
         yield False
         return
     try:
@@ -141,6 +144,10 @@ def save_hydra_files(run_dir: Path, cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from ppo.train.distributed import launch_rank
+
+    if launch_rank() > 0:  # only rank 0 writes the run folder
+        return
     hydra_cfg = HydraConfig.instance().cfg
     out = Path(run_dir) / HYDRA_DIR
     try:

@@ -24,10 +24,13 @@ from mlx.utils import tree_flatten, tree_map
 from ppo.errors import TrainingDiverged
 from ppo.judges import Pair, advantages_from_verdicts
 from ppo.train.data import Prompt
+from ppo.train.distributed import World
 from ppo.train.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample_pairs
 from ppo.train.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
+
+SINGLE_PROCESS = World()
 
 
 @dataclass
@@ -87,12 +90,13 @@ def judge_metrics(diagnostics: dict) -> dict:
 
 
 def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, prompts: list[Prompt], *, step: int,
-            sampling: Sampling, loss_cfg, dropout: float = 0.0, sample_fn: Callable = sample_pairs) -> Collected:
+            sampling: Sampling, loss_cfg, dropout: float = 0.0, sample_fn: Callable = sample_pairs,
+            token_logps_fn: Callable = token_logps) -> Collected:
     """Rollout, judge and score one micro-batch of prompts.
 
-    `sample_fn(model, prompt_ids, **sampling)` returns the (first, second) completions;
-    a benchmark passes a variant here. Rows 0..B-1 of the scoring batch hold the first
-    completions, B..2B-1 the second.
+    `sample_fn(model, prompt_ids, **sampling)` returns the (first, second) completions and
+    `token_logps_fn(model, batch)` scores them; a benchmark passes its variants here. Rows
+    0..B-1 of the scoring batch hold the first completions, B..2B-1 the second.
     """
     prompt_ids = [list(p.tokens) for p in prompts]
 
@@ -117,10 +121,10 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
     batch = build_scoring_batch(prompt_ids * 2, first.token_ids + second.token_ids, pad_id)
     n, keep = len(prompts), np.flatnonzero(valid)
     with reference_model(policy, reference) as ref:
-        ref_token_logps = mx.stop_gradient(token_logps(ref, batch))
+        ref_token_logps = mx.stop_gradient(token_logps_fn(ref, batch))
     old_logps = None
     if loss_cfg.ratio == "rollout" and dropout > 0:  # else: see JudgedBatch
-        old_logps = mx.stop_gradient(reduce_logps(token_logps(policy, batch), batch.completion_mask,
+        old_logps = mx.stop_gradient(reduce_logps(token_logps_fn(policy, batch), batch.completion_mask,
                                                   loss_cfg.logprob_reduction))
     mx.eval(ref_token_logps, old_logps)  # materialise now: the update must not see later weights
     judged = None
@@ -145,12 +149,13 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
     })
 
 
-def make_loss_fn(loss_cfg):
-    """loss(model, judged) -> (loss, (metrics, logps)) for the configured loss_type and options."""
+def make_loss_fn(loss_cfg, token_logps_fn: Callable = token_logps):
+    """loss(model, judged) -> (loss, (metrics, logps)) for the configured loss_type and options.
+    `token_logps_fn` is the scorer (a benchmark passes its variant; see `collect`)."""
     reduction = loss_cfg.logprob_reduction
 
     def loss_fn(model, judged: JudgedBatch):
-        token_logps_ = token_logps(model, judged.batch)
+        token_logps_ = token_logps_fn(model, judged.batch)
         mask = judged.batch.completion_mask
         logps = reduce_logps(token_logps_, mask, reduction)
         ref_logps = reduce_logps(judged.ref_token_logps, mask, reduction)
@@ -205,8 +210,9 @@ def check_finite_tree(what: str, tree) -> None:
 
 
 def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches: list[JudgedBatch], *,
-           epochs: int, rollout_ratio: bool) -> Updated:
-    """`epochs` optimizer steps, each on the mean gradient of the micro-batches.
+           epochs: int, rollout_ratio: bool, world: World = SINGLE_PROCESS) -> Updated:
+    """`epochs` optimizer steps, each on the mean gradient of the micro-batches (and of the
+    ranks, with more than one process: every rank applies the same averaged step).
 
     `loss_and_grad`: `nn.value_and_grad(policy, make_loss_fn(loss_cfg))`. With
     `rollout_ratio` (loss.ratio=rollout) the first epoch's log-probs become the
@@ -215,7 +221,8 @@ def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches
     start = time.perf_counter()
     out = Updated()
     policy.train()
-    for _ in range(epochs if judged_batches else 0):
+    # Every rank must reach the gradient all-reduce, even one whose judge decided no pair.
+    for _ in range(epochs if judged_batches or world.size > 1 else 0):
         grads_sum = None
         for judged in judged_batches:
             (_, (loss_metrics, logps)), grads = loss_and_grad(policy, judged)
@@ -224,11 +231,16 @@ def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches
             grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
             mx.eval(grads_sum, loss_metrics)  # one graph per micro-batch keeps memory flat
             out.loss_metrics.append({k: v.item() for k, v in loss_metrics.items()})
-            check_finite_metrics(out.loss_metrics[-1])
-        # Checked on the (already evaluated) sum: finite exactly when the mean is, and no extra
-        # copy of the gradients. Before the optimizer sees it, so the weights stay finite.
-        check_finite_tree("gradient", grads_sum)
-        optimizer.update(policy, tree_map(lambda g: g / len(judged_batches), grads_sum))
+        local = None if grads_sum is None else tree_map(lambda g: g / len(judged_batches), grads_sum)
+        grads = world.average_gradients(local, like=policy.trainable_parameters())
+        if grads is None:  # no rank had a judged pair: nothing to learn from this step
+            break
+        # Before the optimizer applies them, so the weights stay finite. On the averaged
+        # gradients, which every rank holds alike: all ranks stop at the same step.
+        for metrics in out.loss_metrics:
+            check_finite_metrics(metrics)
+        check_finite_tree("gradient", grads)
+        optimizer.update(policy, grads)
         mx.eval(policy.trainable_parameters(), optimizer.state)  # the step is done before the next rollout
         check_finite_tree("weight", policy.trainable_parameters())
     out.seconds = time.perf_counter() - start
@@ -246,14 +258,20 @@ def mean_dicts(dicts: list[dict]) -> dict:
 
 def train_step(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, optimizer, loss_and_grad: Callable,
                next_prompts: Callable[[], list[Prompt]], *, step: int, sampling: Sampling, loss_cfg,
-               grad_accumulation_steps: int = 1, dropout: float = 0.0) -> dict:
-    """Collect `grad_accumulation_steps` micro-batches, update once on them; the step's metrics."""
+               grad_accumulation_steps: int = 1, dropout: float = 0.0, world: World = SINGLE_PROCESS,
+               sample_fn: Callable = sample_pairs, token_logps_fn: Callable = token_logps) -> dict:
+    """Collect `grad_accumulation_steps` micro-batches, update once on them; this rank's metrics.
+
+    `next_prompts()` returns this rank's share of the next global batch. `sample_fn` and
+    `token_logps_fn` go to `collect`; the loss's scorer is the one `loss_and_grad` was built
+    with (`make_loss_fn(loss_cfg, token_logps_fn)`)."""
     step_start = time.perf_counter()
     collected = [collect(policy, reference, tokenizer, judge, next_prompts(), step=step, sampling=sampling,
-                         loss_cfg=loss_cfg, dropout=dropout) for _ in range(grad_accumulation_steps)]
+                         loss_cfg=loss_cfg, dropout=dropout, sample_fn=sample_fn, token_logps_fn=token_logps_fn)
+                 for _ in range(grad_accumulation_steps)]
     judged = [c.judged for c in collected if c.judged is not None]
     updated = update(policy, optimizer, loss_and_grad, judged, epochs=loss_cfg.ppo_epochs,
-                     rollout_ratio=loss_cfg.ratio == "rollout")
+                     rollout_ratio=loss_cfg.ratio == "rollout", world=world)
     metrics = mean_dicts([c.metrics for c in collected] + updated.loss_metrics)
     metrics["timing/update_seconds"] = updated.seconds
     metrics["timing/step_seconds"] = time.perf_counter() - step_start
