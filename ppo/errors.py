@@ -76,19 +76,6 @@ class TrainingDiverged(Exception):
                 "or fix the value that made it non-finite (e.g. finetune.scale) and start again with train.resume=never")
 
 
-try:  # Hydra prints a CompactHydraException as its message alone, without a traceback
-    from hydra.errors import CompactHydraException as _OneLine
-except ImportError:  # pragma: no cover - hydra is a dependency; report tools work without it
-    _OneLine = RuntimeError
-
-
-class SweepJobFailed(_OneLine):
-    """One job of a multirun failed; raised (not sys.exit) so Hydra runs the other jobs.
-
-    Each failed job prints its own line as it fails; Hydra prints the first one's again at
-    the end of the sweep (one line) and exits 1."""
-
-
 class ReportError(Exception):
     """A sweep folder the report cannot use; the message says why."""
 

@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-from ppo.errors import SweepJobFailed
 from ppo.io import SUMMARY_FILE, atomic_write_json, read_json
 
 try:
@@ -34,7 +33,7 @@ try:
 except ImportError:  # pragma: no cover - the report tools need no Hydra
     Callback = object
 
-__all__ = ["record_failure", "SweepJobFailed", "SweepOutcome", "unfinished_jobs"]
+__all__ = ["record_failure", "SweepOutcome", "unfinished_jobs"]
 
 log = logging.getLogger(__name__)
 
