@@ -277,6 +277,21 @@ def test_full_disk_during_a_run_then_resume_is_exact(small_disk, tmp_path, tiny_
     _same_adapters(run_dir, straight)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name,needle", [
+    ("metrics.jsonl", "I/O error on"),  # at set-up (the tracker), caught around the whole run
+    ("judgments.jsonl", "I/O error on"),
+    ("summary.json", "trained to step 2 but could not write"),  # at the very end, after the last checkpoint
+])
+def test_an_unwritable_run_folder_file_gives_one_line(tmp_path, tiny_model_dir, prompts_file, name, needle):
+    run_dir = tmp_path / "run"
+    (run_dir / name).mkdir(parents=True)  # a real I/O error (EISDIR) on exactly that file
+    result = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 2}))
+    line = _one_line_error(result, needle)
+    assert name in line
+    _no_temporary_files(run_dir)
+
+
 # 2 and 7. Sweep job folders, failed jobs, SIGINT.
 
 def test_sweep_job_folder_names_are_unique_for_paths():
