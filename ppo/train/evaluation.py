@@ -18,7 +18,12 @@ from ppo.train.rollout import sample
 
 
 def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
-    """95% normal-approximation interval of the mean of per-pair scores in [0, 1]."""
+    """95% normal-approximation interval of the mean of per-pair scores in [0, 1].
+
+    Kept as recorded in metrics.jsonl (`eval/win_rate_low/high`, the golden runs); what a
+    person reads (progress lines, the final line, ppo-report, the W&B summary) is the Wilson
+    interval from eval/win_rate and eval/pairs (`ppo.metrics.wilson_interval`), which never
+    collapses to zero width."""
     n = len(wins)
     if n == 0:
         return (math.nan, math.nan)
@@ -27,8 +32,21 @@ def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
     return (max(0.0, mean - half), min(1.0, mean + half))
 
 
-def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None) -> dict:
-    """eval/win_rate of the policy against the reference on held-out prompts."""
+def sample_rows(pairs: list[Pair], p: np.ndarray) -> list[dict]:
+    """One row per evaluated pair, as the run's samples table shows it (W&B `samples`)."""
+    def verdict(x: float) -> str:
+        return "invalid" if math.isnan(x) else "policy" if x > 0.5 else "reference" if x < 0.5 else "tie"
+
+    return [{"prompt_id": pair.prompt_id, "prompt": pair.prompt, "policy": pair.a, "reference": pair.b,
+             "p_policy_better": None if math.isnan(x) else float(x), "verdict": verdict(x),
+             "policy_finished": bool(pair.a_finished), "reference_finished": bool(pair.b_finished)}
+            for pair, x in zip(pairs, p)]
+
+
+def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None,
+             samples: list | None = None) -> dict:
+    """eval/win_rate of the policy against the reference on held-out prompts; when `samples`
+    is a list, the judged pairs are appended to it as rows (`sample_rows`)."""
     if not prompts:
         return {}
     kwargs = dict(
@@ -47,6 +65,8 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
 
     pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
     p = np.asarray(judge(pairs, step=step, phase="eval").p, dtype=np.float64)
+    if samples is not None:
+        samples.extend(sample_rows(pairs, p))
     valid = ~np.isnan(p)
     wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
     low, high = win_rate_interval(wins)
