@@ -43,15 +43,16 @@ def train_main() -> None:
 
     # The packaged configs; a user's --config-dir DIR adds groups and experiments on top.
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-    def _train(cfg) -> float | None:
+    def _train(cfg) -> float | tuple[float, ...] | None:
         from hydra.types import RunMode
 
         from ppo.errors import CheckpointError, ConfigError, SweepJobFailed, TrainingInterrupted, TrainingStopped
-        from ppo.tools.sweep import record_failure
+        from ppo.tools.sweep import objective_values, record_failure
         from ppo.train.loop import train
 
         hydra_cfg = HydraConfig.get()
         run_dir, multirun = hydra_cfg.runtime.output_dir, hydra_cfg.mode == RunMode.MULTIRUN
+        searching = multirun and "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
         try:
             summary = train(cfg, run_dir)
         except (ConfigError, CheckpointError) as err:
@@ -67,7 +68,15 @@ def train_main() -> None:
             raise
         if not multirun:
             print_outcome(summary, run_dir)
-        return (summary.get("eval") or {}).get("eval/win_rate")
+        # The sweeper's objective(s) (`objectives` in the config): a float, or a tuple for a
+        # multi-objective search. In a search a missing value fails the trial (never scored);
+        # elsewhere nothing reads the return value.
+        try:
+            return objective_values(summary, list(cfg.objectives))
+        except SweepJobFailed:
+            if searching:
+                raise
+            return None
 
     _train()
 

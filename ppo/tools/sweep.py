@@ -10,6 +10,10 @@ hydra.sweep.dir=SWEEP_DIR`) must finish only what is missing:
   trainer's own resume);
 - a run that failed starts again (its checkpoint, if any, is resumed).
 
+`objective_values` is what a job returns to the sweeper (Optuna): the config's `objectives`
+read from the run's summary. `SearchOutcome` (a Hydra callback, conf/hydra/default.yaml)
+makes a search in which no trial succeeded exit non-zero.
+
 `record_failure` writes `summary.json` with `status: failed` and the error for a job that
 failed before the trainer could write its own summary (bad config value, model or data
 missing), so `ppo-report` lists it as failed rather than not started.
@@ -17,13 +21,67 @@ missing), so `ppo-report` lists it as failed rather than not started.
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from pathlib import Path
+
+from hydra.experimental.callback import Callback
 
 from ppo.errors import SweepJobFailed
 from ppo.io import SUMMARY_FILE, atomic_write_json, read_json
 
-__all__ = ["record_failure", "SweepJobFailed"]
+__all__ = ["record_failure", "objective_values", "SearchOutcome", "SweepJobFailed"]
+
+# Optuna's answer, written by hydra-optuna-sweeper into the sweep folder.
+OPTIMIZATION_RESULTS = "optimization_results.yaml"
+
+
+def objective_value(summary: dict, key: str) -> float | None:
+    """`key` from the run's last evaluation, else from its last metrics row; None if absent or not finite."""
+    for part in ("eval", "final"):
+        value = (summary.get(part) or {}).get(key)
+        if value is not None:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                return None
+            return value if math.isfinite(value) else None
+    return None
+
+
+def objective_values(summary: dict, keys: list[str]) -> float | tuple[float, ...] | None:
+    """What the job returns: one objective as a float, several as a tuple (Optuna's multi-objective
+    form). Raises SweepJobFailed naming the key when one is missing, so the trial is failed,
+    not scored."""
+    values = []
+    for key in keys:
+        value = objective_value(summary, key)
+        if value is None:
+            raise SweepJobFailed(f"objective {key!r} is missing or not finite in the run's summary "
+                                 "(an eval key needs an evaluation: check data.max_eval_prompts and train.steps_per_eval)")
+        values.append(value)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+class SearchOutcome(Callback):
+    """After a multirun: when Optuna's results show no successful trial, one line and exit 1.
+
+    hydra-optuna-sweeper exits 0 with "Pareto solutions: 0" when every trial of a
+    multi-objective search failed (with max_failure_rate 1.0 it records each failure and goes
+    on); a single-objective search with no success already stops with its own error."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        results = Path(config.hydra.sweep.dir) / OPTIMIZATION_RESULTS
+        if "optuna" not in str(OmegaConf.select(config, "hydra.sweeper._target_")) or not results.exists():
+            return
+        answer = OmegaConf.to_container(OmegaConf.load(results))
+        if "solutions" in answer and not answer["solutions"]:
+            print(f"error: every trial of the search in {config.hydra.sweep.dir} failed, so it has no Pareto front "
+                  "(the 'Failed experiment' lines above say why)", file=sys.stderr)
+            sys.exit(1)
 
 
 def record_failure(run_dir: Path, error: BaseException | str) -> None:

@@ -200,8 +200,11 @@ class PPOConfig:
     judge: Any = field(default_factory=dict)
     # Seeds MLX at every step from (seed, step), the data order and the judge's order draws.
     seed: int = 0
-    # Names the study: the W&B group and the multirun folder (experiment files set it).
+    # Names the study: the multirun folder and a W&B tag (experiment files set it).
     experiment_name: str = "default"
+    # What the run returns to a Hydra sweeper (Optuna), read from its summary (the last
+    # evaluation, then the last metrics row): one key -> a float, several -> a tuple.
+    objectives: list[str] = field(default_factory=lambda: ["eval/win_rate"])
 
 
 def register() -> None:
