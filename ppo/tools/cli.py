@@ -12,18 +12,32 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def kl_text(kl: float | None) -> str:
+    """The final KL, with a word when the k1 estimate came out negative (a true KL never is)."""
+    if kl is None or kl != kl:
+        return "n/a"
+    if kl >= 0:
+        return f"{kl:.3g}"
+    return (f"{kl:.3g} (the k1 estimate, mean of logp - ref over one batch's samples: unbiased but noisy, and "
+            "negative here because these samples happen to be likelier under the reference; the KL itself is >= 0 "
+            "and near 0. ppo_form=textbook logs the per-token k3 estimate, which is never negative)")
+
+
 def print_outcome(summary: dict, run_dir: str) -> None:
     """The end of a single run: eval win rate against the reference, EOS, KL, and the plots."""
     from pathlib import Path
 
+    from ppo.metrics import wilson_interval
     from ppo.tools.report import write_report
 
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
     if ev:
+        interval = wilson_interval(ev["eval/win_rate"], ev["eval/pairs"])
+        interval_text = f"95% interval {interval[0]:.2f}-{interval[1]:.2f}, " if interval else ""
         print(f"eval win rate against the reference: {ev['eval/win_rate']:.3f} "
-              f"(95% interval {ev['eval/win_rate_low']:.2f}-{ev['eval/win_rate_high']:.2f}, {ev['eval/pairs']} pairs); "
+              f"({interval_text}{ev['eval/pairs']} pairs); "
               f"completions ending by themselves: {ev['eval/eos_rate']:.2f} (reference {ev['eval/ref_eos_rate']:.2f}); "
-              f"KL to the reference: {final.get('kl', float('nan')):.3g}")
+              f"KL to the reference: {kl_text(final.get('kl'))}")
     write_report(Path(run_dir))
     print(f"run folder: {run_dir} (metrics.jsonl, summary.json, adapters); plots: {run_dir}/curves_*.png")
 
