@@ -141,6 +141,9 @@ class TrainConfig:
     steps_per_eval: int = 50
     # Also evaluate before the first update (logged as step 0).
     eval_at_start: bool = False
+    # judge=human only: also put the evaluation pairs (policy against reference, labelled) to
+    # the person; off: the run does not evaluate and says so once.
+    human_eval: bool = False
     # Save a checkpoint every this many steps (and at the end, and on SIGINT / SIGTERM).
     save_every: int = 100
     # Newest checkpoints kept in RUN_DIR/checkpoints.

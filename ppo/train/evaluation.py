@@ -7,6 +7,7 @@ win; a pair the judge could not decide is left out and counted.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -15,6 +16,19 @@ from ppo.train.data import Prompt
 from ppo.judges.base import Pair
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample
+
+
+log = logging.getLogger(__name__)
+
+
+def evaluation_enabled(judge, train_cfg, n_prompts: int) -> bool:
+    """False (said once) when a person judges and has not asked to judge evaluation pairs too:
+    each evaluation would put every held-out pair to them, on top of the training pairs."""
+    if getattr(judge, "kind", None) != "human" or train_cfg.human_eval or not n_prompts:
+        return True
+    log.info("judge=human: evaluation against the reference is off (it would ask you about %d more pairs per "
+             "evaluation); set train.human_eval=true to judge them too", n_prompts)
+    return False
 
 
 def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from ppo.judges import build_judge
 from ppo.train import checkpoint
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
-from ppo.train.evaluation import evaluate
+from ppo.train.evaluation import evaluate, evaluation_enabled
 from ppo.train.models import frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
 from ppo.train.progress import Progress
@@ -122,9 +122,12 @@ def train(cfg, run_dir: Path) -> dict:
 
     tracker = Tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True),
                       resume_step=start_step if saved else None, wandb_id=saved.wandb_id if saved else None)
+    evaluating = evaluation_enabled(judge, train_cfg, len(splits.eval))
     progress = Progress(train_cfg.iters, start_step, enabled=train_cfg.progress)
 
     def run_evaluation(step: int) -> None:
+        if not evaluating:
+            return
         rows: list[dict] = []
         state.record_eval(evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation, step=step, samples=rows))
         tracker.log_samples(step, rows)
