@@ -26,7 +26,7 @@ NAME_KEYS_EXCLUDED = ("hydra.job.config.override_dirname.exclude_keys=[hydra.run
 def test_experiment_files_compose(name, swept):
     cfg = compose([f"experiment={name}"])
     assert cfg.experiment_name == name
-    assert cfg.logger.wandb.group == name  # one wandb group per sweep
+    assert cfg.logger.wandb.group is None  # set when the sweep runs: its own folder (test_two_sweeps_two_wandb_groups)
     with open(ROOT / "experiments" / f"{name}.yaml") as f:
         assert f.readline().strip() == "# @package _global_"
     from hydra import compose as hydra_compose
@@ -83,10 +83,11 @@ def test_eps_beta_sweep_then_report_then_resume(tmp_path, tiny_model_dir, prompt
         assert _summary(sweep_dir / name)["status"] == "finished"
         assert len(list((sweep_dir / name / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     record = _wandb_record(sweep_dir / "beta=tiny,epsilon=loose")
-    assert record["name"] == "beta=tiny,epsilon=loose"  # run name from the overrides
+    assert record["name"] == "eps_beta_grid beta=tiny,epsilon=loose"  # run name: the experiment and the overrides
     assert (record["config"]["loss"]["epsilon"], record["config"]["loss"]["beta"]) == (0.3, 0.01)
-    for key in ("clip_fraction", "kl_penalty", "rewards/chosen", "rewards/rejected", "rewards/margins"):
+    for key in ("eval/win_rate", "kl", "clip_fraction", "clip_fraction/health", "status"):
         assert key in record["summary"], key
+    assert "kl_penalty" not in record["summary"]  # every metric is in the history, not each in the summary
 
     assert report_main([str(sweep_dir)]) == 0
     assert "best configuration: epsilon=" in capsys.readouterr().out
@@ -115,6 +116,22 @@ def test_eps_beta_sweep_then_report_then_resume(tmp_path, tiny_model_dir, prompt
     assert again.returncode == 0, again.stderr[-3000:]
     assert _summary(killed)["status"] == "finished"
     assert (done / "metrics.jsonl").stat().st_mtime_ns == done_metrics  # skipped, not re-trained
+
+
+@pytest.mark.slow
+def test_two_sweeps_two_wandb_groups(tmp_path, tiny_model_dir, prompts_file):
+    from test_tracking import wandb_run_record
+
+    groups = {}
+    for name in ("first", "second"):
+        sweep_dir, result = _sweep(tmp_path / name, tiny_model_dir, prompts_file, "loss.beta=0.01,0.5", "train.iters=1",
+                                   logger="wandb")
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs = [wandb_run_record(sweep_dir / job) for job in ("loss.beta=0.01", "loss.beta=0.5")]
+        assert {r["run_group"] for r in runs} == {f"{name}/sweep"}  # the sweep's own folder, shared by its jobs
+        assert all(r["tags"] == ["default"] for r in runs)  # the experiment name as a tag
+        groups[name] = runs[0]["run_group"]
+    assert groups["first"] != groups["second"]
 
 
 @pytest.mark.slow
