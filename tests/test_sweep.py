@@ -94,6 +94,10 @@ def test_eps_beta_sweep_then_report_then_resume(tmp_path, tiny_model_dir, prompt
     report = (sweep_dir / "report.md").read_text()
     assert sum(line.startswith("| `beta=") for line in report.splitlines()) == 4
     assert all((sweep_dir / f"heatmap_{m}.png").exists() for m in ("win_rate", "clip_fraction", "kl"))
+    # `wandb leet SWEEP_DIR/wandb` browses the sweep side by side: a link per run's offline log
+    links = sorted((sweep_dir / "wandb").iterdir())
+    assert len(links) == 4 and all(link.is_symlink() and list(link.glob("run-*.wandb")) for link in links)
+    assert f"wandb leet {sweep_dir / 'wandb'}" in report
 
     # The check the trainer makes before loading anything (ppo.train.checkpoint.finished_summary):
     # same config -> the finished summary; another config -> None (train again or refuse).

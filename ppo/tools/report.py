@@ -9,12 +9,17 @@ final eval, wall time). It writes into SWEEP_DIR (or --out):
 - `heatmap_win_rate.png`, `heatmap_clip_fraction.png`, `heatmap_kl.png`: epsilon x beta;
   (drawn when the runs span more than one epsilon x beta cell);
 - `compare_runs.png`: one bar per run for the same three numbers (loss types, advantages);
-- `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run.
+- `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run (win
+  rates with 95% Wilson bands, on [0, 1]);
+- for an Optuna search (hparams_search=...): a trial table and, for two objectives, the
+  Pareto front (`pareto_front.png`);
+- `wandb/`: links to every run's offline W&B log, for `wandb leet SWEEP_DIR/wandb`.
 
 The health verdict is the seed's rule on clip_fraction, taken over the last 20% of steps:
 about 0 = the policy is not moving, above 0.3 = it moves too far per step, else healthy.
 A run with no summary.json is `running-or-killed`; one with no metrics yet is
-`not-started`. Nothing in a run folder is ever written.
+`not-started`. Nothing in a run folder is ever written. The best run is chosen by one rule
+(`best_run`), which report.md, stdout and the heatmap's box all use.
 """
 
 from __future__ import annotations
@@ -535,7 +540,8 @@ def _win_rate_text(run: Run) -> str:
     return f"{run.final_win_rate:.3f}" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
 
 
-def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Path, search: Search | None = None) -> str:
+def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Path, search: Search | None = None,
+              wandb_folder: Path | None = None) -> str:
     best = best_run(runs)
     statuses: dict[str, int] = {}
     for r in runs:
@@ -550,6 +556,9 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
                   f" ({best.health}), final kl {_fmt(best.final_kl, '{:.4g}')}; run `{best.name}`", ""]
     else:
         lines += ["**Best configuration:** none yet (no run has an eval win rate)", ""]
+    if wandb_folder is not None:
+        lines += [f"W&B, offline and side by side: `wandb leet {wandb_folder}` (links to every run's log); "
+                  f"online: `wandb sync {sweep_dir}/*/wandb/offline-run-*` (one group per sweep).", ""]
     if search is not None:
         lines += _search_markdown(runs, search)
     lines += [
@@ -581,6 +590,23 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
             rel = os.path.relpath(image, out_dir)
             lines += [f"![{image.stem}]({rel})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def link_wandb_runs(runs: list[Run], out_dir: Path) -> Path | None:
+    """OUT_DIR/wandb/: a link to every run's offline W&B log, so `wandb leet OUT_DIR/wandb` browses
+    the whole sweep side by side offline (each job keeps its own RUN_DIR/wandb). Only links are
+    written (and stale ones replaced); the run folders are left alone."""
+    logs = [log for r in runs if r.path != out_dir for log in sorted((r.path / "wandb").glob("offline-run-*"))]
+    if not logs:
+        return None
+    folder = out_dir / "wandb"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        if old.is_symlink():
+            old.unlink()
+    for log in logs:
+        (folder / log.name).symlink_to(os.path.relpath(log, folder), target_is_directory=True)
+    return folder
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Run], Run | None]:
@@ -617,8 +643,9 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, li
     for stem, (key, title, ylabel) in CURVES.items():
         made = curves(runs, key, title, ylabel, out_dir / f"{stem}.png", name)
         images += [made] if made else []
+    wandb_folder = link_wandb_runs(runs, out_dir)
     report = out_dir / REPORT_FILE
-    atomic_write_text(report, _markdown(runs, sweep_dir, images, out_dir, search))
+    atomic_write_text(report, _markdown(runs, sweep_dir, images, out_dir, search, wandb_folder))
     return report, runs, best_run(runs)
 
 
