@@ -84,7 +84,8 @@ def test_a_search_whose_every_trial_fails_exits_non_zero(tmp_path, tiny_model_di
     objectives = "[no_such_metric]" if name == "eps_beta_win_rate" else "[eval/win_rate,no_such_metric]"
     sweep_dir, result = _run_search(tmp_path, tiny_model_dir, prompts_file, name, f"objectives={objectives}",
                                     "hydra.sweeper.n_trials=2", "train.iters=1")
-    assert result.returncode != 0
-    assert result.stdout.count("Failed experiment: objective 'no_such_metric' is missing") == 2
-    if name == "eps_beta_pareto":  # Optuna itself would exit 0 with "Pareto solutions: 0"
-        assert "error: every trial of the search" in result.stderr
+    assert result.returncode == 1  # Optuna alone: a traceback (one objective) or exit 0 (two)
+    # the first trial's failure as Optuna logs it; the last one's on the closing error line
+    assert result.stdout.count("Failed experiment: objective 'no_such_metric' is missing") == 1
+    assert "error: every trial of the search" in result.stderr and "Traceback" not in result.stderr
+    assert "the last one: objective 'no_such_metric' is missing" in result.stderr

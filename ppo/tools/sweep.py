@@ -22,6 +22,7 @@ missing), so `ppo-report` lists it as failed rather than not started.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,23 +66,58 @@ def objective_values(summary: dict, keys: list[str]) -> float | tuple[float, ...
 
 
 class SearchOutcome(Callback):
-    """After a multirun: when Optuna's results show no successful trial, one line and exit 1.
+    """An Optuna search in which no trial succeeded exits 1 with one line.
 
-    hydra-optuna-sweeper exits 0 with "Pareto solutions: 0" when every trial of a
-    multi-objective search failed (with max_failure_rate 1.0 it records each failure and goes
-    on); a single-objective search with no success already stops with its own error."""
+    hydra-optuna-sweeper (with max_failure_rate 1.0, so that one bad trial does not end a
+    search) records each failure and goes on; at the end a single-objective search dies on
+    Optuna's "No trials are completed yet" with a traceback, and a multi-objective one exits 0
+    with "Pareto solutions: 0". When the jobs run in this process (the basic launcher) the
+    last trial's end is the place to stop; for launchers that run jobs elsewhere, an empty
+    Pareto front in optimization_results.yaml is caught after the multirun."""
+
+    def __init__(self):
+        self._pid, self._ended, self._succeeded = None, 0, 0
+
+    @staticmethod
+    def _searching(config) -> bool:
+        from omegaconf import OmegaConf
+
+        return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_"))
+
+    @staticmethod
+    def _fail(sweep_dir, last_error: str = "") -> None:
+        why = f"; the last one: {last_error}" if last_error else " (the 'Failed experiment' lines above say why)"
+        print(f"error: every trial of the search in {sweep_dir} failed{why}", file=sys.stderr)
+        sys.exit(1)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._pid, self._ended, self._succeeded = os.getpid(), 0, 0
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+        from omegaconf import OmegaConf
+
+        if os.getpid() != self._pid or not self._searching(config):
+            return  # a job in another process (joblib, SLURM): on_multirun_end decides
+        self._ended += 1
+        self._succeeded += job_return.status == JobStatus.COMPLETED
+        if self._ended >= (OmegaConf.select(config, "hydra.sweeper.n_trials") or math.inf) and not self._succeeded:
+            try:
+                job_return.return_value  # a failed job's property re-raises its error
+                last_error = ""
+            except Exception as err:
+                last_error = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self._fail(config.hydra.sweep.dir, last_error)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from omegaconf import OmegaConf
 
         results = Path(config.hydra.sweep.dir) / OPTIMIZATION_RESULTS
-        if "optuna" not in str(OmegaConf.select(config, "hydra.sweeper._target_")) or not results.exists():
+        if not self._searching(config) or not results.exists():
             return
         answer = OmegaConf.to_container(OmegaConf.load(results))
         if "solutions" in answer and not answer["solutions"]:
-            print(f"error: every trial of the search in {config.hydra.sweep.dir} failed, so it has no Pareto front "
-                  "(the 'Failed experiment' lines above say why)", file=sys.stderr)
-            sys.exit(1)
+            self._fail(config.hydra.sweep.dir)
 
 
 def record_failure(run_dir: Path, error: BaseException | str) -> None:
