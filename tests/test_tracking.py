@@ -137,3 +137,19 @@ def test_adapters_logged_as_an_artifact_when_asked(tmp_path, tiny_model_dir, pro
     assert result.returncode == 0, result.stderr[-3000:]
     (model,) = [r["artifact"] for r in wandb_records(run_dir) if r.get("type") == "artifact" and r["artifact"]["type"] == "model"]
     assert sorted(c["path"] for c in model["manifest"]["contents"]) == ["adapter_config.json", "adapters.safetensors"]
+
+
+def test_run_name_mode_and_lean_summary_rules(monkeypatch):
+    from ppo.train.tracking import lean_summary, run_name, wandb_mode
+
+    assert run_name("demo") == "demo"  # `ppo-train experiment=demo` alone still gets a name
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("online") == "online" and wandb_mode(None) == "disabled"  # the config first, then wandb's own
+    monkeypatch.delenv("WANDB_MODE")
+    rows = [{"step": s, "clip_fraction": 0.5 if s > 8 else 0.0, "ratio/max": 1.5, "ratio/min": 0.5, "kl": 0.1 * s}
+            for s in range(1, 11)]
+    summary = lean_summary({"status": "finished", "step": 10, "eval": {"eval/win_rate": 1.0, "eval/pairs": 4},
+                            "final": rows[-1]}, rows)
+    assert summary["clip_fraction"] == 0.5 and summary["clip_fraction/health"] == "moving too far"  # last 20%
+    assert (round(summary["eval/win_rate_low"], 2), summary["eval/win_rate_high"]) == (0.51, 1.0)
+    assert summary["kl"] == pytest.approx(1.0)
