@@ -29,14 +29,20 @@ class _Terminal(io.StringIO):
 
 
 def test_bar_on_a_terminal_pauses_for_the_judge_and_lines_go_to_files_only(tmp_path):
+    import sys
+
     root = logging.getLogger()
     file_handler, console_stream = logging.FileHandler(tmp_path / "train.log"), io.StringIO()
     console_handler = logging.StreamHandler(console_stream)
-    root.addHandler(file_handler), root.addHandler(console_handler)
+    stdout_handler = logging.StreamHandler(sys.stdout)  # Hydra's console handler writes to stdout
+    root.addHandler(file_handler), root.addHandler(console_handler), root.addHandler(stdout_handler)
     old_level, root.level = root.level, logging.INFO
+    terminal = _Terminal()
     try:
-        progress = Progress(4, stream=_Terminal())
+        progress = Progress(4, stream=terminal)
         live = progress._bar.live
+        logging.getLogger("ppo.health").warning("clip_fraction 0.50 > 30%")
+        assert "clip_fraction 0.50 > 30%" in terminal.getvalue()  # printed by the bar's console, above the bar
         assert live.is_started
         with console.paused_live():
             assert not live.is_started  # nothing redraws over the question
@@ -44,8 +50,9 @@ def test_bar_on_a_terminal_pauses_for_the_judge_and_lines_go_to_files_only(tmp_p
         progress.update({"loss": 0.1, "clip_fraction": 0.0, "kl": 0.2}, 1)
         progress.close()
         assert not live.is_started and not console._live
+        assert stdout_handler.stream is sys.stdout  # restored
     finally:
-        root.removeHandler(file_handler), root.removeHandler(console_handler)
+        root.removeHandler(file_handler), root.removeHandler(console_handler), root.removeHandler(stdout_handler)
         root.level = old_level
         file_handler.close()
     assert "step 1/4  loss=0.1" in (tmp_path / "train.log").read_text()

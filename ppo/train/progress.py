@@ -6,7 +6,8 @@ which Hydra's job logging sends to the console and to `RUN_DIR/train.log`. On a 
 bar shows the same numbers and the same line still goes to train.log (and only there), so
 the log file reads the same however the run was started.
 
-`train.progress=false` keeps the console quiet; train.log still gets every line.
+`train.progress=false` keeps the console quiet; train.log still gets every line. While the
+bar is live, console log lines (health warnings) go through rich, so they print above it.
 
 While a person answers the human judge, `ppo.console.paused_live()` stops the bar, so the
 question and both completions are not overwritten by its refreshes.
@@ -71,13 +72,26 @@ def _to_log_files(line: str) -> None:
             handler.handle(record)
 
 
+def _log_console_through(stdout, proxy) -> list:
+    """Point the console log handlers that write to `stdout` at `proxy` (rich's stdout while
+    the bar is live), so a health warning prints above the bar instead of tearing it.
+    Returns (handler, old stream) pairs for `close` to restore."""
+    if proxy is stdout:  # the bar did not redirect stdout (not a terminal): nothing to route
+        return []
+    moved = []
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is stdout:
+            moved.append((handler, handler.setStream(proxy)))
+    return moved
+
+
 class Progress:
     """One report step at a time: `update(metrics, step)`, then `close()`."""
 
     def __init__(self, total: int, completed: int = 0, enabled: bool = True, stream=None):
         stream = stream if stream is not None else sys.stdout
         self.total, self._started, self._first_step = total, time.perf_counter(), completed
-        self._bar = None
+        self._bar, self._moved = None, []
         self._plain = enabled and not stream.isatty()
         if enabled and not self._plain:
             from rich.console import Console
@@ -90,7 +104,9 @@ class Progress:
                 TextColumn("{task.fields[stats]}"), console=Console(file=stream),
             )
             self._task = self._bar.add_task("train", total=total, completed=completed, stats="")
+            before = sys.stdout
             self._bar.start()
+            self._moved = _log_console_through(before, sys.stdout)
             console.register_live(self._bar)
 
     def seconds_per_step(self, step: int) -> float | None:
@@ -110,4 +126,6 @@ class Progress:
         if self._bar is not None:
             console.unregister_live(self._bar)
             self._bar.stop()
+            for handler, stream in self._moved:
+                handler.setStream(stream)
             self._bar = None
