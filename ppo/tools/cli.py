@@ -12,18 +12,32 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def kl_text(kl: float | None) -> str:
+    """The final KL, with a word when the k1 estimate came out negative (a true KL never is)."""
+    if kl is None or kl != kl:
+        return "n/a"
+    if kl >= 0:
+        return f"{kl:.3g}"
+    return (f"{kl:.3g} (the k1 estimate, mean of logp - ref over one batch's samples: unbiased but noisy, and "
+            "negative here because these samples happen to be likelier under the reference; the KL itself is >= 0 "
+            "and near 0. ppo_form=textbook logs the per-token k3 estimate, which is never negative)")
+
+
 def print_outcome(summary: dict, run_dir: str) -> None:
     """The end of a single run: eval win rate against the reference, EOS, KL, and the plots."""
     from pathlib import Path
 
+    from ppo.metrics import wilson_interval
     from ppo.tools.report import write_report
 
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
     if ev:
+        interval = wilson_interval(ev["eval/win_rate"], ev["eval/pairs"])
+        interval_text = f"95% interval {interval[0]:.2f}-{interval[1]:.2f}, " if interval else ""
         print(f"eval win rate against the reference: {ev['eval/win_rate']:.3f} "
-              f"(95% interval {ev['eval/win_rate_low']:.2f}-{ev['eval/win_rate_high']:.2f}, {ev['eval/pairs']} pairs); "
+              f"({interval_text}{ev['eval/pairs']} pairs); "
               f"completions ending by themselves: {ev['eval/eos_rate']:.2f} (reference {ev['eval/ref_eos_rate']:.2f}); "
-              f"KL to the reference: {final.get('kl', float('nan')):.3g}")
+              f"KL to the reference: {kl_text(final.get('kl'))}")
     write_report(Path(run_dir))
     print(f"run folder: {run_dir} (metrics.jsonl, summary.json, adapters); plots: {run_dir}/curves_*.png")
 
@@ -44,16 +58,17 @@ def train_main() -> None:
 
     # The packaged configs; a user's --config-dir DIR adds groups and experiments on top.
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-    def _train(cfg) -> float | None:
+    def _train(cfg) -> float | tuple[float, ...] | None:
         from hydra.types import RunMode
 
         from ppo.errors import (CheckpointError, ConfigError, RankTimeout, SweepJobFailed, TrainingInterrupted,
                                 TrainingStopped)
-        from ppo.tools.sweep import record_failure
+        from ppo.tools.sweep import objective_values, record_failure
         from ppo.train.loop import train
 
         hydra_cfg = HydraConfig.get()
         run_dir, multirun = hydra_cfg.runtime.output_dir, hydra_cfg.mode == RunMode.MULTIRUN
+        searching = multirun and "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
         try:
             summary = train(cfg, run_dir)
         except (ConfigError, CheckpointError) as err:
@@ -75,7 +90,15 @@ def train_main() -> None:
 
         if not multirun and launch_rank() == 0:  # one outcome per run, from the rank that wrote it
             print_outcome(summary, run_dir)
-        return (summary.get("eval") or {}).get("eval/win_rate")
+        # The sweeper's objective(s) (`objectives` in the config): a float, or a tuple for a
+        # multi-objective search. In a search a missing value fails the trial (never scored);
+        # elsewhere nothing reads the return value.
+        try:
+            return objective_values(summary, list(cfg.objectives))
+        except SweepJobFailed:
+            if searching:
+                raise
+            return None
 
     _train()
 
