@@ -76,6 +76,11 @@ class TrainingDiverged(Exception):
                 "or fix the value that made it non-finite (e.g. finetune.scale) and start again with train.resume=never")
 
 
+class SweepJobFailed(RuntimeError):
+    """A trial of an Optuna search failed (or has no objective value); raised (not sys.exit)
+    so the sweeper records the trial as failed and runs the others."""
+
+
 class ReportError(Exception):
     """A sweep folder the report cannot use; the message says why."""
 

@@ -26,7 +26,7 @@ NAME_KEYS_EXCLUDED = ("hydra.job.config.override_dirname.exclude_keys=[hydra.run
 def test_experiment_files_compose(name, swept):
     cfg = compose([f"experiment={name}"])
     assert cfg.experiment_name == name
-    assert cfg.logger.wandb.group == name  # one wandb group per sweep
+    assert cfg.logger.wandb.group is None  # set when the sweep runs: its own folder (test_two_sweeps_two_wandb_groups)
     with open(ROOT / "experiments" / f"{name}.yaml") as f:
         assert f.readline().strip() == "# @package _global_"
     from hydra import compose as hydra_compose
@@ -83,16 +83,21 @@ def test_eps_beta_sweep_then_report_then_resume(tmp_path, tiny_model_dir, prompt
         assert _summary(sweep_dir / name)["status"] == "finished"
         assert len(list((sweep_dir / name / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     record = _wandb_record(sweep_dir / "beta=tiny,epsilon=loose")
-    assert record["name"] == "beta=tiny,epsilon=loose"  # run name from the overrides
+    assert record["name"] == "eps_beta_grid beta=tiny,epsilon=loose"  # run name: the experiment and the overrides
     assert (record["config"]["loss"]["epsilon"], record["config"]["loss"]["beta"]) == (0.3, 0.01)
-    for key in ("clip_fraction", "kl_penalty", "rewards/chosen", "rewards/rejected", "rewards/margins"):
+    for key in ("eval/win_rate", "kl", "clip_fraction", "clip_fraction/health", "status"):
         assert key in record["summary"], key
+    assert "kl_penalty" not in record["summary"]  # every metric is in the history, not each in the summary
 
     assert report_main([str(sweep_dir)]) == 0
     assert "best configuration: epsilon=" in capsys.readouterr().out
     report = (sweep_dir / "report.md").read_text()
     assert sum(line.startswith("| `beta=") for line in report.splitlines()) == 4
     assert all((sweep_dir / f"heatmap_{m}.png").exists() for m in ("win_rate", "clip_fraction", "kl"))
+    # `wandb leet SWEEP_DIR/wandb` browses the sweep side by side: a link per run's offline log
+    links = sorted((sweep_dir / "wandb").iterdir())
+    assert len(links) == 4 and all(link.is_symlink() and list(link.glob("run-*.wandb")) for link in links)
+    assert f"wandb leet {sweep_dir / 'wandb'}" in report
 
     # The check the trainer makes before loading anything (ppo.train.checkpoint.finished_summary):
     # same config -> the finished summary; another config -> None (train again or refuse).
@@ -115,6 +120,22 @@ def test_eps_beta_sweep_then_report_then_resume(tmp_path, tiny_model_dir, prompt
     assert again.returncode == 0, again.stderr[-3000:]
     assert _summary(killed)["status"] == "finished"
     assert (done / "metrics.jsonl").stat().st_mtime_ns == done_metrics  # skipped, not re-trained
+
+
+@pytest.mark.slow
+def test_two_sweeps_two_wandb_groups(tmp_path, tiny_model_dir, prompts_file):
+    from test_tracking import wandb_run_record
+
+    groups = {}
+    for name in ("first", "second"):
+        sweep_dir, result = _sweep(tmp_path / name, tiny_model_dir, prompts_file, "loss.beta=0.01,0.5", "train.iters=1",
+                                   logger="wandb")
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs = [wandb_run_record(sweep_dir / job) for job in ("loss.beta=0.01", "loss.beta=0.5")]
+        assert {r["run_group"] for r in runs} == {f"{name}/sweep"}  # the sweep's own folder, shared by its jobs
+        assert all(r["tags"] == ["default"] for r in runs)  # the experiment name as a tag
+        groups[name] = runs[0]["run_group"]
+    assert groups["first"] != groups["second"]
 
 
 @pytest.mark.slow

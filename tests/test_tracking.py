@@ -12,27 +12,69 @@ from conftest import run_cli, small_run_overrides
 from ppo.train.tracking import MetricsFile
 
 
-def _wandb_inspect(run_dir: Path) -> dict:
+def _wandb_log(run_dir: Path) -> str:
     files = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1, files
+    return files[0]
+
+
+def _leet(*args) -> str:
     wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", files[0]], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return out.stdout
+
+
+def _wandb_inspect(run_dir: Path) -> dict:
+    """The run's state, summary and config as wandb's own reader sees them."""
+    return json.loads(_leet("--summary", "--json", _wandb_log(run_dir)))
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of the run's offline log (run, history, artifact, ...), read by wandb's own reader."""
+    return [json.loads(line) for line in _leet("--json", _wandb_log(run_dir)).splitlines() if line.strip()]
+
+
+def wandb_run_record(run_dir: Path) -> dict:
+    (run,) = [r["run"] for r in wandb_records(run_dir) if r.get("type") == "run"]
+    return run
 
 
 @pytest.mark.slow
 def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, prompts_file):
     run_dir = tmp_path / "run"
     overrides = small_run_overrides(tiny_model_dir, prompts_file, logger="wandb") + [f"hydra.run.dir={run_dir}", "loss.beta=0.05"]
+    # only loss.beta names the run: the test's plumbing keys are kept out of the name
+    overrides += ["hydra.job.config.override_dirname.exclude_keys=[hydra.run.dir,model.path,data.path,train.iters,"
+                  "train.batch_size,generation.max_completion_length,train.steps_per_eval,train.progress,"
+                  "data.max_eval_prompts,logger]"]
     result = run_cli(overrides, env={"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
     record = _wandb_inspect(run_dir)
     assert record["state"] == "finished" and record["project"] == "ppo-mlx"
     assert record["config"]["loss"]["beta"] == 0.05
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["summary"]["kl"]["last"] == pytest.approx(last["kl"])
-    assert "max" in record["summary"]["eval/win_rate"]
+    summary = {k: v for k, v in record["summary"].items() if not k.startswith("_")}
+    # The lean summary: the answer of the run, each number once (not ~100 last values).
+    assert set(summary) == {"status", "step", "eval/win_rate", "eval/win_rate_low", "eval/win_rate_high", "eval/pairs",
+                            "kl", "clip_fraction", "clip_fraction/health", "wall_seconds"}
+    assert summary["kl"] == pytest.approx(last["kl"]) and summary["eval/win_rate"] == pytest.approx(last["eval/win_rate"])
+    assert summary["eval/win_rate_low"] < summary["eval/win_rate_high"]  # Wilson: never zero width
+    assert summary["status"] == "finished" and summary["clip_fraction/health"]
+    run = wandb_run_record(run_dir)
+    assert run["display_name"] == "loss.beta=0.05" and "default" in run["tags"]  # a name always, the experiment as a tag
+    assert "run_group" not in run  # a single run belongs to no sweep
+
+    # Every evaluation (steps 2 and 4) logs its judged pairs as a `samples` table.
+    tables = [r["artifact"] for r in wandb_records(run_dir) if r.get("type") == "artifact" and r["artifact"]["type"] == "run_table"]
+    assert len(tables) == 2 and all(t["name"].endswith("-samples") for t in tables)
+    table_files = sorted((run_dir / "wandb").glob("offline-run-*/files/media/table/samples_*.table.json"))
+    assert len(table_files) == 2
+    table = json.loads(table_files[-1].read_text())
+    assert table["columns"] == ["prompt_id", "prompt", "policy", "reference", "p_policy_better", "verdict",
+                                "policy_finished", "reference_finished"]
+    assert len(table["data"]) == 4  # data.max_eval_prompts
+    assert {row[5] for row in table["data"]} <= {"policy", "reference", "tie", "invalid"}
 
 
 @pytest.mark.slow
@@ -57,3 +99,57 @@ def test_metrics_file_writes_null_for_nan_and_drops_torn_lines_on_resume(tmp_pat
     resumed = MetricsFile(tmp_path, resume_step=1)
     resumed.close()
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def _train_without_wandb_env(args, cwd, env_extra):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"} | env_extra
+    return subprocess.run([sys.executable, "-m", "ppo.tools.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_wandb_own_settings_are_respected_unless_the_config_sets_a_mode(tmp_path, tiny_model_dir, prompts_file):
+    import os
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env = {"WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    done = subprocess.run([str(wandb_cli), "disabled"], cwd=workdir, env={**os.environ, **env}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    base = small_run_overrides(tiny_model_dir, prompts_file, logger="wandb", **{"train.iters": 1})
+    result = _train_without_wandb_env(base + [f"hydra.run.dir={tmp_path / 'disabled'}"], workdir, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list((tmp_path / "disabled").glob("wandb/offline-run-*"))  # `wandb disabled` was obeyed
+    result = _train_without_wandb_env(base + [f"hydra.run.dir={tmp_path / 'forced'}", "logger.wandb.mode=offline"], workdir, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _wandb_inspect(tmp_path / "forced")["state"] == "finished"  # the config's mode wins
+
+
+@pytest.mark.slow
+def test_adapters_logged_as_an_artifact_when_asked(tmp_path, tiny_model_dir, prompts_file):
+    run_dir = tmp_path / "run"
+    overrides = small_run_overrides(tiny_model_dir, prompts_file, logger="wandb", **{"train.iters": 1}) + [
+        f"hydra.run.dir={run_dir}", "logger.wandb.log_adapters=true"]
+    result = run_cli(overrides, env={"WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (model,) = [r["artifact"] for r in wandb_records(run_dir) if r.get("type") == "artifact" and r["artifact"]["type"] == "model"]
+    assert sorted(c["path"] for c in model["manifest"]["contents"]) == ["adapter_config.json", "adapters.safetensors"]
+
+
+def test_run_name_mode_and_lean_summary_rules(monkeypatch):
+    from ppo.train.tracking import lean_summary, run_name, wandb_mode
+
+    assert run_name("demo") == "demo"  # `ppo-train experiment=demo` alone still gets a name
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("online") == "online" and wandb_mode(None) == "disabled"  # the config first, then wandb's own
+    monkeypatch.delenv("WANDB_MODE")
+    rows = [{"step": s, "clip_fraction": 0.5 if s > 8 else 0.0, "ratio/max": 1.5, "ratio/min": 0.5, "kl": 0.1 * s}
+            for s in range(1, 11)]
+    summary = lean_summary({"status": "finished", "step": 10, "eval": {"eval/win_rate": 1.0, "eval/pairs": 4},
+                            "final": rows[-1]}, rows)
+    assert summary["clip_fraction"] == 0.5 and summary["clip_fraction/health"] == "moving too far"  # last 20%
+    assert (round(summary["eval/win_rate_low"], 2), summary["eval/win_rate_high"]) == (0.51, 1.0)
+    assert summary["kl"] == pytest.approx(1.0)

@@ -8,6 +8,12 @@ is already recorded (``chunk_size = 1`` makes the pipeline record each pair as s
 is decided), the trainer saves a checkpoint and exits, and on resume the recorded pairs
 are answered from the record, not asked again.
 
+While a question is on screen the trainer's live progress bar is paused
+(`ppo.console.paused_live`), so its refreshes never overwrite the question. Evaluation
+questions (the policy against the reference, not used for training) are labelled as such.
+A question taller than the terminal opens in a pager (rich's, i.e. $PAGER or less); on a
+terminal a single key answers, without Enter.
+
 Streams are injectable so tests can script the keys.
 """
 
@@ -22,6 +28,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from ppo import console as live_display
 from ppo.judges.base import JudgeQuit, Pair, Verdicts
 
 KEYS = {"1": 1.0, "2": 0.0, "t": 0.5, "s": math.nan}
@@ -35,6 +42,8 @@ class HumanJudge:
         self.input = input_stream or sys.stdin
         self.console = Console(file=output_stream or sys.stdout, width=width, highlight=False)
         self.asked = 0
+        # Set by the judge pipeline before each call: "train" or "eval" (labels the question).
+        self.phase = "train"
 
     def show(self, pair: Pair) -> None:
         def panel(title: str, text: str, finished: bool) -> Panel:
@@ -42,15 +51,43 @@ class HumanJudge:
             return Panel(Text(text or "(empty)"), title=title, subtitle=subtitle, expand=True)
 
         self.asked += 1
-        self.console.rule(f"pair {self.asked}")
-        self.console.print(Panel(Text(pair.prompt), title="prompt"))
-        self.console.print(Columns([panel("1", pair.a, pair.a_finished), panel("2", pair.b, pair.b_finished)],
-                                   equal=True, expand=True))
+        title = f"pair {self.asked}"
+        if self.phase == "eval":
+            title += ": [bold magenta]evaluation[/] (the policy against the reference, in random order; not used for training)"
+        question = [Panel(Text(pair.prompt), title="prompt"),
+                    Columns([panel("1", pair.a, pair.a_finished), panel("2", pair.b, pair.b_finished)], equal=True, expand=True)]
+        self.console.rule(title)
+        height = sum(len(self.console.render_lines(part, pad=False)) for part in question)
+        if self.console.is_terminal and height > self.console.height - 3:
+            with self.console.pager(styles=True):  # too tall to see at once: scroll it, then answer below
+                for part in question:
+                    self.console.print(part)
+        for part in question:
+            self.console.print(part)
+
+    def _read_key(self) -> str:
+        """One key on a terminal (no Enter needed), else a line (scripted input, pipes)."""
+        if self.input is sys.stdin and sys.stdin.isatty():
+            try:
+                import termios
+                import tty
+            except ImportError:  # no POSIX terminal control: answer with Enter
+                return self.input.readline()
+            fd = sys.stdin.fileno()
+            saved = termios.tcgetattr(fd)
+            try:
+                tty.setraw(fd)
+                key = sys.stdin.read(1)
+            finally:
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            self.console.print(key if key.isprintable() else "")
+            return "q" if key in ("\x03", "\x04") else key  # Ctrl-C / Ctrl-D quit like q
+        return self.input.readline()
 
     def ask(self) -> float:
         while True:
             self.console.print("Which is better? [bold]1[/] / [bold]2[/] / [bold]t[/]ie / [bold]s[/]kip / [bold]q[/]uit: ", end="")
-            line = self.input.readline()
+            line = self._read_key()
             if line == "":
                 raise JudgeQuit("judge=human: stdin was closed; every decision so far is recorded in judgments.jsonl")
             key = line.strip().lower()
@@ -62,7 +99,8 @@ class HumanJudge:
 
     def __call__(self, pairs: list[Pair]) -> Verdicts:
         p = []
-        for pair in pairs:
-            self.show(pair)
-            p.append(self.ask())
+        with live_display.paused_live():  # the progress bar would overwrite the question
+            for pair in pairs:
+                self.show(pair)
+                p.append(self.ask())
         return Verdicts(p=np.array(p, dtype=np.float64))

@@ -144,6 +144,8 @@ class JudgePipeline:
         got: dict[tuple, list[float]] = {key: [] for key in todo}
         latency: dict[tuple, float] = {key: 0.0 for key in todo}
         chunk = getattr(self.inner, "chunk_size", None) or max(len(shown), 1)
+        if hasattr(self.inner, "phase"):  # a judge that shows the phase (the human judge labels evaluation pairs)
+            self.inner.phase = phase
         for start in range(0, len(shown), chunk):
             part = shown[start : start + chunk]
             asked = [pairs[todo[k][0]] if o == "ab" else swap(pairs[todo[k][0]]) for k, o in part]

@@ -12,10 +12,22 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def kl_text(kl: float | None) -> str:
+    """The final KL, with a word when the k1 estimate came out negative (a true KL never is)."""
+    if kl is None or kl != kl:
+        return "n/a"
+    if kl >= 0:
+        return f"{kl:.3g}"
+    return (f"{kl:.3g} (the k1 estimate, mean of logp - ref over one batch's samples: unbiased but noisy, and "
+            "negative here because these samples happen to be likelier under the reference; the KL itself is >= 0 "
+            "and near 0. ppo_form=textbook logs the per-token k3 estimate, which is never negative)")
+
+
 def print_outcome(summary: dict, run_dir: str) -> None:
     """The end of a single run: eval win rate against the reference, EOS, KL, and the plots."""
     from pathlib import Path
 
+    from ppo.metrics import wilson_interval
     from ppo.tools.report import write_report
 
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
@@ -24,10 +36,12 @@ def print_outcome(summary: dict, run_dir: str) -> None:
         return format(value, fmt) if isinstance(value, (int, float)) else "n/a"
 
     if ev:
-        print(f"eval win rate against the reference: {num(ev.get('eval/win_rate'), '.3f')} "
-              f"(95% interval {num(ev.get('eval/win_rate_low'), '.2f')}-{num(ev.get('eval/win_rate_high'), '.2f')}, "
-              f"{ev.get('eval/pairs')} pairs); completions ending by themselves: {num(ev.get('eval/eos_rate'), '.2f')} "
-              f"(reference {num(ev.get('eval/ref_eos_rate'), '.2f')}); KL to the reference: {num(final.get('kl'), '.3g')}; "
+        win_rate, pairs = ev.get("eval/win_rate"), ev.get("eval/pairs")
+        interval = wilson_interval(win_rate, pairs) if isinstance(win_rate, (int, float)) and pairs else None
+        interval_text = f"95% interval {interval[0]:.2f}-{interval[1]:.2f}, " if interval else ""
+        print(f"eval win rate against the reference: {num(win_rate, '.3f')} ({interval_text}{pairs} pairs); "
+              f"completions ending by themselves: {num(ev.get('eval/eos_rate'), '.2f')} "
+              f"(reference {num(ev.get('eval/ref_eos_rate'), '.2f')}); KL to the reference: {kl_text(final.get('kl'))}; "
               f"judge/invalid_rate: {num(final.get('judge/invalid_rate'), '.2f')}")
     try:
         write_report(Path(run_dir))
@@ -63,12 +77,12 @@ def _train_main() -> None:
 
     # The packaged configs; a user's --config-dir DIR adds groups and experiments on top.
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-    def _train(cfg) -> float | None:
+    def _train(cfg) -> float | tuple[float, ...] | None:
         from hydra.types import RunMode
 
         from ppo.errors import (CheckpointError, ConfigError, RankTimeout, RunFolderBusy, RunFolderWriteError,
-                                TrainingDiverged, TrainingInterrupted, TrainingStopped)
-        from ppo.tools.sweep import record_failure
+                                SweepJobFailed, TrainingDiverged, TrainingInterrupted, TrainingStopped)
+        from ppo.tools.sweep import objective_values, record_failure
         from ppo.train.loop import train
         from ppo.train.run_folder import claim, save_hydra_files
 
@@ -76,6 +90,7 @@ def _train_main() -> None:
         run_dir, multirun = hydra_cfg.runtime.output_dir, hydra_cfg.mode == RunMode.MULTIRUN
         one_line = (ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
                     TrainingInterrupted, TrainingStopped)
+        searching = multirun and "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
         try:
             # Claimed before .hydra/ is written (hydra.output_subdir is null): a second process
             # into a live run's folder, or a refused resume, leaves the folder as it was.
@@ -94,13 +109,23 @@ def _train_main() -> None:
         except one_line as err:
             if multirun:  # one line now; the other jobs run; ppo.tools.sweep.SweepOutcome exits 1 at the end
                 print(f"error: sweep job {run_dir} failed: {err}", file=sys.stderr)
+                if searching:  # the Optuna sweeper must see the trial fail, not score it
+                    raise SweepJobFailed(f"{run_dir}: {err}") from None
                 return None
             _fail(str(err), getattr(err, "exit_code", 2))
         from ppo.train.distributed import launch_rank
 
         if not multirun and launch_rank() == 0:  # one outcome per run, from the rank that wrote it
             print_outcome(summary, run_dir)
-        return (summary.get("eval") or {}).get("eval/win_rate")
+        # The sweeper's objective(s) (`objectives` in the config): a float, or a tuple for a
+        # multi-objective search. In a search a missing value fails the trial (never scored);
+        # elsewhere nothing reads the return value.
+        try:
+            return objective_values(summary, list(cfg.objectives))
+        except SweepJobFailed:
+            if searching:
+                raise
+            return None
 
     _train()
 

@@ -9,12 +9,17 @@ final eval, wall time). It writes into SWEEP_DIR (or --out):
 - `heatmap_win_rate.png`, `heatmap_clip_fraction.png`, `heatmap_kl.png`: epsilon x beta;
   (drawn when the runs span more than one epsilon x beta cell);
 - `compare_runs.png`: one bar per run for the same three numbers (loss types, advantages);
-- `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run.
+- `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run (win
+  rates with 95% Wilson bands, on [0, 1]);
+- for an Optuna search (hparams_search=...): a trial table and, for two objectives, the
+  Pareto front (`pareto_front.png`);
+- `wandb/`: links to every run's offline W&B log, for `wandb leet SWEEP_DIR/wandb`.
 
 The health verdict is the seed's rule on clip_fraction, taken over the last 20% of steps:
 about 0 = the policy is not moving, above 0.3 = it moves too far per step, else healthy.
 A run with no summary.json is `running-or-killed`; one with no metrics yet is
-`not-started`. Nothing in a run folder is ever written.
+`not-started`. Nothing in a run folder is ever written. The best run is chosen by one rule
+(`best_run`), which report.md, stdout and the heatmap's box all use.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from ppo.errors import ReportError
 from ppo.health import CLIP_FRACTION_HIGH, CLIP_FRACTION_IDLE
 from ppo.health import verdict as health_verdict
 from ppo.io import CHECKPOINTS_DIR, METRICS_FILE, PREVIOUS_PREFIX, SUMMARY_FILE, atomic_write_text, read_json, read_jsonl
+from ppo.metrics import wilson_interval
+from ppo.tools.sweep import OPTIMIZATION_RESULTS, objective_value
 
 LAST_FRACTION = 0.2  # clip_fraction is averaged over this last share of the steps
 SKIP_DIRS = {".hydra", "wandb", CHECKPOINTS_DIR, "__pycache__"}
@@ -69,6 +76,14 @@ class Run:
     steps: int = 0
     iters: int | None = None
     error: str | None = None
+    pairs: float | None = None  # judged pairs of the last evaluation
+    trial: int | None = None  # Hydra's job number in a multirun (an Optuna trial's number)
+    objectives: dict = field(default_factory=dict)  # a search's objective values (key -> value or None)
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """95% Wilson interval of the final eval win rate."""
+        return wilson_interval(self.final_win_rate, self.pairs)
 
     @property
     def health(self) -> str:
@@ -108,6 +123,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
 
     name = str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else run_dir.name
     run = Run(path=run_dir, name=name)
+    cfg: dict = {}
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
         loss = cfg.get("loss") or {}
@@ -135,8 +151,10 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
 
     eval_ = (summary or {}).get("eval") or {}
     run.final_win_rate = _finite(eval_.get("eval/win_rate"))
+    run.pairs = _finite(eval_.get("eval/pairs"))
     if run.final_win_rate is None:
         run.final_win_rate = _last(run.rows, "eval/win_rate")
+        run.pairs = _last(run.rows, "eval/pairs")
     wins = [w for w in (_finite(r.get("eval/win_rate")) for r in run.rows) if w is not None]
     best = _finite((summary or {}).get("best_eval_win_rate"))
     run.best_win_rate = best if best is not None else (max(wins) if wins else None)
@@ -151,6 +169,13 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     run.final_kl = _last(run.rows, "kl")
     run.eos_rate = _last(run.rows, "eval/eos_rate")
     run.ref_eos_rate = _last(run.rows, "eval/ref_eos_rate")
+    try:
+        run.trial = int(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.job.num)
+    except Exception:  # a single run (no job number) or no hydra.yaml
+        run.trial = None
+    if summary is not None:
+        keys = cfg.get("objectives") or []
+        run.objectives = {k: objective_value(summary, k) for k in keys}
     return run
 
 
@@ -164,8 +189,13 @@ def load_runs(sweep_dir: Path) -> list[Run]:
     return [load_run(d, sweep_dir) for d in run_dirs]
 
 
+# The one tie-break rule: report.md, stdout and the heatmap's box all name best_run's choice.
+BEST_RULE = ("highest final eval win rate; ties go to the higher best win rate, then the lower |final KL|; "
+             "finished runs first")
+
+
 def best_run(runs: list[Run]) -> Run | None:
-    """Highest final eval win rate, then best win rate, then lowest kl; finished runs first."""
+    """The best run by BEST_RULE (every place that names a best run calls this)."""
     scored = [r for r in runs if r.final_win_rate is not None]
     finished = [r for r in scored if r.status == "finished"]
     pool = finished or scored
@@ -212,8 +242,10 @@ def _pyplot():
     return plt
 
 
-def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: Path, sweep_name: str) -> Path | None:
-    """epsilon (rows) x beta (columns); a cell with several runs shows their mean and n."""
+def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: Path, sweep_name: str,
+            best: Run | None = None) -> Path | None:
+    """epsilon (rows) x beta (columns); a cell with several runs shows their mean and n. The
+    win-rate map boxes `best`'s cell (best_run's choice, so the box, report.md and stdout agree)."""
     import numpy as np
 
     cells: dict[tuple[float, float], list[float]] = {}
@@ -241,7 +273,7 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
     colormap = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
     finite = grid[np.isfinite(grid)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if attr == "clip_fraction":  # a share: the same colours in every report
+    if attr in ("clip_fraction", "final_win_rate"):  # rates: the same colours in every report
         vmin, vmax = 0.0, 1.0
     if vmin == vmax:
         vmin, vmax = vmin - 0.5, vmax + 0.5
@@ -250,8 +282,8 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
     cbar.ax.tick_params(labelsize=9)
 
     best_cell = None
-    if attr == "final_win_rate" and finite.size:
-        best_cell = np.unravel_index(np.nanargmax(grid), grid.shape)
+    if attr == "final_win_rate" and best is not None and (best.epsilon, best.beta) in cells:
+        best_cell = (epsilons.index(best.epsilon), betas.index(best.beta))
     for i in range(len(epsilons)):
         for j in range(len(betas)):
             if (epsilons[i], betas[j]) not in cells:
@@ -272,7 +304,7 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
     ax.set_yticks(range(len(epsilons)), [f"{e:g}" for e in epsilons], fontsize=10)
     ax.set_xlabel("KL weight beta (loss.beta)", fontsize=11)
     ax.set_ylabel("clip range epsilon (loss.epsilon)", fontsize=11)
-    subtitle = f"{sweep_name}: {len(runs)} runs" + ("; red box = best" if best_cell is not None else "")
+    subtitle = f"{sweep_name}: {len(runs)} runs" + ("; red box = best (report.md's rule)" if best_cell is not None else "")
     ax.set_title(f"{title}\n{subtitle}", fontsize=11)
     fig.tight_layout()
     fig.savefig(out)
@@ -281,13 +313,21 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
 
 
 def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_name: str) -> Path | None:
+    from matplotlib.ticker import MaxNLocator
+
     series = []
     labels = _labels(runs)
+    bands = {}  # label -> (steps, low, high): 95% Wilson intervals of a win-rate curve
     for r in runs:
         points = [(row.get("step"), _finite(row.get(key))) for row in r.rows]
         points = [(s, v) for s, v in points if s is not None and v is not None]
         if points:
             series.append((labels[r.name], r.status, points))
+        if key == "eval/win_rate":
+            intervals = [(row["step"], i) for row in r.rows if row.get("step") is not None
+                         and (i := wilson_interval(_finite(row.get(key)), _finite(row.get("eval/pairs"))))]
+            if intervals:
+                bands[labels[r.name]] = ([s for s, _ in intervals], [i[0] for _, i in intervals], [i[1] for _, i in intervals])
     if not series:
         return None
     plt = _pyplot()
@@ -308,17 +348,25 @@ def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_
                       for i in range(len(values))]
         ax.plot(steps, values, style, color=colour, linewidth=1.8,
                 marker="o" if sparse or len(points) < 15 else None, markersize=4, label=label)
+        if label.split(" (")[0] in bands:
+            band_steps, low, high = bands[label.split(" (")[0]]
+            ax.fill_between(band_steps, low, high, color=colour, alpha=0.15, linewidth=0)
+            ax.vlines(band_steps, low, high, color=colour, alpha=0.5, linewidth=1.0)  # visible for a lone point too
     note = f"; bold: moving average over {max(len(p) for _, _, p in series) // 20} steps" if smoothed else ""
     if key == "clip_fraction":
         ax.axhline(CLIP_FRACTION_HIGH, color="#e41a1c", linestyle=":", linewidth=1.2)
         ax.text(ax.get_xlim()[0], CLIP_FRACTION_HIGH, " above 0.3: moving too far per step", color="#e41a1c", va="bottom", fontsize=9)
         ax.set_ylim(-0.03, 1.03)
     if key == "eval/win_rate":
+        ax.set_ylim(0.0, 1.0)  # a rate: the whole range, so 0.42 -> 0.45 does not look like a rise
+        note += "; bands: 95% Wilson intervals"
         ax.axhline(0.5, color="grey", linestyle=":", linewidth=1.2)
         ax.text(ax.get_xlim()[0], 0.5, " 0.5: no better than the reference", color="grey", va="bottom", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # steps are whole numbers
     ax.set_xlabel("step", fontsize=11)
     ax.set_ylabel(ylabel, fontsize=11)
-    ax.set_title(f"{title}\n{sweep_name}: {len(series)} runs{note}", fontsize=11)
+    who = f"run {sweep_name}" if len(runs) == 1 else f"{sweep_name}: {len(series)} runs"
+    ax.set_title(f"{title}\n{who}{note}", fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
@@ -360,28 +408,166 @@ def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
     return out
 
 
+# ----------------------------------------------------------------------------- searches
+
+
+@dataclass
+class Search:
+    """An Optuna search (hydra-optuna-sweeper): what it optimised, read from SWEEP_DIR/multirun.yaml."""
+
+    objectives: list[str]
+    directions: list[str]  # "maximize" | "minimize", one per objective
+    sampler: str
+    n_trials: int | None
+    results: dict | None  # Optuna's answer (optimization_results.yaml), once the search ended
+
+    def better(self, a: list[float], b: list[float]) -> bool:
+        """a dominates b: no worse on every objective and better on one."""
+        sign = [1.0 if d == "maximize" else -1.0 for d in self.directions]
+        no_worse = all(s * x >= s * y for s, x, y in zip(sign, a, b))
+        return no_worse and any(s * x > s * y for s, x, y in zip(sign, a, b))
+
+
+def load_search(sweep_dir: Path, runs: list[Run]) -> Search | None:
+    """The sweeper settings from any trial's `.hydra/hydra.yaml` (the Optuna sweeper writes no
+    multirun.yaml), the objectives from its config."""
+    from omegaconf import OmegaConf
+
+    cfg = None
+    for r in runs:
+        try:
+            cfg = OmegaConf.to_container(OmegaConf.load(r.path / ".hydra" / "hydra.yaml"), resolve=False)
+            cfg["objectives"] = OmegaConf.to_container(OmegaConf.load(r.path / ".hydra" / "config.yaml")).get("objectives")
+            break
+        except Exception:  # a trial with unreadable Hydra files: try the next one
+            continue
+    if cfg is None:
+        return None
+    sweeper = (cfg.get("hydra") or {}).get("sweeper") or {}
+    if "optuna" not in str(sweeper.get("_target_", "")):
+        return None
+    direction = sweeper.get("direction", "minimize")
+    directions = [str(d) for d in direction] if isinstance(direction, list) else [str(direction)]
+    objectives = list(cfg.get("objectives") or ["eval/win_rate"])
+    results = None
+    if (sweep_dir / OPTIMIZATION_RESULTS).exists():
+        results = OmegaConf.to_container(OmegaConf.load(sweep_dir / OPTIMIZATION_RESULTS))
+    sampler = str((sweeper.get("sampler") or {}).get("_target_", "")).rsplit(".", 1)[-1]
+    return Search(objectives, directions, sampler, sweeper.get("n_trials"), results)
+
+
+def scored(runs: list[Run], search: Search) -> list[tuple[Run, list[float]]]:
+    """Trials with every objective value, in trial order."""
+    out = []
+    for r in sorted(runs, key=lambda r: (r.trial is None, r.trial, r.name)):
+        values = [r.objectives.get(k) for k in search.objectives]
+        if r.status == "finished" and all(v is not None for v in values):
+            out.append((r, values))
+    return out
+
+
+def pareto_front(runs: list[Run], search: Search) -> list[tuple[Run, list[float]]]:
+    """The trials no other trial dominates (for one objective: the best ones)."""
+    points = scored(runs, search)
+    return [(r, v) for r, v in points if not any(search.better(w, v) for _, w in points)]
+
+
+def _objective_label(key: str) -> str:
+    return {"eval/win_rate": "final eval win rate", "kl": "final KL to the reference"}.get(key, key)
+
+
+def pareto_plot(runs: list[Run], search: Search, out: Path, sweep_name: str) -> Path | None:
+    """Every finished trial in the plane of the two objectives; the Pareto front in red."""
+    points, front = scored(runs, search), pareto_front(runs, search)
+    if len(search.objectives) != 2 or not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 5.6), dpi=120)
+    (y_key, x_key) = search.objectives  # first objective up the y axis, the second along x
+    ax.scatter([v[1] for _, v in points], [v[0] for _, v in points], color="#999999", s=28, label="trial")
+    ordered = sorted(front, key=lambda rv: rv[1][1])
+    ax.plot([v[1] for _, v in ordered], [v[0] for _, v in ordered], "o-", color="#e41a1c", markersize=7,
+            linewidth=1.5, label=f"Pareto front ({len(front)} trials)")
+    for r, v in ordered:
+        ax.annotate(f" eps={_fmt(r.epsilon, '{:.3g}')} beta={_fmt(r.beta, '{:.3g}')}", (v[1], v[0]), fontsize=8,
+                    color="#e41a1c")
+    if "rate" in y_key:  # a rate: the whole honest range, so a small gap does not look like a big one
+        ax.set_ylim(0.0, 1.0)
+    arrows = {"maximize": "higher is better", "minimize": "lower is better"}
+    ax.set_ylabel(f"{_objective_label(y_key)} ({arrows.get(search.directions[0], '')})", fontsize=11)
+    ax.set_xlabel(f"{_objective_label(x_key)} ({arrows.get(search.directions[1], '')})", fontsize=11)
+    ax.set_title(f"Optuna search, {len(points)} finished trials\n{sweep_name}", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=9, loc="best")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _search_markdown(runs: list[Run], search: Search) -> list[str]:
+    front = pareto_front(runs, search)
+    on_front = {id(r) for r, _ in front}
+    goals = ", ".join(f"{k} ({d})" for k, d in zip(search.objectives, search.directions))
+    lines = ["## Search (Optuna)", "",
+             f"Objectives: {goals}; sampler {search.sampler or '-'}; {len(runs)} trials run"
+             + (f" of {search.n_trials} asked" if search.n_trials else "") + ".", ""]
+    if len(search.objectives) > 1:
+        lines += [f"**Pareto front:** {len(front)} trials (no other trial is at least as good on every objective and "
+                  "better on one)." if front else "**Pareto front:** empty (no trial finished with every objective).", ""]
+    elif front:
+        best, values = front[0]
+        lines += [f"**Best trial:** {best.trial}: {search.objectives[0]} {values[0]:.4g} "
+                  f"(epsilon={_fmt(best.epsilon)}, beta={_fmt(best.beta)})", ""]
+    header = "| trial | epsilon | beta | " + " | ".join(search.objectives) + " | " + (
+        "Pareto front" if len(search.objectives) > 1 else "best") + " | status |"
+    lines += [header, "|" + "---|" * (len(search.objectives) + 5)]
+    for r in sorted(runs, key=lambda r: (r.trial is None, r.trial, r.name)):
+        values = " | ".join(_fmt(r.objectives.get(k), "{:.4g}") for k in search.objectives)
+        status = r.status + (f": {r.error}" if r.error else "")
+        lines.append(f"| {_fmt(r.trial)} | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {values} | "
+                     f"{'yes' if id(r) in on_front else ''} | {status} |")
+    return lines + [""]
+
+
 # ----------------------------------------------------------------------------- report
 
 
-def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Path) -> str:
+def _win_rate_text(run: Run) -> str:
+    """`0.625 (0.22-0.91)`: the final eval win rate and its 95% Wilson interval."""
+    if run.final_win_rate is None:
+        return "-"
+    interval = run.interval
+    return f"{run.final_win_rate:.3f}" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+
+
+def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Path, search: Search | None = None,
+              wandb_folder: Path | None = None) -> str:
     best = best_run(runs)
     statuses: dict[str, int] = {}
     for r in runs:
         statuses[r.status] = statuses.get(r.status, 0) + 1
-    lines = [f"# Sweep report: {sweep_dir.name}", "",
+    kind = "Run report" if len(runs) == 1 else "Search report" if search else "Sweep report"
+    lines = [f"# {kind}: {sweep_dir.name}", "",
              f"Folder: `{sweep_dir}`  ",
              f"Runs: {len(runs)} (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ")", ""]
     if best is not None:
-        lines += [f"**Best configuration:** {describe(best)}: final eval win rate {_fmt(best.final_win_rate, '{:.3f}')}"
+        lines += [f"**Best configuration:** {describe(best)}: final eval win rate {_win_rate_text(best)}"
                   f" (best {_fmt(best.best_win_rate, '{:.3f}')}), clip_fraction {_fmt(best.clip_fraction, '{:.3f}')}"
                   f" ({best.health}), final kl {_fmt(best.final_kl, '{:.4g}')}; run `{best.name}`", ""]
     else:
         lines += ["**Best configuration:** none yet (no run has an eval win rate)", ""]
+    if wandb_folder is not None:
+        lines += [f"W&B, offline and side by side: `wandb leet {wandb_folder}` (links to every run's log); "
+                  f"online: `wandb sync {sweep_dir}/*/wandb/offline-run-*` (one group per sweep).", ""]
+    if search is not None:
+        lines += _search_markdown(runs, search)
     lines += [
+        f"Best: {BEST_RULE}. Win rates: 95% Wilson intervals over the last evaluation's judged pairs.", "",
         "Health: the seed's rule on clip_fraction averaged over the last 20% of steps "
         f"(< {CLIP_FRACTION_IDLE:g}: not moving; > {CLIP_FRACTION_HIGH:g}: moving too far; else healthy; "
         "n/a for losses without a clip).", "",
-        "| run | epsilon | beta | loss_type | advantage | final win rate | best win rate | clip_fraction (last 20%) "
+        "| run | epsilon | beta | loss_type | advantage | final win rate (95% interval) | best win rate | clip_fraction (last 20%) "
         "| final kl | health | EOS rate (reference) | steps | wall time (s) | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -390,7 +576,7 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
         status = r.status + (f": {r.error}" if r.error else "")
         lines.append(
             f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'} "
-            f"| {_fmt(r.final_win_rate, '{:.3f}')} | {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
+            f"| {_win_rate_text(r)} | {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
             f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {_fmt(r.eos_rate, '{:.2f}')} ({_fmt(r.ref_eos_rate, '{:.2f}')}) | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")
     unfinished = [r for r in runs if r.status != "finished"]
     if unfinished:
@@ -405,6 +591,23 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
             rel = os.path.relpath(image, out_dir)
             lines += [f"![{image.stem}]({rel})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def link_wandb_runs(runs: list[Run], out_dir: Path) -> Path | None:
+    """OUT_DIR/wandb/: a link to every run's offline W&B log, so `wandb leet OUT_DIR/wandb` browses
+    the whole sweep side by side offline (each job keeps its own RUN_DIR/wandb). Only links are
+    written (and stale ones replaced); the run folders are left alone."""
+    logs = [log for r in runs if r.path != out_dir for log in sorted((r.path / "wandb").glob("offline-run-*"))]
+    if not logs:
+        return None
+    folder = out_dir / "wandb"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        if old.is_symlink():
+            old.unlink()
+    for log in logs:
+        (folder / log.name).symlink_to(os.path.relpath(log, folder), target_is_directory=True)
+    return folder
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Run], Run | None]:
@@ -428,17 +631,22 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, li
     for path in [out_dir / f"{stem}.png" for stem in HEATMAPS]:
         if path.exists():
             path.unlink()  # a heatmap from an earlier report of this folder would mislead
-    if len({(r.epsilon, r.beta) for r in grid_runs}) > 1:
+    # A search samples continuous values (a cell per trial), so it gets pareto_front.png, not heatmaps.
+    search = load_search(sweep_dir, runs)
+    if len({(r.epsilon, r.beta) for r in grid_runs}) > 1 and search is None:
         for stem, (attr, title, spec, cmap) in HEATMAPS.items():
-            made = heatmap(grid_runs, attr, title, spec, cmap, out_dir / f"{stem}.png", grid_name)
+            made = heatmap(grid_runs, attr, title, spec, cmap, out_dir / f"{stem}.png", grid_name, best_run(grid_runs))
             images += [made] if made else []
+    made = pareto_plot(runs, search, out_dir / "pareto_front.png", name) if search else None
+    images += [made] if made else []
     made = compare_runs(runs, out_dir / "compare_runs.png", name) if len(runs) > 1 else None
     images += [made] if made else []
     for stem, (key, title, ylabel) in CURVES.items():
         made = curves(runs, key, title, ylabel, out_dir / f"{stem}.png", name)
         images += [made] if made else []
+    wandb_folder = link_wandb_runs(runs, out_dir)
     report = out_dir / REPORT_FILE
-    atomic_write_text(report, _markdown(runs, sweep_dir, images, out_dir))
+    atomic_write_text(report, _markdown(runs, sweep_dir, images, out_dir, search, wandb_folder))
     return report, runs, best_run(runs)
 
 
@@ -457,8 +665,17 @@ def main(argv: list[str] | None = None) -> int:
     if best is None:
         print("best configuration: none yet (no run has an eval win rate)")
     else:
-        print(f"best configuration: {describe(best)}: final eval win rate {best.final_win_rate:.3f}"
+        print(f"best configuration: {describe(best)}: final eval win rate {_win_rate_text(best)}"
               f" (best {_fmt(best.best_win_rate, '{:.3f}')}), run {best.path}")
+    search = load_search(Path(args.sweep_dir).resolve(), runs)
+    if search is not None and len(search.objectives) > 1:
+        front = pareto_front(runs, search)
+        print(f"search: {len(runs)} trials, Pareto front of {len(front)} on "
+              + " x ".join(f"{k} ({d})" for k, d in zip(search.objectives, search.directions))
+              + (f"; plot: {Path(report).parent / 'pareto_front.png'}" if front else ""))
+        for r, values in sorted(front, key=lambda rv: rv[1][1]):
+            print("  " + ", ".join(f"{k}={v:.4g}" for k, v in zip(search.objectives, values))
+                  + f": epsilon={_fmt(r.epsilon)} beta={_fmt(r.beta)} (trial {_fmt(r.trial)})")
     return 0
 
 

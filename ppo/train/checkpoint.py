@@ -170,8 +170,8 @@ def config_fingerprint(cfg) -> dict:
     from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    changeable = {"train.iters", "train.progress", "train.resume", "train.save_every", "train.keep_checkpoints", "experiment_name",
-                  "train.rank_timeout"}
+    changeable = {"train.iters", "train.progress", "train.resume", "train.save_every", "train.keep_checkpoints",
+                  "train.human_eval", "train.rank_timeout", "experiment_name", "objectives"}
     # How long and how often a judge is waited for changes no verdict it gives, so a resume
     # after a judge outage may raise them.
     changeable |= {"judge.timeout", "judge.backoff", "judge.retries", "judge.concurrency"}

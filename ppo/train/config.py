@@ -144,13 +144,17 @@ class TrainConfig:
     steps_per_eval: int = 50
     # Also evaluate before the first update (logged as step 0).
     eval_at_start: bool = False
+    # judge=human only: also put the evaluation pairs (policy against reference, labelled) to
+    # the person; off: the run does not evaluate and says so once.
+    human_eval: bool = False
     # Save a checkpoint every this many steps (and at the end, and on SIGINT / SIGTERM).
     save_every: int = 100
     # Newest checkpoints kept in RUN_DIR/checkpoints.
     keep_checkpoints: int = 3
     # auto: continue from the run folder's newest checkpoint | never | PATH to a checkpoint.
     resume: str = "auto"
-    # A rich progress bar on the terminal.
+    # Per report step: a rich bar on a terminal, one plain log line when stdout is not one
+    # (SLURM, nohup, CI); false: neither. RUN_DIR/train.log gets the plain lines either way.
     progress: bool = True
     # With several processes (mlx.launch): seconds a rank waits at a collective for the others
     # before it stops the run with one line (a rank died or hangs). Long enough for the slowest rank's rollout.
@@ -163,16 +167,18 @@ class WandbConfig:
     project: str = "ppo-mlx"
     # W&B entity (team or user); None: your default.
     entity: Optional[str] = None
-    # W&B group; logger=wandb sets it to experiment_name.
+    # W&B group; None: the sweep's own folder in a multirun (one group per sweep), no group for a single run.
     group: Optional[str] = None
-    # Run name; None: from the command-line overrides.
+    # Run name; None: the experiment name and the job's overrides.
     name: Optional[str] = None
-    # W&B tags.
+    # W&B tags; the experiment name is always added.
     tags: list[str] = field(default_factory=list)
     # W&B job type.
     job_type: str = "train"
-    # offline (default: no account needed) | online | disabled. WANDB_MODE wins when set.
-    mode: str = "offline"
+    # offline | online | disabled; None: WANDB_MODE, else what `wandb offline|online|disabled` saved, else offline.
+    mode: Optional[str] = None
+    # Log the final adapters as a W&B model artifact (they are always in the run folder).
+    log_adapters: bool = False
 
 
 @dataclass
@@ -203,8 +209,11 @@ class PPOConfig:
     judge: Any = field(default_factory=dict)
     # Seeds MLX at every step from (seed, step), the data order and the judge's order draws.
     seed: int = 0
-    # Names the study: the W&B group and the multirun folder (experiment files set it).
+    # Names the study: the multirun folder and a W&B tag (experiment files set it).
     experiment_name: str = "default"
+    # What the run returns to a Hydra sweeper (Optuna), read from its summary (the last
+    # evaluation, then the last metrics row): one key -> a float, several -> a tuple.
+    objectives: list[str] = field(default_factory=lambda: ["eval/win_rate"])
 
 
 def register() -> None:
@@ -340,7 +349,7 @@ def validate(cfg) -> None:
     _check(data.on_bad_row in ("error", "skip"), "data.on_bad_row", data.on_bad_row, "choose error or skip")
     _check(0.0 <= data.eval_fraction < 1.0, "data.eval_fraction", data.eval_fraction, "must lie in [0, 1)")
     _check(cfg.logger.kind in ("wandb", "none"), "logger.kind", cfg.logger.kind, "choose logger=wandb or logger=none")
-    _check(cfg.logger.wandb.mode in ("offline", "online", "disabled"), "logger.wandb.mode", cfg.logger.wandb.mode,
+    _check(cfg.logger.wandb.mode in (None, "offline", "online", "disabled"), "logger.wandb.mode", cfg.logger.wandb.mode,
            "choose offline, online or disabled")
     judge = cfg.judge
     _check(isinstance(judge, dict) or OmegaConf.is_dict(judge), "judge", judge, "pick a judge group, e.g. judge=rule")

@@ -7,6 +7,7 @@ win; a pair the judge could not decide is left out and counted.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -20,8 +21,26 @@ from ppo.train.rollout import sample
 SINGLE_PROCESS = World()
 
 
+log = logging.getLogger(__name__)
+
+
+def evaluation_enabled(judge, train_cfg, n_prompts: int) -> bool:
+    """False (said once) when a person judges and has not asked to judge evaluation pairs too:
+    each evaluation would put every held-out pair to them, on top of the training pairs."""
+    if getattr(judge, "kind", None) != "human" or train_cfg.human_eval or not n_prompts:
+        return True
+    log.info("judge=human: evaluation against the reference is off (it would ask you about %d more pairs per "
+             "evaluation); set train.human_eval=true to judge them too", n_prompts)
+    return False
+
+
 def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
-    """95% normal-approximation interval of the mean of per-pair scores in [0, 1]."""
+    """95% normal-approximation interval of the mean of per-pair scores in [0, 1].
+
+    Kept as recorded in metrics.jsonl (`eval/win_rate_low/high`, the golden runs); what a
+    person reads (progress lines, the final line, ppo-report, the W&B summary) is the Wilson
+    interval from eval/win_rate and eval/pairs (`ppo.metrics.wilson_interval`), which never
+    collapses to zero width."""
     n = len(wins)
     if n == 0:
         return (math.nan, math.nan)
@@ -30,17 +49,31 @@ def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
     return (max(0.0, mean - half), min(1.0, mean + half))
 
 
+def sample_rows(pairs: list[Pair], p: np.ndarray) -> list[dict]:
+    """One row per evaluated pair, as the run's samples table shows it (W&B `samples`)."""
+    def verdict(x: float) -> str:
+        return "invalid" if math.isnan(x) else "policy" if x > 0.5 else "reference" if x < 0.5 else "tie"
+
+    return [{"prompt_id": pair.prompt_id, "prompt": pair.prompt, "policy": pair.a, "reference": pair.b,
+             "p_policy_better": None if math.isnan(x) else float(x), "verdict": verdict(x),
+             "policy_finished": bool(pair.a_finished), "reference_finished": bool(pair.b_finished)}
+            for pair, x in zip(pairs, p)]
+
+
 def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None,
-             world: World = SINGLE_PROCESS) -> dict:
+             world: World = SINGLE_PROCESS, samples: list | None = None) -> dict:
     """eval/win_rate of the policy against the reference on held-out prompts.
 
     With more than one process each rank evaluates its own share of `prompts` and the
-    per-pair results are gathered, so every rank returns the same global metrics."""
+    per-pair results are gathered, so every rank returns the same global metrics. When
+    `samples` is a list, every judged pair (every rank's) is appended to it as a row."""
     local = _judge_share(policy, reference, tokenizer, judge, world.split_evenly(prompts), gen_cfg, step) if prompts else {}
     parts = world.gather_objects(local)
     if not any(parts):
         return {}
     merged = {k: [x for part in parts if part for x in part[k]] for k in next(part for part in parts if part)}
+    if samples is not None:
+        samples.extend(merged["samples"])
     p = np.asarray(merged["p"], dtype=np.float64)
     valid = ~np.isnan(p)
     wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
@@ -83,4 +116,5 @@ def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen
         "theirs_finished": [bool(f) for f in theirs.finished],
         "ours_length": [len(t) for t in ours.token_ids],
         "theirs_length": [len(t) for t in theirs.token_ids],
+        "samples": sample_rows(pairs, p),
     }

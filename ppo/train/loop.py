@@ -30,9 +30,10 @@ from ppo.train import checkpoint, run_folder
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
 from ppo.train.distributed import World, check_batch, reduce_metrics
-from ppo.train.evaluation import evaluate
+from ppo.train.evaluation import evaluate, evaluation_enabled
 from ppo.train.models import check_reference_fits, frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
+from ppo.train.progress import Progress
 from ppo.train.step import Sampling, make_loss_fn, mean_dicts, train_step
 from ppo.train.tracking import SilentTracker, Tracker
 
@@ -167,12 +168,17 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
     tracker = Tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True),
                       resume_step=start_step if saved else None,
                       wandb_id=saved.wandb_id if saved else None) if world.is_main else SilentTracker()
-    progress = _Progress(train_cfg.iters, start_step) if train_cfg.progress and world.is_main else None
+    evaluating = evaluation_enabled(judge, train_cfg, len(splits.eval))
+    progress = Progress(train_cfg.iters, start_step, enabled=train_cfg.progress and world.is_main)
 
     def run_evaluation(step: int) -> None:
+        if not evaluating:
+            return
+        rows: list[dict] = []
         state.record_eval(evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation, step=step,
-                                   world=world))
+                                   world=world, samples=rows))
         judge.flush()
+        tracker.log_samples(step, rows)
 
     def save(step: int) -> None:
         if not world.is_main:
@@ -218,8 +224,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
                     tracker.log(step, reported)
                     warn_judge_invalid(step, reported)
                     state.window = []
-                    if progress:
-                        progress.update(reported, step)
+                    progress.update(reported, step)
                 if stop or step % train_cfg.save_every == 0 or is_last:
                     save(step)
                 if stop:
@@ -247,8 +252,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
         raise TrainingStopped(f"{err}; checkpoint of step {step} saved, resume with train.resume=auto") from None
     finally:
         judge.close()
-        if progress:
-            progress.close()
+        progress.close()
         try:
             summary = write_summary(run_dir, started, state, status, step, splits, world)
         except OSError as err:
@@ -284,28 +288,6 @@ def write_summary(run_dir: Path, started: float, state: RunState, status: str, s
     if world.is_main:
         atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return summary
-
-
-class _Progress:
-    """A rich progress bar showing loss, clip_fraction, kl and the eval win rate."""
-
-    def __init__(self, total: int, completed: int = 0):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("[bold]ppo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}"),
-        )
-        self._task = self._progress.add_task("train", total=total, completed=completed, stats="")
-        self._progress.start()
-
-    def update(self, metrics: dict, step: int) -> None:
-        keys = ("loss", "clip_fraction", "kl", "eval/win_rate")
-        stats = "  ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in keys if k in metrics and not math.isnan(metrics[k]))
-        self._progress.update(self._task, completed=step, stats=stats)
-
-    def close(self) -> None:
-        self._progress.stop()
 
 
 __all__ = ["train", "RunState", "ConfigError", "TrainingInterrupted", "TrainingStopped"]

@@ -11,9 +11,11 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 from ppo.io import METRICS_FILE, atomic_write_text, read_jsonl
+from ppo.metrics import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +50,121 @@ class MetricsFile:
         self._file.close()
 
 
-def _run_name_from_overrides() -> str | None:
-    """A sweep job's overrides (Hydra's override_dirname, e.g. `beta=tiny,epsilon=tight`)."""
+# The share of the last report steps over which clip_fraction's health is judged (as ppo-report does).
+HEALTH_TAIL = 0.2
+
+
+def _hydra_job():
+    """Hydra's runtime config of this job, or None outside a Hydra app (tests, scripts)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return HydraConfig.get().job.override_dirname or None
-    except Exception:  # not inside a Hydra app (tests, scripts): wandb picks a name
+        return HydraConfig.get()
+    except Exception:
         return None
+
+
+def sweep_group() -> str | None:
+    """A multirun's own id: its folder, as `PARENT/NAME` (`eps_beta_grid/2026-11-30_10-00-00`).
+
+    Every job of one sweep shares it and a relaunch into the same folder (a resumed sweep)
+    keeps it; two sweeps of the same experiment get two groups. None for a single run."""
+    from hydra.types import RunMode
+
+    hydra_cfg = _hydra_job()
+    if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    folder = Path(hydra_cfg.sweep.dir)
+    return f"{folder.parent.name}/{folder.name}" if folder.parent.name else folder.name
+
+
+def _short_value(match: re.Match) -> str:
+    return f"{float(match.group(0)):.3g}"
+
+
+def run_name(experiment: str) -> str:
+    """The experiment and the job's own overrides (Hydra's override_dirname), numbers cut to
+    3 significant digits so an Optuna trial's `loss.beta=0.0123456789` stays readable."""
+    hydra_cfg = _hydra_job()
+    overrides = (hydra_cfg.job.override_dirname if hydra_cfg is not None else "") or ""
+    overrides = re.sub(r"(?<![\w.])\d+\.\d{4,}(e-?\d+)?", _short_value, overrides)
+    name = " ".join(part for part in (experiment if experiment != "default" or not overrides else "", overrides) if part)
+    return name[:128]
+
+
+def wandb_mode(configured: str | None) -> str:
+    """`logger.wandb.mode` when set; else WANDB_MODE; else what `wandb offline|online|disabled`
+    wrote into wandb's settings files; else offline (no account needed)."""
+    if configured:
+        return configured
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    try:
+        from wandb.sdk import wandb_setup
+
+        mode = wandb_setup.singleton().settings.read_system_settings().all().get("mode")
+    except Exception:  # an older wandb without the settings-file API: keep the default
+        mode = None
+    return mode or "offline"
+
+
+def clip_health(rows: list[dict]) -> tuple[float | None, str]:
+    """clip_fraction averaged over the last 20% of report steps, and the health rule's word."""
+    from ppo.health import verdict
+
+    clips = [c for r in rows if (c := r.get("clip_fraction")) is not None and math.isfinite(c)]
+    if not clips:
+        return None, verdict(None)
+    tail = clips[-max(1, math.ceil(HEALTH_TAIL * len(clips))):]
+    spreads = [abs(v - 1.0) for r in rows[-len(tail):] for k in ("ratio/max", "ratio/min")
+               if (v := r.get(k)) is not None and math.isfinite(v)]
+    mean = sum(tail) / len(tail)
+    return mean, verdict(mean, max(spreads) if spreads else None)
+
+
+def lean_summary(summary: dict, rows: list[dict]) -> dict:
+    """What a W&B run table should show of a finished run, each number once: the final eval
+    win rate with its (Wilson) interval, the final KL, clip_fraction's health, the status."""
+    ev, final = summary.get("eval") or {}, summary.get("final") or {}
+    clip_fraction, health = clip_health(rows)
+    interval = wilson_interval(ev.get("eval/win_rate"), ev.get("eval/pairs")) or (None, None)
+    values = {"status": summary.get("status"), "step": summary.get("step"),
+              "eval/win_rate": ev.get("eval/win_rate"), "eval/win_rate_low": interval[0],
+              "eval/win_rate_high": interval[1], "eval/pairs": ev.get("eval/pairs"),
+              "kl": final.get("kl"), "clip_fraction": clip_fraction, "clip_fraction/health": health,
+              "wall_seconds": summary.get("wall_seconds")}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 class WandbRun:
     """A thin guard around a wandb run: any wandb error is logged once, then ignored."""
 
-    def __init__(self, cfg, run_dir: Path, config: dict, run_id: str | None = None):
+    def __init__(self, cfg, run_dir: Path, config: dict, run_id: str | None = None, experiment: str = "default"):
         self._run = None
         self._warned = False
+        self._run_dir = Path(run_dir)
+        self._log_adapters = cfg.log_adapters
         try:
             import wandb
 
-            mode = os.environ.get("WANDB_MODE") or cfg.mode
             self._run = wandb.init(
                 project=cfg.project,
                 entity=cfg.entity,
-                group=cfg.group,
-                name=cfg.name or _run_name_from_overrides(),
-                tags=list(cfg.tags),
+                group=cfg.group or sweep_group(),
+                name=cfg.name or run_name(experiment),
+                tags=list(dict.fromkeys([*cfg.tags, experiment])),
                 job_type=cfg.job_type,
                 config=config,
                 dir=str(run_dir),
-                mode=mode,
+                mode=wandb_mode(cfg.mode),
                 id=run_id,
                 resume="allow" if run_id else None,
                 settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
             )
             self._run.define_metric("step")
-            self._run.define_metric("*", step_metric="step")
-            self._run.define_metric("eval/win_rate", step_metric="step", summary="max,last")
-            self._run.define_metric("kl", step_metric="step", summary="last")
-            self._run.define_metric("clip_fraction", step_metric="step", summary="mean,last")
+            # Curves for every metric, but no automatic summary entry for each of ~100 keys:
+            # `finish` writes the lean summary (the answer of the run, each number once).
+            self._run.define_metric("*", step_metric="step", summary="none")
         except Exception as err:  # tracking must never stop training
             self._warn(err)
 
@@ -108,12 +186,43 @@ class WandbRun:
         except Exception as err:
             self._warn(err)
 
+    def log_table(self, step: int, key: str, rows: list[dict]) -> None:
+        """`rows` (dicts with the same keys) as one wandb.Table under `key` at `step`."""
+        if self._run is None or not rows:
+            return
+        try:
+            import wandb
+
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
+            self._run.log({"step": step, key: table})
+        except Exception as err:
+            self._warn(err)
+
     def summary(self, values: dict) -> None:
         if self._run is None:
             return
         try:
             for k, v in values.items():
                 self._run.summary[k] = v
+        except Exception as err:
+            self._warn(err)
+
+    def log_adapters(self) -> None:
+        """The run folder's adapters (mlx-lm's format) as a W&B model artifact, when asked."""
+        from ppo.io import ADAPTER_CONFIG_FILE, ADAPTER_FILE
+
+        files = [self._run_dir / name for name in (ADAPTER_FILE, ADAPTER_CONFIG_FILE)]
+        if self._run is None or not self._log_adapters or not all(f.exists() for f in files):
+            return
+        try:
+            import wandb
+
+            artifact = wandb.Artifact(f"adapters-{self._run.id}", type="model",
+                                      description="LoRA/DoRA adapters: mlx_lm.load(MODEL, adapter_path=FOLDER)")
+            for f in files:
+                artifact.add_file(str(f))
+            self._run.log_artifact(artifact)
         except Exception as err:
             self._warn(err)
 
@@ -131,7 +240,8 @@ class Tracker:
 
     def __init__(self, cfg, run_dir: Path, config: dict, resume_step: int | None = None, wandb_id: str | None = None):
         self.file = MetricsFile(run_dir, resume_step)
-        self.wandb = WandbRun(cfg.wandb, run_dir, config, wandb_id) if cfg.kind == "wandb" else None
+        self.wandb = (WandbRun(cfg.wandb, run_dir, config, wandb_id, config.get("experiment_name", "default"))
+                      if cfg.kind == "wandb" else None)
 
     @property
     def wandb_id(self) -> str | None:
@@ -142,10 +252,18 @@ class Tracker:
         if self.wandb:
             self.wandb.log(step, metrics)
 
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """Sampled pairs of an evaluation (prompt, both completions, the judge's p and verdict,
+        whether each ended): a `samples` wandb.Table at `step`."""
+        if self.wandb:
+            self.wandb.log_table(step, "samples", rows)
+
     def finish(self, summary: dict, exit_code: int = 0) -> None:
         self.file.close()
         if self.wandb:
-            self.wandb.summary(summary)
+            self.wandb.summary(lean_summary(summary, read_jsonl(self.file.path)))
+            if exit_code == 0:
+                self.wandb.log_adapters()
             self.wandb.finish(exit_code)
 
 
@@ -155,6 +273,9 @@ class SilentTracker:
     wandb_id = None
 
     def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
         pass
 
     def finish(self, summary: dict, exit_code: int = 0) -> None:
