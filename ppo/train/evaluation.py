@@ -11,10 +11,12 @@ import math
 
 import numpy as np
 
+from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
 from ppo.judges.base import Pair
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample
+from ppo.train.samples import sample_rows
 
 
 def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
@@ -27,8 +29,13 @@ def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
     return (max(0.0, mean - half), min(1.0, mean + half))
 
 
-def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None) -> dict:
-    """eval/win_rate of the policy against the reference on held-out prompts."""
+def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None,
+             reader: CompletionReader | None = None, samples_out: list | None = None) -> dict:
+    """eval/win_rate of the policy against the reference on held-out prompts.
+
+    `reader`: what the judge reads of a completion (default: the answer without its
+    reasoning block). With a `samples_out` list, one samples.jsonl row per pair is
+    appended to it (a: the policy, b: the reference)."""
     if not prompts:
         return {}
     kwargs = dict(
@@ -42,11 +49,13 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
     ours = sample(policy, ids, **kwargs)
     with reference_model(policy, reference) as ref:
         theirs = sample(ref, ids, **kwargs)
-    ours_text = tokenizer.batch_decode(ours.token_ids, skip_special_tokens=True)
-    theirs_text = tokenizer.batch_decode(theirs.token_ids, skip_special_tokens=True)
+    reader = reader or CompletionReader(tokenizer)
+    ours_text, theirs_text = reader.texts(ids, ours.token_ids), reader.texts(ids, theirs.token_ids)
 
     pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
     p = np.asarray(judge(pairs, step=step, phase="eval").p, dtype=np.float64)
+    if samples_out is not None:
+        samples_out.extend(sample_rows(step, "eval", tokenizer, prompts, ours, theirs, ours_text, theirs_text, p))
     valid = ~np.isnan(p)
     wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
     low, high = win_rate_interval(wins)

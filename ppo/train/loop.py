@@ -25,6 +25,7 @@ from ppo.health import HealthMonitor
 from ppo.io import METRICS_FILE, SUMMARY_FILE, atomic_write_json, read_jsonl
 from ppo.judges import build_judge
 from ppo.train import checkpoint
+from ppo.train.completions import CompletionReader
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
 from ppo.train.evaluation import evaluate
@@ -107,6 +108,7 @@ def train(cfg, run_dir: Path) -> dict:
     optimizer = make_optimizer(train_cfg, lr_schedule)
     loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
     sampling = Sampling.from_config(cfg.generation, tokenizer)
+    reader = CompletionReader.for_judge(judge, tokenizer)  # what the judge reads of a completion
 
     # Resume: the newest complete checkpoint of this run folder (or the one named).
     fingerprint = checkpoint.config_fingerprint(cfg)
@@ -124,7 +126,10 @@ def train(cfg, run_dir: Path) -> dict:
     progress = _Progress(train_cfg.iters, start_step) if train_cfg.progress else None
 
     def run_evaluation(step: int) -> None:
-        state.record_eval(evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation, step=step))
+        rows: list[dict] = []
+        state.record_eval(evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation, step=step,
+                                   reader=reader, samples_out=rows))
+        tracker.log_samples(step, rows)
 
     def save(step: int) -> None:
         saved_state = checkpoint.TrainerState(step, sampler.position, tracker.wandb_id, fingerprint, state.to_checkpoint())
@@ -142,11 +147,14 @@ def train(cfg, run_dir: Path) -> dict:
                 mx.random.seed(step_seed(cfg.seed, step))
                 position_at_step_start, updated = sampler.position, False
 
+                rows = [] if step % train_cfg.steps_per_report == 0 or step == train_cfg.iters else None
                 metrics = train_step(policy, reference, tokenizer, judge, optimizer, loss_and_grad, sampler.next_batch,
                                      step=step, sampling=sampling, loss_cfg=cfg.loss,
                                      grad_accumulation_steps=train_cfg.grad_accumulation_steps,
-                                     dropout=cfg.finetune.dropout)
+                                     dropout=cfg.finetune.dropout, reader=reader, samples_out=rows,
+                                     max_samples=train_cfg.samples_per_report)
                 updated = True
+                tracker.log_samples(step, rows or [])
                 metrics["learning_rate"] = learning_rate_at(lr_schedule, step * cfg.loss.ppo_epochs - 1)
                 metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
                 if "clip_fraction" in metrics:

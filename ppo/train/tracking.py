@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ppo.io import METRICS_FILE, atomic_write_text, read_jsonl
+from ppo.train.samples import SamplesFile
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class Tracker:
 
     def __init__(self, cfg, run_dir: Path, config: dict, resume_step: int | None = None, wandb_id: str | None = None):
         self.file = MetricsFile(run_dir, resume_step)
+        self.samples = SamplesFile(run_dir, resume_step)
         self.wandb = WandbRun(cfg.wandb, run_dir, config, wandb_id) if cfg.kind == "wandb" else None
 
     @property
@@ -142,8 +144,13 @@ class Tracker:
         if self.wandb:
             self.wandb.log(step, metrics)
 
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """Judged pairs (ppo.train.samples: prompt, completions, judged texts, verdict) into samples.jsonl."""
+        self.samples.write(step, rows)
+
     def finish(self, summary: dict, exit_code: int = 0) -> None:
         self.file.close()
+        self.samples.close()
         if self.wandb:
             self.wandb.summary(summary)
             self.wandb.finish(exit_code)
