@@ -22,6 +22,7 @@ from omegaconf import MISSING, OmegaConf
 
 from ppo import resources
 from ppo.errors import ConfigError
+from ppo.train.data import DEFAULT_CHAT_TEMPLATE_KWARGS
 
 
 @dataclass
@@ -63,7 +64,7 @@ class DataConfig:
     # generation.max_completion_length before any answer (mlx-lm would otherwise switch it on for any tokenizer
     # with think tokens). Templates without the switch ignore it. data.chat_template_kwargs.enable_thinking=true
     # lets the policy reason; the judge is shown only the answer after it (judge.include_reasoning).
-    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
+    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_CHAT_TEMPLATE_KWARGS))
 
 
 @dataclass

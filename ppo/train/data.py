@@ -91,12 +91,17 @@ def _prompt_text(value, row: int, field: str) -> str | list[dict]:
     )
 
 
+# The default of `data.chat_template_kwargs` (the schema's comment says why thinking is off).
+DEFAULT_CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
+
+
 @dataclass(frozen=True)
 class PromptFormat:
-    """How prompts are templated for the policy (`data.system_prompt`, `data.chat_template_kwargs`)."""
+    """How prompts are templated for the policy (`data.system_prompt`, `data.chat_template_kwargs`);
+    the defaults are the config's."""
 
     system_prompt: str = ""
-    chat_template_kwargs: dict = dataclasses.field(default_factory=dict)
+    chat_template_kwargs: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_CHAT_TEMPLATE_KWARGS))
 
     @classmethod
     def from_config(cls, data_cfg) -> "PromptFormat":
