@@ -31,6 +31,10 @@ class ModelConfig:
     path: str = ""
     # The frozen reference; empty: the policy's own base weights with adapters off (no second copy).
     reference_path: str = ""
+    # Start from a supervised fine-tune: an `mlx_lm.lora` output folder (LoRA or DoRA adapters of model.path).
+    # The policy starts as base + adapter and the reference is that same model, frozen. LoRA / DoRA train the
+    # adapter's own layers on (finetune.rank/scale/num_layers/keys unused); finetune=full trains it fused in.
+    adapter_path: str = ""
     # none | 4 | 8: quantize the base through mlx-lm (QLoRA-style); the reference shares it.
     quantize: str = "none"
     # Group size of that quantization (mlx-lm's default).
