@@ -263,3 +263,26 @@ def test_samples_file_drops_rows_past_the_checkpoint_on_resume(tmp_path):
     assert [(r["step"], r.get("prompt_id")) for r in rows] == [(1, "train:1"), (1, None), (2, "train:2"), (2, None), (3, "again")]
     SamplesFile(tmp_path).close()  # a fresh run starts a fresh file
     assert not (tmp_path / "samples.jsonl").exists()
+
+
+# --- data formats -----------------------------------------------------------------------
+
+
+def test_a_saved_dataset_folder_and_the_seed_layout_in_parquet(tmp_path, think_tok):
+    import datasets
+
+    rows = {"prompt": ["tell me about the dog", "write about a cat", "describe the red ball"],
+            "chosen": ["a good answer"] * 3, "rejected": ["a bad answer"] * 3}  # mlx-community/Human-Like-DPO's columns
+    ds = datasets.Dataset.from_dict(rows)
+    ds.to_parquet(str(tmp_path / "human_like.parquet"))
+    prompts, _ = read_prompts(str(tmp_path / "human_like.parquet"), "train", "prompt", think_tok, "error")
+    assert [p.text for p in prompts] == rows["prompt"]
+
+    ds.save_to_disk(str(tmp_path / "saved"))
+    prompts, _ = read_prompts(str(tmp_path / "saved"), "train", "prompt", think_tok, "error")
+    assert [p.id for p in prompts] == ["train:0", "train:1", "train:2"] and prompts[2].text == "describe the red ball"
+    with pytest.raises(ConfigError, match="holding only split 'train', not 'test'.*data.eval_split empty"):
+        read_prompts(str(tmp_path / "saved"), "test", "prompt", think_tok, "error")
+    datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(tmp_path / "saved_dict"))
+    prompts, _ = read_prompts(str(tmp_path / "saved_dict"), "test", "prompt", think_tok, "error")
+    assert [p.text for p in prompts] == ["tell me about the dog"]

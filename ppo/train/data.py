@@ -48,6 +48,23 @@ def truncate_left(prompts: list[Prompt], max_tokens: int) -> tuple[list[Prompt],
     return out, truncated
 
 
+def _saved_dataset(folder: Path, split: str, path: str):
+    """A `Dataset.save_to_disk` folder (`state.json` beside its arrow files), which `load_dataset`
+    refuses; None for any other folder. Such a folder holds one split: the one it was saved as
+    (`Dataset.split`), or "train" when it has none, so data.split must name it and an
+    eval_split cannot silently reuse the training rows."""
+    if not (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
+        return None
+    import datasets
+
+    rows = datasets.load_from_disk(str(folder))
+    own = str(rows.split) if rows.split is not None else "train"
+    if split != own:
+        raise ConfigError(f"data.path={path} is a saved Dataset holding only split {own!r}, not {split!r}: "
+                          f"set data.split={own} and leave data.eval_split empty (data.eval_fraction holds out prompts)")
+    return rows
+
+
 def _load_rows(path: str, split: str):
     """A `datasets.Dataset` from a hub id, a local file or a local folder."""
     import datasets
@@ -61,7 +78,8 @@ def _load_rows(path: str, split: str):
                 raise ConfigError(f"data.path={path}: unsupported file type {local.suffix!r}; use .json, .jsonl, .parquet or .csv")
             return datasets.load_dataset(fmt, data_files={split: str(local)}, split=split)
         if local.is_dir():
-            return datasets.load_dataset(str(local), split=split)
+            saved = _saved_dataset(local, split, path)
+            return saved if saved is not None else datasets.load_dataset(str(local), split=split)
         if path.startswith((".", "/", "~")) or path.endswith(tuple(_FORMATS)):
             raise ConfigError(f"data.path={path} does not exist: give an existing json/jsonl/parquet file or folder, or a hub dataset id")
         return datasets.load_dataset(path, split=split)
