@@ -134,6 +134,18 @@ def test_reader_markers_from_the_tokenizer_or_the_config(think_tok):
         CompletionReader(think_tok, include_reasoning="yes")
 
 
+def test_judge_keys_reach_the_reader_through_the_pipeline(think_tok):
+    from ppo.judges import build_judge
+
+    default = build_judge(compose(["judge=rule"]).judge)
+    assert default.include_reasoning is False and default.reasoning_markers is None
+    assert CompletionReader.for_judge(default, think_tok).markers == Markers((think_tok.think_start_id,), (think_tok.think_end_id,))
+    shown = build_judge(compose(["judge=rule", "judge.include_reasoning=true"]).judge)
+    assert CompletionReader.for_judge(shown, think_tok).markers is None
+    custom = build_judge(compose(["judge=length", "judge.reasoning_markers=[<r>,</r>]"]).judge)
+    assert CompletionReader.for_judge(custom, think_tok).markers.start == tuple(think_tok.encode("<r>", add_special_tokens=False))
+
+
 def _with_reasoning(tok, completions: Completions) -> Completions:
     """Rewrite sampled completions the way a thinking model writes them: row 0 of every three
     reasons then answers, row 1 is cut inside its reasoning, row 2 answers at once."""
@@ -286,3 +298,17 @@ def test_a_saved_dataset_folder_and_the_seed_layout_in_parquet(tmp_path, think_t
     datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(tmp_path / "saved_dict"))
     prompts, _ = read_prompts(str(tmp_path / "saved_dict"), "test", "prompt", think_tok, "error")
     assert [p.text for p in prompts] == ["tell me about the dog"]
+
+
+def test_the_llm_judge_reads_with_thinking_off_on_a_thinking_model(think_dir):
+    from mlx_lm import load
+
+    from ppo.judges import Pair
+    from ppo.judges.llm import LLMJudge
+
+    model, tok = load(str(think_dir))
+    judge = LLMJudge(preloaded=(model, tok))
+    prompt = tok.decode(judge.encode(Pair("tell me about the dog", "the dog runs .", "a dog .")), skip_special_tokens=False)
+    assert prompt.endswith("<|im_start|>assistant\n" + EMPTY_BLOCK)  # its label comes right after: no reasoning
+    p = judge([Pair("tell me about the dog", "the dog runs .", "a dog .")]).p
+    assert 0.0 < p[0] < 1.0
