@@ -142,7 +142,7 @@ def test_judge_keys_reach_the_reader_through_the_pipeline(think_tok):
     assert CompletionReader.for_judge(default, think_tok).markers == Markers((think_tok.think_start_id,), (think_tok.think_end_id,))
     shown = build_judge(compose(["judge=rule", "judge.include_reasoning=true"]).judge)
     assert CompletionReader.for_judge(shown, think_tok).markers is None
-    custom = build_judge(compose(["judge=length", "judge.reasoning_markers=[<r>,</r>]"]).judge)
+    custom = build_judge(compose(["judge=length", "judge.reasoning_markers=['<r>','</r>']"]).judge)
     assert CompletionReader.for_judge(custom, think_tok).markers.start == tuple(think_tok.encode("<r>", add_special_tokens=False))
 
 
