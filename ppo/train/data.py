@@ -125,9 +125,10 @@ class PromptFormat:
     def from_config(cls, data_cfg) -> "PromptFormat":
         from omegaconf import OmegaConf
 
-        kwargs = data_cfg.get("chat_template_kwargs") or {}
+        kwargs = getattr(data_cfg, "chat_template_kwargs", None)
+        kwargs = DEFAULT_CHAT_TEMPLATE_KWARGS if kwargs is None else kwargs  # a config of before the key
         kwargs = OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
-        return cls(data_cfg.get("system_prompt") or "", kwargs)
+        return cls(getattr(data_cfg, "system_prompt", "") or "", kwargs)
 
 
 def check_last_turn(prompt: str | list[dict], row: int, field: str) -> None:

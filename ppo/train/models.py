@@ -213,7 +213,7 @@ def load_policy_and_reference(model_cfg, ft):
     """
     policy, tokenizer = load_model(model_cfg.path, model_cfg.trust_remote_code)
     quantize_base(policy, model_cfg, trainable=ft.type == "full")
-    start = model_cfg.get("adapter_path") or ""
+    start = getattr(model_cfg, "adapter_path", "") or ""
     if start and ft.type != "full":
         add_starting_adapter(policy, start, ft.dropout)
     else:
@@ -244,7 +244,7 @@ def frozen_base(policy: nn.Module, reference: nn.Module | None, model_cfg, ft) -
     """
     if ft.type != "full":
         return policy
-    if model_cfg.get("adapter_path"):  # the frozen copy holds the fused fine-tune, not model.path
+    if getattr(model_cfg, "adapter_path", ""):  # the frozen copy holds the fused fine-tune, not model.path
         return None
     return reference if not model_cfg.reference_path else None
 
@@ -270,7 +270,7 @@ def adapter_weights(model: nn.Module) -> dict:
 def adapter_config(model_cfg, ft) -> dict:
     """adapter_config.json as mlx-lm's `load_adapters` and `mlx_lm.fuse` read it. Training
     on from `model.adapter_path` under LoRA / DoRA, the layers are that adapter's own."""
-    start = model_cfg.get("adapter_path") or ""
+    start = getattr(model_cfg, "adapter_path", "") or ""
     if start and ft.type != "full":
         config = starting_adapter_config(start)
         return {
