@@ -37,6 +37,7 @@ BENCHMARKS = {
     "memory": ["bench_memory.py"],
     "elementwise": ["bench_elementwise.py"],
     "fast_activations": ["bench_fast_activations.py"],
+    "distributed": ["bench_distributed.py"],
 }
 
 

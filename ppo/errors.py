@@ -52,3 +52,14 @@ class ReportError(Exception):
 
 class ReproduceError(Exception):
     """SOURCE is not a run, or an override does not fit; the message says which."""
+
+
+class RankTimeout(RuntimeError):
+    """With several processes: another rank died or stopped answering; the last complete
+    checkpoint is intact and relaunching the same command resumes."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, reported: bool = False):
+        super().__init__(message)
+        self.reported = reported  # already printed when it happened

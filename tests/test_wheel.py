@@ -22,8 +22,10 @@ SOURCE_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-
 
 
 def _run(cmd, cwd, env=None, timeout=900):
+    # Without PYTHONPATH: the installed wheel, not a checkout on the path, must be what runs.
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "WANDB_SILENT": "true", **(env or {})})
+                            env={**base, "WANDB_SILENT": "true", **(env or {})})
     assert result.returncode == 0, f"{cmd}: {result.stdout[-2000:]}{result.stderr[-3000:]}"
     return result
 
@@ -95,3 +97,17 @@ def test_user_config_dir_adds_an_experiment(installed, tiny_model_dir, prompts_f
     _run([bin_dir / "ppo-train", "--config-dir", user_conf, "experiment=mine", "logger=none", f"hydra.run.dir={run_dir}"],
          cwd=work, env=env)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_doctor_reports_a_broken_install(installed, tmp_path):
+    """Runs last in this module: it breaks the installed package on purpose."""
+    bin_dir, work = installed
+    site = next((bin_dir.parent / "lib").glob("python*/site-packages"))
+    (site / "ppo" / "conf" / "train.yaml").unlink()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([str(bin_dir / "ppo-doctor"), "--size", "64", "--repeats", "1"], cwd=work, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 1
+    assert "configs not found" in result.stderr and "pip install --force-reinstall ppo-mlx" in result.stderr
+    assert "Traceback" not in result.stderr

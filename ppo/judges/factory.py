@@ -17,13 +17,14 @@ import inspect
 from ppo.errors import ConfigError
 from ppo.io import JUDGMENTS_FILE
 from ppo.judges.pipeline import JudgePipeline, check_wrapper_options
-from ppo.judges.record import JudgmentLog
+from ppo.judges.record import GatheredJudgmentLog, JudgmentLog
 
 # The pipeline's own keys of a judge config, with JudgePipeline's defaults (one source;
 # conf/judge_pipeline.yaml declares the same keys for Hydra, checked by tests/test_configs.py).
 WRAPPER_DEFAULTS = {k: p.default for k, p in inspect.signature(JudgePipeline).parameters.items()
                     if k in ("order", "tie_threshold", "include_reasoning", "reasoning_markers")}
 LLM_TARGET = "ppo.judges.llm.LLMJudge"
+HUMAN_TARGET = "ppo.judges.human.HumanJudge"
 
 
 def same_model(a: str | None, b: str | None) -> bool:
@@ -37,7 +38,7 @@ def same_model(a: str | None, b: str | None) -> bool:
 
 
 def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path: str | None = None,
-                tokenizer=None) -> JudgePipeline:
+                tokenizer=None, world=None) -> JudgePipeline:
     """The judge the trainer calls: ``judge(pairs, step=None, phase="train") -> Verdicts``.
 
     Records go to ``run_dir/judgments.jsonl`` (none when run_dir is None); records already
@@ -53,6 +54,10 @@ def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path:
     wrapper = {k: cfg.pop(k, default) for k, default in WRAPPER_DEFAULTS.items()}
     order, tie_threshold = check_wrapper_options(wrapper["order"], wrapper["tie_threshold"])
     target = cfg["_target_"]
+    distributed = world is not None and world.size > 1
+    if distributed and target == HUMAN_TARGET:
+        raise ConfigError(f"judge=human cannot run on {world.size} processes (one person, one terminal): "
+                          "launch ppo-train without mlx.launch, or pick another judge")
     if base is not None and target == LLM_TARGET and same_model(cfg.get("model", "Qwen/Qwen3-0.6B"), base_path):
         from ppo.train.models import adapters_disabled
 
@@ -68,6 +73,11 @@ def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path:
             if isinstance(cause, ConfigError):
                 raise cause from None
             raise
-    log = JudgmentLog(Path(run_dir) / JUDGMENTS_FILE) if run_dir is not None else None
+    if run_dir is None:
+        log = None
+    elif distributed:  # every rank's records, written by rank 0 only
+        log = GatheredJudgmentLog(Path(run_dir) / JUDGMENTS_FILE, world)
+    else:
+        log = JudgmentLog(Path(run_dir) / JUDGMENTS_FILE)
     return JudgePipeline(inner, order=order, tie_threshold=tie_threshold, include_reasoning=wrapper["include_reasoning"],
                          reasoning_markers=wrapper["reasoning_markers"], seed=seed, log=log)

@@ -228,6 +228,12 @@ class JudgePipeline:
             })
         self.log.write(lines)
 
+    def flush(self) -> None:
+        """Hand buffered records to the writer (a no-op for a single process, whose log writes at once)."""
+        flush = getattr(self.log, "flush", None)
+        if callable(flush):
+            flush()
+
     def close(self) -> None:
         if self.log is not None:
             self.log.close()

@@ -77,6 +77,32 @@ class JudgmentLog:
         self.close()
 
 
+class GatheredJudgmentLog:
+    """The judgment log of a run on several processes: each rank buffers its records, and
+    `flush` (called by the loop after every step and evaluation) gathers them to rank 0,
+    the one process that writes ``path``. `world` is a `ppo.train.distributed.World`."""
+
+    def __init__(self, path, world):
+        self.path = Path(path)
+        self.world = world
+        self._pending: list[dict] = []
+        self._file = JudgmentLog(path) if world.is_main else None
+
+    def write(self, records: list[dict]) -> None:
+        self._pending.extend(records)
+
+    def flush(self) -> None:
+        gathered = self.world.gather_objects(self._pending)
+        self._pending = []
+        if self._file is not None:
+            for rank, records in enumerate(gathered):
+                self._file.write([{**r, "rank": rank} for r in records])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 def read_judgments(path) -> list[dict]:
     """All complete records of a judgments file (a torn last line from a crash is skipped)."""
     return read_jsonl(path)

@@ -427,6 +427,15 @@ def _openblas_thread_controls():
         return None
 
 
+def set_blas_threads(n: int) -> bool:
+    """Set the process's OpenBLAS thread count (False where OpenBLAS is not the BLAS in use)."""
+    controls = _openblas_thread_controls()
+    if controls is None:
+        return False
+    controls[1](max(1, int(n)))
+    return True
+
+
 class single_threaded_blas:
     """Run a block with one OpenBLAS thread, then restore the count.
 

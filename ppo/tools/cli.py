@@ -33,6 +33,7 @@ def train_main() -> None:
     ensure_fast_blas()
     if any(arg.startswith("+experiment=") for arg in sys.argv[1:]):
         _fail("write experiment=NAME without the +: `experiment` is already in the defaults list (conf/train.yaml)")
+    _prepare_ranks()
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
@@ -46,7 +47,8 @@ def train_main() -> None:
     def _train(cfg) -> float | None:
         from hydra.types import RunMode
 
-        from ppo.errors import CheckpointError, ConfigError, SweepJobFailed, TrainingInterrupted, TrainingStopped
+        from ppo.errors import (CheckpointError, ConfigError, RankTimeout, SweepJobFailed, TrainingInterrupted,
+                                TrainingStopped)
         from ppo.tools.sweep import record_failure
         from ppo.train.loop import train
 
@@ -59,17 +61,48 @@ def train_main() -> None:
                 record_failure(run_dir, err)
                 raise SweepJobFailed(f"{run_dir}: {err}") from None
             _fail(str(err))
+        except RankTimeout as err:
+            if not err.reported:
+                print(f"error: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
         except (TrainingInterrupted, TrainingStopped) as err:
             _fail(str(err), err.exit_code)
         except Exception as err:
             if multirun:
                 record_failure(run_dir, err)
             raise
-        if not multirun:
+        from ppo.train.distributed import launch_rank
+
+        if not multirun and launch_rank() == 0:  # one outcome per run, from the rank that wrote it
             print_outcome(summary, run_dir)
         return (summary.get("eval") or {}).get("eval/win_rate")
 
     _train()
+
+
+def _prepare_ranks() -> None:
+    """Under mlx.launch every rank runs this same command: they must agree on one run folder
+    (rank 0's clock names it when hydra.run.dir is not given), and only rank 0 may write
+    Hydra's files there (.hydra/, train.log); the other ranks log to the console."""
+    from ppo.train.distributed import World, launch_rank, launched
+
+    if not launched():
+        return
+    args = sys.argv[1:]
+    if any(a in ("-m", "--multirun") for a in args):
+        _fail("a sweep (-m) cannot run under mlx.launch: launch each job of the sweep with its own mlx.launch command")
+    extra = []
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        import time
+
+        import mlx.core as mx
+
+        world = World.current()
+        stamp = world.all_sum(mx.array(int(time.time()) if world.is_main else 0, dtype=mx.int64)).item()
+        extra.append(f"hydra.run.dir={time.strftime('outputs/%Y-%m-%d/%H-%M-%S', time.localtime(stamp))}")
+    if launch_rank() > 0:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    sys.argv += extra
 
 
 def report_main() -> None:

@@ -136,7 +136,8 @@ def config_fingerprint(cfg) -> dict:
     from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    changeable = {"train.iters", "train.progress", "train.resume", "train.save_every", "train.keep_checkpoints", "experiment_name"}
+    changeable = {"train.iters", "train.progress", "train.resume", "train.save_every", "train.keep_checkpoints", "experiment_name",
+                  "train.rank_timeout"}
     flat = {}
 
     def walk(prefix, node):

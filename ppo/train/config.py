@@ -165,6 +165,9 @@ class TrainConfig:
     resume: str = "auto"
     # A rich progress bar on the terminal.
     progress: bool = True
+    # With several processes (mlx.launch): seconds a rank waits at a collective for the others
+    # before it stops the run with one line (a rank died or hangs). Long enough for the slowest rank's rollout.
+    rank_timeout: float = 300.0
 
 
 @dataclass
@@ -276,6 +279,7 @@ def validate(cfg) -> None:
     _check(train.max_seq_length > gen.max_completion_length, "train.max_seq_length", train.max_seq_length,
            "must exceed generation.max_completion_length so a prompt fits")
     _check(cfg.model.quantize in ("none", "4", "8"), "model.quantize", cfg.model.quantize, "choose none, 4 or 8")
+    _check(train.rank_timeout > 0, "train.rank_timeout", train.rank_timeout, "must be > 0 seconds, e.g. 300")
     for key in ("steps_per_report", "steps_per_eval", "save_every"):
         _check(getattr(train, key) >= 1, f"train.{key}", getattr(train, key), "must be >= 1")
     _check(ft.type in ("lora", "dora", "full"), "finetune.type", ft.type, "choose lora, dora or full (finetune=NAME)")

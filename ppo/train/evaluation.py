@@ -13,10 +13,13 @@ import numpy as np
 
 from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
+from ppo.train.distributed import World
 from ppo.judges.base import Pair
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample
 from ppo.train.samples import sample_rows
+
+SINGLE_PROCESS = World()
 
 
 def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
@@ -30,12 +33,42 @@ def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None,
-             reader: CompletionReader | None = None, samples_out: list | None = None) -> dict:
+             world: World = SINGLE_PROCESS, reader: CompletionReader | None = None,
+             samples_out: list | None = None) -> dict:
     """eval/win_rate of the policy against the reference on held-out prompts.
 
+    With more than one process each rank evaluates its own share of `prompts` and the
+    per-pair results are gathered, so every rank returns the same global metrics.
     `reader`: what the judge reads of a completion (default: the answer without its
-    reasoning block). With a `samples_out` list, one samples.jsonl row per pair is
-    appended to it (a: the policy, b: the reference)."""
+    reasoning block). With a `samples_out` list, one samples.jsonl row per pair (every
+    rank's, gathered) is appended to it (a: the policy, b: the reference)."""
+    local = _judge_share(policy, reference, tokenizer, judge, world.split_evenly(prompts), gen_cfg, step,
+                         reader) if prompts else {}
+    parts = world.gather_objects(local)
+    if not any(parts):
+        return {}
+    merged = {k: [x for part in parts if part for x in part[k]] for k in next(part for part in parts if part)}
+    if samples_out is not None:
+        samples_out.extend(merged["samples"])
+    p = np.asarray(merged["p"], dtype=np.float64)
+    valid = ~np.isnan(p)
+    wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
+    low, high = win_rate_interval(wins)
+    return {
+        "eval/win_rate": float(wins.mean()) if len(wins) else math.nan,
+        "eval/win_rate_low": low,
+        "eval/win_rate_high": high,
+        "eval/pairs": int(valid.sum()),
+        "eval/eos_rate": float(np.mean(merged["ours_finished"])),
+        "eval/ref_eos_rate": float(np.mean(merged["theirs_finished"])),
+        "eval/mean_length": float(np.mean(merged["ours_length"])),
+        "eval/ref_mean_length": float(np.mean(merged["theirs_length"])),
+    }
+
+
+def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None,
+                 reader: CompletionReader | None = None) -> dict:
+    """Sample policy and reference on `prompts` and judge them: per-pair lists (JSON-ready, so ranks can gather them)."""
     if not prompts:
         return {}
     kwargs = dict(
@@ -54,19 +87,11 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
 
     pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
     p = np.asarray(judge(pairs, step=step, phase="eval").p, dtype=np.float64)
-    if samples_out is not None:
-        samples_out.extend(sample_rows(step, "eval", tokenizer, prompts, ours, theirs, ours_text, theirs_text, p))
-    valid = ~np.isnan(p)
-    wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
-    low, high = win_rate_interval(wins)
-    ref_eos = float(np.mean(theirs.finished))
     return {
-        "eval/win_rate": float(wins.mean()) if len(wins) else math.nan,
-        "eval/win_rate_low": low,
-        "eval/win_rate_high": high,
-        "eval/pairs": int(valid.sum()),
-        "eval/eos_rate": float(np.mean(ours.finished)),
-        "eval/ref_eos_rate": ref_eos,
-        "eval/mean_length": float(np.mean([len(t) for t in ours.token_ids])),
-        "eval/ref_mean_length": float(np.mean([len(t) for t in theirs.token_ids])),
+        "p": [None if np.isnan(x) else float(x) for x in p],
+        "ours_finished": [bool(f) for f in ours.finished],
+        "theirs_finished": [bool(f) for f in theirs.finished],
+        "ours_length": [len(t) for t in ours.token_ids],
+        "theirs_length": [len(t) for t in theirs.token_ids],
+        "samples": sample_rows(step, "eval", tokenizer, prompts, ours, theirs, ours_text, theirs_text, p),
     }

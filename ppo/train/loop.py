@@ -8,6 +8,7 @@ step, so a run resumed from a checkpoint samples exactly what the uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -28,11 +29,12 @@ from ppo.train import checkpoint
 from ppo.train.completions import CompletionReader
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
+from ppo.train.distributed import World, check_batch, reduce_metrics
 from ppo.train.evaluation import evaluate
 from ppo.train.models import frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
 from ppo.train.step import Sampling, make_loss_fn, mean_dicts, train_step
-from ppo.train.tracking import Tracker
+from ppo.train.tracking import SilentTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class RunState:
     best_win_rate: float | None = None
     # The clip_fraction health rule's streak and warnings.
     health: HealthMonitor = field(default_factory=HealthMonitor)
+    # With several processes: whether every rank ended with bit-identical weights (not checkpointed).
+    ranks_in_sync: bool | None = None
 
     def to_checkpoint(self) -> dict:
         return {"window": self.window, "last_eval": self.last_eval, "best_win_rate": self.best_win_rate,
@@ -66,8 +70,10 @@ class RunState:
             self.best_win_rate = max(self.best_win_rate or -1.0, win_rate)
 
 
-def step_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """MLX's seed for one step of one rank (ranks sample their own prompts with their own streams)."""
+    entropy = [seed, step] if rank == 0 else [seed, step, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 @contextlib.contextmanager
@@ -86,12 +92,16 @@ def stop_requests():
 def train(cfg, run_dir: Path) -> dict:
     """Train PPO as `cfg` says, writing every output into `run_dir`. Returns the summary."""
     validate(cfg)
+    train_cfg = cfg.train
+    world = World.current(timeout=train_cfg.rank_timeout)  # one process unless launched by mlx.launch
+    check_batch(train_cfg.batch_size, world)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = checkpoint.config_fingerprint(cfg)
+    world.check_same("configs", json.dumps(fingerprint, sort_keys=True, default=str))
     if (done := checkpoint.finished_summary(cfg, run_dir)) is not None:  # a finished sweep job: skip it
         return done
     started = time.perf_counter()
-    train_cfg = cfg.train
 
     # Set-up: models, prompts, judge, optimizer.
     mx.random.seed(cfg.seed)
@@ -103,15 +113,14 @@ def train(cfg, run_dir: Path) -> dict:
     splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - cfg.generation.max_completion_length)
     sampler = PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle)
     judge = build_judge(cfg.judge, run_dir=run_dir, seed=cfg.seed, tokenizer=tokenizer, base_path=cfg.model.path,
-                        base=frozen_base(policy, reference, cfg.model, cfg.finetune))
+                        base=frozen_base(policy, reference, cfg.model, cfg.finetune), world=world)
     lr_schedule = learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs)
     optimizer = make_optimizer(train_cfg, lr_schedule)
     loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
     sampling = Sampling.from_config(cfg.generation, tokenizer)
     reader = CompletionReader.for_judge(judge, tokenizer)  # what the judge reads of a completion
 
-    # Resume: the newest complete checkpoint of this run folder (or the one named).
-    fingerprint = checkpoint.config_fingerprint(cfg)
+    # Resume: the newest complete checkpoint of this run folder (or the one named); every rank reads it.
     resume_from = None if train_cfg.resume == "never" else (
         checkpoint.latest(run_dir) if train_cfg.resume == "auto" else Path(train_cfg.resume))
     saved = checkpoint.load(resume_from, policy, optimizer, fingerprint) if resume_from is not None else None
@@ -119,19 +128,25 @@ def train(cfg, run_dir: Path) -> dict:
         sampler.position = saved.data_position
         log.info("resumed from %s (step %d)", resume_from, saved.step)
     start_step = saved.step if saved else 0
+    world.check_same("checkpoints (a rank could not read the run folder's newest one)", str(start_step))
     state = RunState.from_checkpoint(saved.extra) if saved else RunState()
 
+    # Only rank 0 writes the run folder: metrics, summary, checkpoints, W&B, the progress bar.
     tracker = Tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True),
-                      resume_step=start_step if saved else None, wandb_id=saved.wandb_id if saved else None)
-    progress = _Progress(train_cfg.iters, start_step) if train_cfg.progress else None
+                      resume_step=start_step if saved else None,
+                      wandb_id=saved.wandb_id if saved else None) if world.is_main else SilentTracker()
+    progress = _Progress(train_cfg.iters, start_step) if train_cfg.progress and world.is_main else None
 
     def run_evaluation(step: int) -> None:
         rows: list[dict] = []
         state.record_eval(evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation, step=step,
-                                   reader=reader, samples_out=rows))
+                                   world=world, reader=reader, samples_out=rows))
+        judge.flush()
         tracker.log_samples(step, rows)
 
     def save(step: int) -> None:
+        if not world.is_main:
+            return
         saved_state = checkpoint.TrainerState(step, sampler.position, tracker.wandb_id, fingerprint, state.to_checkpoint())
         checkpoint.save(run_dir, policy, optimizer, saved_state, cfg, keep=train_cfg.keep_checkpoints)
 
@@ -139,22 +154,27 @@ def train(cfg, run_dir: Path) -> dict:
     position_at_step_start, updated = sampler.position, True
     try:
         if train_cfg.eval_at_start and start_step == 0:
-            mx.random.seed(step_seed(cfg.seed, 0))
+            mx.random.seed(step_seed(cfg.seed, 0, world.rank))
             run_evaluation(0)
             tracker.log(0, state.last_eval)
         with stop_requests() as stop:
             for step in range(start_step + 1, train_cfg.iters + 1):
-                mx.random.seed(step_seed(cfg.seed, step))
+                mx.random.seed(step_seed(cfg.seed, step, world.rank))
                 position_at_step_start, updated = sampler.position, False
 
                 rows = [] if step % train_cfg.steps_per_report == 0 or step == train_cfg.iters else None
-                metrics = train_step(policy, reference, tokenizer, judge, optimizer, loss_and_grad, sampler.next_batch,
+                metrics = train_step(policy, reference, tokenizer, judge, optimizer, loss_and_grad,
+                                     lambda: world.share(sampler.next_batch()),
                                      step=step, sampling=sampling, loss_cfg=cfg.loss,
                                      grad_accumulation_steps=train_cfg.grad_accumulation_steps,
-                                     dropout=cfg.finetune.dropout, reader=reader, samples_out=rows,
+                                     dropout=cfg.finetune.dropout, world=world, reader=reader, samples_out=rows,
                                      max_samples=train_cfg.samples_per_report)
                 updated = True
-                tracker.log_samples(step, rows or [])
+                if world.size > 1:  # the time this rank waited for the others (the slowest rank's is logged)
+                    metrics["timing/collective_seconds"] = world.take_wait_seconds()
+                metrics = reduce_metrics(world.gather_objects(metrics))
+                judge.flush()
+                tracker.log_samples(step, rows or [])  # rank 0's pairs (other ranks' trackers write nothing)
                 metrics["learning_rate"] = learning_rate_at(lr_schedule, step * cfg.loss.ppo_epochs - 1)
                 metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
                 if "clip_fraction" in metrics:
@@ -176,6 +196,10 @@ def train(cfg, run_dir: Path) -> dict:
                     save(step)
                 if stop:
                     raise TrainingInterrupted(stop[0], step)
+        if world.size > 1:
+            state.ranks_in_sync = world.in_sync(policy.trainable_parameters())
+            if not state.ranks_in_sync:
+                log.error("the ranks' weights differ at the end of the run (report this as a bug)")
         status = "finished"
     except TrainingInterrupted:
         status = "interrupted"
@@ -193,12 +217,13 @@ def train(cfg, run_dir: Path) -> dict:
         judge.close()
         if progress:
             progress.close()
-        summary = write_summary(run_dir, started, state, status, step, splits)
+        summary = write_summary(run_dir, started, state, status, step, splits, world)
         tracker.finish(summary, 0 if status == "finished" else 1)
     return summary
 
 
-def write_summary(run_dir: Path, started: float, state: RunState, status: str, step: int, splits) -> dict:
+def write_summary(run_dir: Path, started: float, state: RunState, status: str, step: int, splits,
+                  world: World) -> dict:
     from ppo.train.provenance import provenance
 
     rows = read_jsonl(run_dir / METRICS_FILE)
@@ -211,9 +236,11 @@ def write_summary(run_dir: Path, started: float, state: RunState, status: str, s
         "skipped_rows": splits.skipped_rows,
         "truncated_prompts": splits.truncated_prompts,
         "wall_seconds": time.perf_counter() - started,
+        **({"world_size": world.size, "ranks_in_sync": state.ranks_in_sync} if world.size > 1 else {}),
         **provenance(),
     }
-    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    if world.is_main:
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
 

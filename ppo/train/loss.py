@@ -57,7 +57,7 @@ def ppo_loss(
     kl_per_sequence: mx.array | None = None,
     max_log_ratio: float = DEFAULT_MAX_LOG_RATIO,
 ) -> tuple[mx.array, dict[str, mx.array]]:
-    """PPO-clip on B judged pairs, in the seed's notation (MISSION.md, "The loop", step 5).
+    """PPO-clip on B judged pairs, in the seed's notation (README, "The loss").
 
         rho_c = exp(logp_c - ref_c),   rho_r = exp(logp_r - ref_r)
         L_c   = -min(rho_c * A, clip(rho_c, 1 - eps, 1 + eps) * A)

@@ -24,11 +24,14 @@ from mlx.utils import tree_map
 from ppo.judges import Pair, advantages_from_verdicts
 from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
+from ppo.train.distributed import World
 from ppo.train.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample_pairs
 from ppo.train.samples import sample_rows
 from ppo.train.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
+
+SINGLE_PROCESS = World()
 
 
 @dataclass
@@ -193,8 +196,9 @@ def make_loss_fn(loss_cfg):
 
 
 def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches: list[JudgedBatch], *,
-           epochs: int, rollout_ratio: bool) -> Updated:
-    """`epochs` optimizer steps, each on the mean gradient of the micro-batches.
+           epochs: int, rollout_ratio: bool, world: World = SINGLE_PROCESS) -> Updated:
+    """`epochs` optimizer steps, each on the mean gradient of the micro-batches (and of the
+    ranks, with more than one process: every rank applies the same averaged step).
 
     `loss_and_grad`: `nn.value_and_grad(policy, make_loss_fn(loss_cfg))`. With
     `rollout_ratio` (loss.ratio=rollout) the first epoch's log-probs become the
@@ -203,7 +207,8 @@ def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches
     start = time.perf_counter()
     out = Updated()
     policy.train()
-    for _ in range(epochs if judged_batches else 0):
+    # Every rank must reach the gradient all-reduce, even one whose judge decided no pair.
+    for _ in range(epochs if judged_batches or world.size > 1 else 0):
         grads_sum = None
         for judged in judged_batches:
             (_, (loss_metrics, logps)), grads = loss_and_grad(policy, judged)
@@ -212,7 +217,11 @@ def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches
             grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
             mx.eval(grads_sum, loss_metrics)  # one graph per micro-batch keeps memory flat
             out.loss_metrics.append({k: v.item() for k, v in loss_metrics.items()})
-        optimizer.update(policy, tree_map(lambda g: g / len(judged_batches), grads_sum))
+        local = None if grads_sum is None else tree_map(lambda g: g / len(judged_batches), grads_sum)
+        grads = world.average_gradients(local, like=policy.trainable_parameters())
+        if grads is None:  # no rank had a judged pair: nothing to learn from this step
+            break
+        optimizer.update(policy, grads)
         mx.eval(policy.trainable_parameters(), optimizer.state)  # the step is done before the next rollout
     out.seconds = time.perf_counter() - start
     return out
@@ -229,10 +238,12 @@ def mean_dicts(dicts: list[dict]) -> dict:
 
 def train_step(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, optimizer, loss_and_grad: Callable,
                next_prompts: Callable[[], list[Prompt]], *, step: int, sampling: Sampling, loss_cfg,
-               grad_accumulation_steps: int = 1, dropout: float = 0.0, reader: CompletionReader | None = None,
-               samples_out: list | None = None, max_samples: int = 0) -> dict:
-    """Collect `grad_accumulation_steps` micro-batches, update once on them; the step's metrics.
-    With a `samples_out` list, samples.jsonl rows of the first `max_samples` pairs are appended to it."""
+               grad_accumulation_steps: int = 1, dropout: float = 0.0, world: World = SINGLE_PROCESS,
+               reader: CompletionReader | None = None, samples_out: list | None = None, max_samples: int = 0) -> dict:
+    """Collect `grad_accumulation_steps` micro-batches, update once on them; this rank's metrics.
+
+    `next_prompts()` returns this rank's share of the next global batch. With a `samples_out`
+    list, samples.jsonl rows of this rank's first `max_samples` pairs are appended to it."""
     step_start = time.perf_counter()
     keep = max_samples if samples_out is not None else 0
     collected = []
@@ -244,7 +255,7 @@ def train_step(policy: nn.Module, reference: nn.Module | None, tokenizer, judge,
         samples_out.extend(row for c in collected for row in c.samples)
     judged = [c.judged for c in collected if c.judged is not None]
     updated = update(policy, optimizer, loss_and_grad, judged, epochs=loss_cfg.ppo_epochs,
-                     rollout_ratio=loss_cfg.ratio == "rollout")
+                     rollout_ratio=loss_cfg.ratio == "rollout", world=world)
     metrics = mean_dicts([c.metrics for c in collected] + updated.loss_metrics)
     metrics["timing/update_seconds"] = updated.seconds
     metrics["timing/step_seconds"] = time.perf_counter() - step_start

@@ -154,3 +154,18 @@ class Tracker:
         if self.wandb:
             self.wandb.summary(summary)
             self.wandb.finish(exit_code)
+
+
+class SilentTracker:
+    """The tracker of a rank that does not write the run folder (every rank but 0)."""
+
+    wandb_id = None
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        pass
+
+    def finish(self, summary: dict, exit_code: int = 0) -> None:
+        pass

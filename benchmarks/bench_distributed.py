@@ -1,0 +1,67 @@
+"""One run on 1, 2 and 4 MLX processes (mlx.launch, ring backend on loopback): steps per second
+and the share of each step spent waiting at collectives, at the same global batch.
+
+    .venv/bin/python benchmarks/bench_distributed.py [--iters 12] [--warmup 3] [--procs 1 2 4]
+
+The demo configuration (`experiment=demo`: the demo model, batch 16, 48-token completions,
+the rule judge, textbook PPO form), without evaluation or checkpoints, launched exactly as a
+user would (`mlx.launch -n N --backend ring ... ppo-train ...`; N=1 is a plain `ppo-train`).
+Seconds per step are the trainer's own `timing/step_seconds` (the slowest rank's), median
+over the steps after the warm-up. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+QUIET_RUN = ["train.steps_per_eval=1000000", "train.save_every=1000000", "train.progress=false", "logger=none",
+             "train.eval_at_start=false"]
+
+
+def run(procs: int, iters: int, warmup: int, run_dir: Path) -> dict:
+    train = [str(BIN / "ppo-train"), "experiment=demo", f"train.iters={iters + warmup}", *QUIET_RUN,
+             f"hydra.run.dir={run_dir}"]
+    cmd = train if procs == 1 else [str(BIN / "mlx.launch"), "-n", str(procs), "--backend", "ring",
+                                    "--python", sys.executable, *train]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_SILENT": "true"})
+    if result.returncode != 0 or not (run_dir / "metrics.jsonl").exists():
+        raise SystemExit(f"{procs} processes failed: {(result.stdout + result.stderr)[-2000:]}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][warmup:]
+    step = float(np.median([r["timing/step_seconds"] for r in rows]))
+    waited = [r.get("timing/collective_seconds", 0.0) / r["timing/step_seconds"] for r in rows]
+    return {"processes": procs, "seconds_per_step": step, "steps_per_second": 1.0 / step,
+            "collective_share": float(np.median(waited)), "steps_measured": len(rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [run(n, args.iters, args.warmup, Path(tmp) / f"n{n}") for n in args.procs]
+    base = next((r for r in results if r["processes"] == 1), None)
+    for r in results:
+        r["speedup_vs_1"] = base["seconds_per_step"] / r["seconds_per_step"] if base else None
+    print(json.dumps({
+        "benchmark": "distributed",
+        "setting": "experiment=demo (batch 16, 48 tokens, rule judge), ring backend on loopback",
+        "cpu_count": os.cpu_count(),
+        "runs": results,
+        "target": "2 processes >= 1.4x the steps per second of 1 on the 2-core CPU",
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Data-parallel training over `mlx.launch`: one run, N processes, one writer.
+
+    mlx.launch -n 2 --backend ring --python .venv/bin/python .venv/bin/ppo-train OVERRIDES...
+
+`World.current()` reads the process group that `mlx.launch` set up (ring, MPI, JACCL or
+NCCL: MLX's own `mx.distributed`); a plain `ppo-train` gets a world of one, and every
+method below returns its input unchanged then, so a single-process run computes exactly
+what it did before (tests/test_golden_run.py).
+
+What is split and what is shared (README, "More than one process"):
+- `train.batch_size` is the global number of prompts per step; every rank draws the same
+  global batch from the same seeded order and keeps its own contiguous slice (`share`),
+  so ranks see disjoint prompts and the union is what one process would see.
+- Gradients are averaged with `mlx.nn.average_gradients` before one optimizer step that
+  every rank applies, so the weights stay bit-identical on every rank (checked at the end
+  of a run: `summary.json` records `ranks_in_sync`).
+- Metrics, evaluation verdicts and judgment records are gathered to rank 0, the only
+  process that writes the run folder.
+- A rank that waits at a collective longer than `train.rank_timeout` seconds (a peer died
+  or hangs) prints one line and exits, so no run hangs forever; the last complete
+  checkpoint stays intact (checkpoints are written whole and renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from ppo.errors import ConfigError, RankTimeout
+
+# Environment variables by which the launchers MLX supports tell a process its rank.
+LAUNCH_VARIABLES = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MLX_JACCL_COORDINATOR", "NCCL_COMM_ID")
+
+
+def launched() -> bool:
+    """Whether this process was started by a distributed launcher (mlx.launch, mpirun)."""
+    return any(os.environ.get(name) for name in LAUNCH_VARIABLES)
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher's environment says it, before any group exists (0 if none)."""
+    for name in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+@dataclass
+class World:
+    """The processes of one run. `group` is None for a single process."""
+
+    group: Any = None
+    rank: int = 0
+    size: int = 1
+    timeout: float = 300.0
+    # Seconds spent waiting at collectives since the last `take_wait_seconds` (timing/collective_seconds).
+    waited: float = 0.0
+
+    @classmethod
+    def current(cls, timeout: float = 300.0) -> "World":
+        if not launched():
+            return cls(timeout=timeout)
+        group = mx.distributed.init()
+        if group.size() == 1:
+            return cls(timeout=timeout)
+        world = cls(group, group.rank(), group.size(), timeout)
+        world.share_cores()
+        return world
+
+    def share_cores(self) -> None:
+        """Ranks on one machine split its cores between their BLAS thread pools: two ranks on
+        two cores each running two OpenBLAS threads would oversubscribe the CPU."""
+        import socket
+
+        from ppo.platform.blas import set_blas_threads
+
+        hosts = self.gather_objects(socket.gethostname())
+        set_blas_threads((os.cpu_count() or 1) // hosts.count(hosts[self.rank]))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, items: list) -> list:
+        """This rank's contiguous slice of a global list whose length the world size divides."""
+        if self.size == 1:
+            return items
+        per_rank = len(items) // self.size
+        return items[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def split_evenly(self, items: list) -> list:
+        """This rank's slice of a list of any length (evaluation prompts): ranks differ by at most one item."""
+        if self.size == 1:
+            return items
+        bounds = np.linspace(0, len(items), self.size + 1).round().astype(int)
+        return items[bounds[self.rank]:bounds[self.rank + 1]]
+
+    # -- collectives, each bounded by the rank timeout ---------------------------------------
+
+    def _wait(self, *arrays) -> None:
+        """mx.eval the collective's result; a peer that never arrives ends this process in one line."""
+        timer = threading.Timer(self.timeout, self._give_up)
+        timer.daemon = True
+        timer.start()
+        start = time.perf_counter()
+        try:
+            mx.eval(*arrays)
+        except RuntimeError as err:  # the ring backend: "[ring] connection to a peer was lost"
+            # Said at once: mlx.launch sends SIGTERM to the surviving ranks right after one dies.
+            message = (f"rank {self.rank}: lost the other ranks ({str(err).splitlines()[0]}); a rank died. "
+                       "The last complete checkpoint is intact: relaunch the same command to resume")
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise RankTimeout(message, reported=True) from None
+        finally:
+            timer.cancel()
+            self.waited += time.perf_counter() - start
+
+    def take_wait_seconds(self) -> float:
+        waited, self.waited = self.waited, 0.0
+        return waited
+
+    def _give_up(self) -> None:
+        print(f"error: rank {self.rank}: the other ranks did not answer within train.rank_timeout={self.timeout:g} s "
+              "(a rank died or hangs); the last complete checkpoint is intact: relaunch the same command to resume",
+              file=sys.stderr, flush=True)
+        os._exit(RankTimeout.exit_code)
+
+    def all_sum(self, x: mx.array) -> mx.array:
+        if self.size == 1:
+            return x
+        out = mx.distributed.all_sum(x, group=self.group)
+        self._wait(out)
+        return out
+
+    def gather_objects(self, obj) -> list:
+        """Every rank's JSON-serialisable `obj`, in rank order (a list of one for a single process)."""
+        if self.size == 1:
+            return [obj]
+        payload = np.frombuffer(json.dumps(obj, default=float).encode(), dtype=np.uint8)
+        lengths = self.all_sum(mx.array(np.eye(self.size, dtype=np.int32)[self.rank] * len(payload)))
+        lengths = np.array(lengths).astype(int)
+        padded = np.zeros(int(lengths.max()), dtype=np.uint8)
+        padded[:len(payload)] = payload
+        gathered = mx.distributed.all_gather(mx.array(padded)[None], group=self.group)
+        self._wait(gathered)
+        rows = np.array(gathered)
+        return [json.loads(rows[r, :lengths[r]].tobytes().decode()) for r in range(self.size)]
+
+    def average_gradients(self, grads, like):
+        """The mean of the ranks' gradients; a rank without a judged pair this step passes None
+        (it contributes nothing, and the mean is over the ranks that had one). None when no rank had any."""
+        if self.size == 1:
+            return grads
+        import mlx.nn as nn
+        from mlx.utils import tree_map
+
+        contributors = int(self.all_sum(mx.array(0 if grads is None else 1)).item())
+        if contributors == 0:
+            return None
+        local = tree_map(mx.zeros_like, like) if grads is None else grads
+        mean = nn.average_gradients(local, group=self.group)  # sum / size, bucketed into few all-reduces
+        scale = self.size / contributors
+        out = tree_map(lambda g: g * scale, mean) if scale != 1 else mean
+        self._wait(*[v for _, v in _leaves(out)])
+        return out
+
+    def check_same(self, what: str, value: str) -> None:
+        """Refuse to run when the ranks disagree on `value` (e.g. were started with different configs)."""
+        values = self.gather_objects(value)
+        if len(set(values)) > 1:
+            differing = [r for r, v in enumerate(values) if v != values[0]]
+            raise ConfigError(f"ranks were started with different {what} (rank 0 differs from rank {differing[0]}): "
+                              "launch every rank with the same command and overrides")
+
+    def in_sync(self, params) -> bool:
+        """Whether every rank holds bit-identical `params` (a sha256 of their bytes)."""
+        digest = hashlib.sha256()
+        for name, value in sorted(_leaves(params), key=lambda kv: kv[0]):
+            digest.update(name.encode())
+            digest.update(np.array(value.astype(mx.float32)).tobytes())
+        return len(set(self.gather_objects(digest.hexdigest()))) == 1
+
+
+def _leaves(tree) -> list[tuple[str, mx.array]]:
+    from mlx.utils import tree_flatten
+
+    return tree_flatten(tree)
+
+
+def reduce_metrics(per_rank: list[dict]) -> dict:
+    """One step's metrics as one process over the global batch would report them: means of
+    per-rank means (every rank holds an equal share), throughput summed, timings and memory
+    the slowest / largest rank's."""
+    if len(per_rank) == 1:
+        return per_rank[0]
+    out = {}
+    for key in sorted({k for m in per_rank for k in m}):
+        values = [float(m[key]) for m in per_rank if key in m and m[key] is not None and m[key] == m[key]]
+        if not values:
+            out[key] = float("nan")
+        elif key == "tokens_per_second":
+            out[key] = sum(values)
+        elif key.startswith(("timing/", "memory/")):
+            out[key] = max(values)
+        else:
+            out[key] = float(np.mean(values))
+    return out
+
+
+def check_batch(batch_size: int, world: World) -> None:
+    if batch_size % world.size:
+        raise ConfigError(f"invalid train.batch_size={batch_size}: it is the global batch and must divide evenly over "
+                          f"{world.size} processes, e.g. train.batch_size={max(world.size, batch_size // world.size * world.size)}")
