@@ -50,12 +50,13 @@ def main() -> None:
     from mlx_lm.utils import get_total_parameters
 
     from ppo.demo.tiny import build_tiny_model
+    from ppo.resources import asset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = build_tiny_model(tmp / "model", hidden=args.hidden, layers=args.layers, vocab=args.vocab, heads=8)
         n_params = get_total_parameters(load(str(model_dir))[0])
-        data = ROOT / "ppo" / "assets" / "demo_prompts.jsonl"
+        data = asset("demo_prompts.jsonl")
         shared = run(model_dir, data, tmp / "shared", "", args.iters)
         copy = run(model_dir, data, tmp / "copy", str(model_dir), args.iters)
     print(json.dumps({

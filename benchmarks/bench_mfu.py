@@ -2,10 +2,13 @@
 
     .venv/bin/python benchmarks/bench_mfu.py [--batch-size 2 --max-tokens 32 --reps 10]
 
-The step is the trainer's own scoring + update (`ppo.train.loop`: reference forward under
-`reference_model`, `nn.value_and_grad` of `make_loss_fn(cfg.loss)`, optimizer update) on
-the tiny Qwen3 of the step benchmark (hidden 256, 4 layers, vocab 4096, 4.2M parameters),
+The step is the shipped scoring + update: `ppo.train.step.collect` (its scoring phase:
+reference forward under `reference_model`) and `ppo.train.step.update` (`nn.value_and_grad`
+of `make_loss_fn(cfg.loss)`, optimizer update), timed by those functions themselves, on the
+tiny Qwen3 of the step benchmark (hidden 256, 4 layers, vocab 4096, 4.2M parameters),
 default config (LoRA on all layers), a scoring batch of 2B = 4 rows of prompt + 32 tokens.
+The rollout and the judge are replaced by arguments to `collect` (the same random
+completions every time, the first of each pair preferred), so only scoring and update run.
 
 Model FLOPs, counted over every position the forward processes (rows x (width - 1)):
   policy forward + backward: 6 * N * tokens  (the usual convention; with LoRA the weight
@@ -54,56 +57,43 @@ def main(argv=None) -> dict:
     import numpy as np
     from mlx.utils import tree_flatten
 
-    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model, median_seconds
+    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model, fixed_batch, scoring_and_update_seconds
     from ppo.platform.blas import blas_in_use
     from ppo.train.config import compose_train
-    from ppo.train.models import load_policy_and_reference, reference_model
-    from ppo.train.scoring import build_scoring_batch, token_logps
-    from ppo.train.loop import JudgedBatch, make_loss_fn, make_optimizer
+    from ppo.train.optimizer import make_optimizer
+    from ppo.train.step import make_loss_fn
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "model")
         cfg = compose_train([f"model.path={model_dir}", "logger=none", "judge=rule"])
-        policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
+        fixed = fixed_batch(cfg, args.batch_size, args.max_tokens)
+    policy = fixed.policy
 
     trainable = sum(v.size for _, v in tree_flatten(policy.trainable_parameters()))
     adapters = sum(v.size for k, v in tree_flatten(policy.parameters()) if ".lora_" in k or k.endswith((".lora_a", ".lora_b")))
     n_params = sum(v.size for _, v in tree_flatten(policy.parameters())) - adapters  # the base model's N
     margs = policy.args
-    from ppo.demo import corpus
-
-    b = args.batch_size
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
-               for p in corpus.prompts(b, seed=0)]
-    rng = np.random.default_rng(0)
-    completions = [rng.integers(3, margs.vocab_size, size=args.max_tokens).tolist() for _ in range(2 * b)]
-    batch = build_scoring_batch(prompts * 2, completions, tokenizer.pad_token_id)
-    rows, width = batch.input_ids.shape
+    rows = 2 * args.batch_size
+    width = max(len(p.tokens) for p in fixed.prompts) + args.max_tokens  # the scoring batch collect builds
     positions = rows * (width - 1)
+    epochs = cfg.loss.ppo_epochs  # each epoch is one more forward + backward of the policy
 
     loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
     optimizer = make_optimizer(cfg.train, cfg.train.learning_rate)
 
-    def step():
-        with reference_model(policy, reference) as ref:
-            ref_lp = mx.stop_gradient(token_logps(ref, batch))
-        mx.eval(ref_lp)
-        judged = JudgedBatch(batch=batch, chosen=mx.arange(b), rejected=mx.arange(b) + b,
-                             advantages=mx.ones(b), ref_token_logps=ref_lp, old_logps=None)
-        policy.train()
-        (_, metrics), grads = loss_and_grad(policy, judged)
-        mx.eval(grads, metrics)
-        optimizer.update(policy, grads)
-        mx.eval(policy.trainable_parameters(), optimizer.state)
+    def step_seconds() -> float:
+        return sum(scoring_and_update_seconds(fixed, optimizer, loss_and_grad))
 
     peak_before = matmul_peak(mx, reps=args.reps)
-    step_s = median_seconds(step, args.reps, warmup=3)
+    for _ in range(3):
+        step_seconds()
+    step_s = float(np.median([step_seconds() for _ in range(args.reps)]))
     peak_after = matmul_peak(mx, reps=args.reps)
     peak = max(peak_before, peak_after)
 
     attn_fwd = 4 * margs.num_hidden_layers * width * width * margs.hidden_size * rows  # QK^T and AV, full square
-    flops = 6 * n_params * positions + 2 * n_params * positions + 3 * attn_fwd + attn_fwd
-    flops_lora = 4 * n_params * positions + 2 * n_params * positions + 3 * attn_fwd + attn_fwd
+    flops = epochs * (6 * n_params * positions + 3 * attn_fwd) + 2 * n_params * positions + attn_fwd
+    flops_lora = epochs * (4 * n_params * positions + 3 * attn_fwd) + 2 * n_params * positions + attn_fwd
     achieved = flops / step_s / 1e9
     result = {
         "benchmark": "mfu_training_step",

@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/bench_scaling.py [--lengths 32 64 128 256 512] [--batches 1 2 4 8 16]
 
-Runs the real trainer (`ppo.train.loop.train`, rule judge, LoRA, logger=none) on the tiny Qwen3
-of the step benchmark (hidden 256, 4 layers, vocab 4096, 4.2M parameters):
+Runs the shipped step (`ppo.train.step.train_step`, set up as the training loop sets it up:
+`benchmarks.common.step_rows`; rule judge, LoRA) on the tiny Qwen3 of the step benchmark
+(hidden 256, 4 layers, vocab 4096, 4.2M parameters):
 - completion length 32 -> 512 at batch 2 prompts (4 completions per step);
 - batch 1 -> 16 prompts (2 -> 32 completions) at 32 tokens.
-Every completion is forced to its full length (benchmark-only: the trainer's rollout is
-called with a stop id equal to the vocabulary size, which can never be sampled), so the
-work per iteration is exactly rows x length generated tokens. For each setting: median
+Every completion is forced to its full length: the step's `sample_fn` argument is the
+shipped `sample_pairs` with a stop id equal to the vocabulary size, which can never be
+sampled, so the work per iteration is exactly rows x length generated tokens. For each setting: median
 seconds/iter after a warm-up, generated tokens/s, and seconds per 1000 generated tokens.
 `cost_vs_work` is the log-log slope of seconds/iter against generated tokens between
 consecutive settings (1.0 = cost grows exactly like the work, < 1 = slower than the work).
@@ -44,24 +45,23 @@ def main(argv=None) -> dict:
 
     import mlx.core as mx
 
-    import ppo.train.loop as trainer
-    from benchmarks.common import BENCH_MODEL, BENCH_MODEL_NAME, build_bench_model, median, step_seconds, train_rows
+    from benchmarks.common import BENCH_MODEL, BENCH_MODEL_NAME, QUIET_RUN, build_bench_model, median, step_rows, step_seconds
     from ppo.platform.blas import blas_in_use
+    from ppo.train.config import compose_train
+    from ppo.train.rollout import sample_pairs
 
     logging.getLogger("ppo").setLevel(logging.ERROR)  # health warnings are expected on a forced length
     vocab = BENCH_MODEL["vocab"]
-    original = trainer.sample_pairs
 
     def full_length(model, prompts, **kwargs):
-        kwargs["eos_token_ids"] = [vocab]  # never sampled: every completion runs to max_tokens
-        return original(model, prompts, **kwargs)
+        return sample_pairs(model, prompts, **{**kwargs, "eos_token_ids": [vocab]})  # never sampled: max_tokens each
 
-    trainer.sample_pairs = full_length
     started = time.perf_counter()
 
     def run(model_dir: Path, tmp: Path, batch: int, length: int) -> dict:
-        overrides = [f"train.batch_size={batch}", f"generation.max_completion_length={length}", "judge=rule"]
-        rows = train_rows(model_dir, tmp / f"b{batch}_l{length}", args.iters, args.warmup, overrides)
+        cfg = compose_train([f"model.path={model_dir}", f"train.batch_size={batch}",
+                             f"generation.max_completion_length={length}", "judge=rule", *QUIET_RUN])
+        rows = step_rows(cfg, tmp / f"b{batch}_l{length}", args.iters, args.warmup, sample_fn=full_length)
         phases = step_seconds(rows)
         s = phases["seconds_per_iter"]
         tokens = 2 * batch * median(rows, "completions/mean_length")

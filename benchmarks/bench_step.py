@@ -1,6 +1,6 @@
 """Seconds per PPO iteration, split into rollout, judge and scoring+update.
 
-Setting of the foundation issue (and of MISSION.md's mlx-lm-lora figure, 0.51 s/iter):
+Setting of the foundation issue (and of the earlier mlx-lm-lora figure, 0.51 s/iter):
 a tiny Qwen3 with hidden 256, 4 layers, vocab 4096 (about 4.2M parameters), batch of 2
 prompts (4 completions), 32-token completions, the rule judge.
 

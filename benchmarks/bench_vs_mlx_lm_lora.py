@@ -4,7 +4,7 @@
 
 Both trainers run, one after the other, in this one invocation, on the same tiny Qwen3
 (`ppo.demo.tiny.build_tiny_model`: hidden 256, 4 layers, vocab 4096, 4.2M parameters, saved to a
-temp dir), the same prompts (ppo/assets/demo_prompts.jsonl), batch 2 prompts (two
+temp dir), the same prompts (ppo/demo/assets/demo_prompts.jsonl), batch 2 prompts (two
 completions each), 32-token completions, temperature 0.8, LoRA rank 8 scale 20 on all
 layers, Adam at 1e-5, and an LLM judge that is the same tiny model:
 
@@ -12,7 +12,7 @@ layers, Adam at 1e-5, and an LLM judge that is the same tiny model:
   in its own venv through `benchmarks/mlx_lm_lora_runner.py` (which carries the Linux shim
   for `mx.device_info()["max_recommended_working_set_size"]`). Run twice: as shipped (its
   judge generates up to 16 tokens per pair, one pair at a time) and with its judge capped at
-  2 generated tokens (MISSION.md's "2-token judge" setting, the anchor at its fastest).
+  2 generated tokens (the "2-token judge" setting, the anchor at its fastest).
 - ours: `ppo-train judge=llm judge.model=DIR train.batch_size=2
   generation.max_completion_length=32 logger=none` (the judge reads the policy's own
   weights with adapters off: one batched forward, no generation). Run twice: as shipped
@@ -22,7 +22,7 @@ layers, Adam at 1e-5, and an LLM judge that is the same tiny model:
 Both processes get the same OpenBLAS preloaded (`ppo.platform.blas.find_fast_blas`), with the same
 OPENBLAS_THREAD_TIMEOUT (4, set by `ppo.platform.blas` at start-up, unless already set). Seconds per
 iteration are medians over the iterations after the warm-up. If the anchor cannot run, the
-JSON says why and falls back to MISSION.md's measured 0.51 s/iter, labelled as such.
+JSON says why and falls back to the 0.51 s/iter measured earlier on this 2-core CPU, labelled as such.
 Prints one JSON object.
 """
 
@@ -40,10 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ppo.platform.blas import ensure_fast_blas  # noqa: E402
+from ppo.resources import asset  # noqa: E402
 
 ensure_fast_blas()
 
-MISSION_FALLBACK_SECONDS = 0.51
+EARLIER_MEASUREMENT_SECONDS = 0.51
 RUNNER = ROOT / "benchmarks" / "mlx_lm_lora_runner.py"
 
 
@@ -74,7 +75,7 @@ def run_lora(lora_python: str, model_dir: Path, tmp: Path, iters: int, warmup: i
              judge_max_tokens: int, blas: str | None) -> dict:
     data = tmp / "lora_data"
     data.mkdir(exist_ok=True)
-    (data / "train.jsonl").write_text((ROOT / "ppo" / "assets" / "demo_prompts.jsonl").read_text())
+    (data / "train.jsonl").write_text(asset("demo_prompts.jsonl").read_text())
     out = tmp / f"lora_{judge_max_tokens}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PPO_", "PYTHON"))}
     env["LD_PRELOAD"] = blas or ""
@@ -163,10 +164,10 @@ def main() -> None:
     }
     if not measured:
         result["mlx_lm_lora_fallback"] = {
-            "seconds_per_iter": MISSION_FALLBACK_SECONDS,
-            "source": "MISSION.md (measured earlier on this 2-core CPU, 2-token LLM judge), NOT measured in this run",
+            "seconds_per_iter": EARLIER_MEASUREMENT_SECONDS,
+            "source": "an earlier measurement ( on this 2-core CPU, 2-token LLM judge), NOT measured in this run",
         }
-        result["speedup_vs_mission_figure"] = MISSION_FALLBACK_SECONDS / ours["seconds_per_iter"]
+        result["speedup_vs_earlier_measurement"] = EARLIER_MEASUREMENT_SECONDS / ours["seconds_per_iter"]
     print(json.dumps(result, indent=2))
 
 

@@ -1,6 +1,6 @@
 """What the benchmarks share: the benchmark model, the composed config, medians of a run.
 
-The benchmark model is the foundation issue's setting (and MISSION.md's mlx-lm-lora
+The benchmark model is the foundation issue's setting (and the mlx-lm-lora comparison's
 figure): a tiny Qwen3 from `ppo.demo.tiny` with hidden 256, 4 layers, 4 heads and a 4096-token
 vocabulary, about 4.2M parameters, random weights, built fresh into a temp folder.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 BENCH_MODEL = {"hidden": 256, "layers": 4, "vocab": 4096, "heads": 4, "seed": 0}
 BENCH_MODEL_NAME = "ppo.demo.tiny qwen3 hidden=256 layers=4 vocab=4096"
@@ -43,6 +44,101 @@ def train_rows(model_dir: Path, run_dir: Path, iters: int, warmup: int, override
     cfg = compose_train([f"model.path={model_dir}", f"train.iters={iters + warmup}", *QUIET_RUN, *overrides])
     train(cfg, run_dir)
     return metrics_rows(run_dir, skip=warmup)
+
+
+def step_rows(cfg, run_dir: Path, iters: int, warmup: int = 0, **variants) -> list[dict]:
+    """Run `iters + warmup` steps of the shipped `ppo.train.step.train_step` as the training
+    loop sets them up (`ppo.train.loop.train`: models, prompts, judge, optimizer, per-step
+    seed), with `variants` (`sample_fn`, `token_logps_fn`) passed to it, and return the
+    step metrics after the warm-up. Evaluation, reports and checkpoints are left out: a
+    benchmark times the step, and variants go in as arguments, never into module globals."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from ppo.judges import build_judge
+    from ppo.train.config import validate
+    from ppo.train.data import PromptSampler, load_prompts
+    from ppo.train.loop import step_seed
+    from ppo.train.models import frozen_base, load_policy_and_reference
+    from ppo.train.optimizer import learning_rate_schedule, make_optimizer
+    from ppo.train.step import Sampling, make_loss_fn, train_step
+
+    validate(cfg)
+    train_cfg = cfg.train
+    mx.random.seed(cfg.seed)
+    policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
+    if train_cfg.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(policy.layers[0])
+    splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - cfg.generation.max_completion_length)
+    sampler = PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    judge = build_judge(cfg.judge, run_dir=Path(run_dir), seed=cfg.seed, tokenizer=tokenizer, base_path=cfg.model.path,
+                        base=frozen_base(policy, reference, cfg.model, cfg.finetune))
+    optimizer = make_optimizer(train_cfg, learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs))
+    loss_args = {"token_logps_fn": variants["token_logps_fn"]} if "token_logps_fn" in variants else {}
+    loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss, **loss_args))
+    sampling = Sampling.from_config(cfg.generation, tokenizer)
+    rows = []
+    try:
+        for step in range(1, iters + warmup + 1):
+            mx.random.seed(step_seed(cfg.seed, step))
+            rows.append(train_step(policy, reference, tokenizer, judge, optimizer, loss_and_grad, sampler.next_batch,
+                                   step=step, sampling=sampling, loss_cfg=cfg.loss,
+                                   grad_accumulation_steps=train_cfg.grad_accumulation_steps,
+                                   dropout=cfg.finetune.dropout, **variants))
+    finally:
+        judge.close()
+    return rows[warmup:]
+
+
+def fixed_batch(cfg, batch_size: int, max_tokens: int, seed: int = 0) -> SimpleNamespace:
+    """What `collect` needs to score one fixed batch, so that scoring and update can be timed
+    without a rollout: the models of `cfg`, `batch_size` demo prompts, a `sample_fn` that
+    returns the same 2 x `batch_size` random completions of `max_tokens` tokens (no EOS)
+    every time, and a judge that prefers the first completion of every pair (all pairs kept)."""
+    import numpy as np
+
+    from ppo.demo import corpus
+    from ppo.judges import Verdicts
+    from ppo.train.data import Prompt
+    from ppo.train.models import load_policy_and_reference
+    from ppo.train.rollout import Completions
+    from ppo.train.step import Sampling
+
+    policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
+    prompts = [Prompt(f"bench:{i}", text, tuple(tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                                              add_generation_prompt=True)))
+               for i, text in enumerate(corpus.prompts(batch_size, seed=seed))]
+    rng = np.random.default_rng(seed)
+    completions = [rng.integers(3, policy.args.vocab_size, size=max_tokens).tolist() for _ in range(2 * batch_size)]
+
+    def sample_fn(model, prompt_ids, **_):
+        n = len(prompt_ids)
+        half = lambda ids: Completions(ids, [False] * n, 0.0, sum(len(c) for c in ids))  # noqa: E731
+        return half(completions[:n]), half(completions[n:])
+
+    def first_wins(pairs, step):
+        return Verdicts(np.ones(len(pairs)))
+
+    return SimpleNamespace(cfg=cfg, policy=policy, reference=reference, tokenizer=tokenizer, prompts=prompts,
+                           sample_fn=sample_fn, judge=first_wins, sampling=Sampling.from_config(cfg.generation, tokenizer))
+
+
+def scoring_and_update_seconds(fixed: SimpleNamespace, optimizer, loss_and_grad, **variants) -> tuple[float, float]:
+    """One shipped `collect` (its scoring phase; the rollout and judge are `fixed`'s) and one
+    shipped `update` on that batch: (scoring seconds, update seconds) as those functions time
+    them. `variants` (`token_logps_fn`) go to `collect`; the loss's scorer is `loss_and_grad`'s."""
+    from ppo.train.step import collect, update
+
+    cfg = fixed.cfg
+    collected = collect(fixed.policy, fixed.reference, fixed.tokenizer, fixed.judge, fixed.prompts, step=0,
+                        sampling=fixed.sampling, loss_cfg=cfg.loss, dropout=cfg.finetune.dropout,
+                        sample_fn=fixed.sample_fn, **variants)
+    updated = update(fixed.policy, optimizer, loss_and_grad, [collected.judged], epochs=cfg.loss.ppo_epochs,
+                     rollout_ratio=cfg.loss.ratio == "rollout")
+    return collected.metrics["timing/score_seconds"], updated.seconds
 
 
 def step_seconds(rows: list[dict]) -> dict:

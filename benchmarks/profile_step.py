@@ -1,30 +1,31 @@
-"""Where a PPO iteration's time goes, and what candidate speedups measure (benchmark-only patches).
+"""Where a PPO iteration's time goes, and what candidate speedups measure.
 
     .venv/bin/python benchmarks/profile_step.py [--iters 30 --warmup 5] [--variants baseline blas1 ...]
 
-Each variant runs the real trainer (`ppo.train.loop.train`) in its own process on the step
-benchmark's setting (tiny Qwen3 hidden 256, 4 layers, vocab 4096; batch 2; 32 tokens; rule
-judge unless the variant says llm) and reports median seconds/iter with its split.
-Candidate fixes are applied as monkeypatches in that process only; ppo/ is not changed:
+Each variant runs in its own process on the step benchmark's setting (tiny Qwen3 hidden 256,
+4 layers, vocab 4096; batch 2; 32 tokens; rule judge unless the variant says llm): the shipped
+step, `ppo.train.step.train_step`, set up as the training loop sets it up
+(`benchmarks.common.step_rows`), and reports median seconds/iter with the step's own split.
+A candidate fix is an environment variable of that process or an argument of `train_step`
+(`sample_fn`, `token_logps_fn`); ppo/ is never patched:
 
 - baseline            as shipped
 - blas1               OPENBLAS_NUM_THREADS=1 (tiny matmuls: threading overhead vs 2 threads)
-- no_clear_cache      ppo/rollout.py without its `mx.clear_cache()` after every rollout
-- head_on_completion  scoring runs the LM head only from the first completion position on
-- fused_lora_rollout  the rollout samples from a copy of the policy with its LoRA adapters folded
-                      into the base weights (`LoRALinear.fuse()`, ~4 ms per step), so each decode
-                      step runs plain Linear layers: fewer ops per token
-- blas1_rollout       one OpenBLAS thread during the rollout only (openblas_set_num_threads(1) around
-                      sample_pairs, back to the default for judge, scoring and update)
-- all                 blas1 + no_clear_cache + head_on_completion + fused_lora_rollout
-- all_blas1_rollout   `all` with blas1_rollout instead of blas1
+- blas_spin_default   OPENBLAS_THREAD_TIMEOUT=28, OpenBLAS's own default (idle threads spin)
+- head_on_completion  token_logps_fn: scoring runs the LM head only from the first completion
+                      position on (reference forward and the loss)
+- fused_lora_rollout  sample_fn: the rollout samples from a copy of the policy with its LoRA
+                      adapters folded into the base weights (`LoRALinear.fuse()`, ~4 ms per
+                      step), so each decode step runs plain Linear layers: fewer ops per token
+- all                 blas1 + head_on_completion + fused_lora_rollout
 - llm / llm_all       the same with judge=llm (the same tiny model as judge)
 - llm_all_order_fixed llm_all with judge.order=fixed (each pair shown once instead of in both orders;
                       a config option, but it gives up the position-bias removal)
 - cprofile            baseline under cProfile: top functions by cumulative and own time
 - isolated            microbenchmarks: one decode step of the bare model vs the rollout's
-                      per-token time, and the update step (reference forward + value_and_grad
-                      + Adam) eager vs mx.compile
+                      per-token time, and the shipped scoring + update (`collect`, `update` on a
+                      fixed batch) eager vs with `mx.compile`d scorer and value_and_grad passed in
+- streams             a forward / value_and_grad split over two MLX CPU streams vs one
 Prints one JSON object.
 """
 
@@ -46,21 +47,19 @@ from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
-ALL = ["no_clear_cache", "head_on_completion", "fused_lora_rollout"]
-VARIANTS = {  # name: (environment, patches, judge, extra overrides)
+ALL = ["head_on_completion", "fused_lora_rollout"]
+VARIANTS = {  # name: (environment, train_step arguments, judge, extra overrides)
     "baseline": ({}, [], "rule", []),
     "blas1": ({"OPENBLAS_NUM_THREADS": "1"}, [], "rule", []),
     "blas_spin_default": ({"OPENBLAS_THREAD_TIMEOUT": "28"}, [], "rule", []),  # OpenBLAS's own default
-    "no_clear_cache": ({}, ["no_clear_cache"], "rule", []),
     "head_on_completion": ({}, ["head_on_completion"], "rule", []),
     "fused_lora_rollout": ({}, ["fused_lora_rollout"], "rule", []),
-    "blas1_rollout": ({}, ["blas1_rollout"], "rule", []),
     "all": ({"OPENBLAS_NUM_THREADS": "1"}, ALL, "rule", []),
-    "all_blas1_rollout": ({}, ALL + ["blas1_rollout"], "rule", []),
     "llm": ({}, [], "llm", []),
     "llm_all": ({"OPENBLAS_NUM_THREADS": "1"}, ALL, "llm", []),
     "llm_all_order_fixed": ({"OPENBLAS_NUM_THREADS": "1"}, ALL, "llm", ["judge.order=fixed"]),
 }
+MICROBENCHMARKS = ("cprofile", "isolated", "streams")
 
 
 def token_logps_head_on_completion(model, batch):
@@ -87,45 +86,16 @@ def token_logps_head_on_completion(model, batch):
     return mx.pad(logps * batch.completion_mask[:, s:], [(0, 0), (s, 0)])
 
 
-def apply_patches(patches: list[str]) -> None:
-    import mlx.core as mx
+def step_arguments(names: list[str]) -> dict:
+    """The `train_step` keyword arguments of the named candidate fixes."""
+    from ppo.train.rollout import sample_pairs
 
-    import ppo.train.loop
-
-    if "no_clear_cache" in patches:
-        import ppo.train.rollout
-
-        class _NoClear:
-            def __getattr__(self, name):
-                return (lambda: None) if name == "clear_cache" else getattr(mx, name)
-
-        ppo.train.rollout.mx = _NoClear()
-    if "head_on_completion" in patches:
-        ppo.train.loop.token_logps = token_logps_head_on_completion
-    if "fused_lora_rollout" in patches:
-        original = ppo.train.loop.sample_pairs
-
-        def sample_pairs_fused(model, prompts, **kwargs):
-            return original(fused_copy(model), prompts, **kwargs)
-
-        ppo.train.loop.sample_pairs = sample_pairs_fused
-    if "blas1_rollout" in patches:
-        import ctypes
-
-        from ppo.platform.blas import blas_in_use
-
-        lib = ctypes.CDLL(blas_in_use())
-        default = lib.openblas_get_num_threads()
-        inner = ppo.train.loop.sample_pairs
-
-        def sample_pairs_one_thread(model, prompts, **kwargs):
-            lib.openblas_set_num_threads(1)
-            try:
-                return inner(model, prompts, **kwargs)
-            finally:
-                lib.openblas_set_num_threads(default)
-
-        ppo.train.loop.sample_pairs = sample_pairs_one_thread
+    out = {}
+    if "head_on_completion" in names:
+        out["token_logps_fn"] = token_logps_head_on_completion
+    if "fused_lora_rollout" in names:
+        out["sample_fn"] = lambda model, prompts, **kwargs: sample_pairs(fused_copy(model), prompts, **kwargs)
+    return out
 
 
 def fused_copy(model):
@@ -143,19 +113,16 @@ def fused_copy(model):
     return clone
 
 
-def run_variant(patches: list[str], judge: str, iters: int, warmup: int, profile: bool, extra=()) -> dict:
-    from benchmarks.common import QUIET_RUN, build_bench_model, median, metrics_rows, step_seconds
+def run_variant(names: list[str], judge: str, iters: int, warmup: int, profile: bool, extra=()) -> dict:
+    from benchmarks.common import QUIET_RUN, build_bench_model, median, step_rows, step_seconds
     from ppo.train.config import compose_train
-    from ppo.train.loop import train
 
-    apply_patches(patches)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "model")
-        overrides = [f"model.path={model_dir}", f"train.iters={iters + warmup}", "train.batch_size=2",
-                     "generation.max_completion_length=32", *QUIET_RUN]
+        overrides = [f"model.path={model_dir}", "train.batch_size=2", "generation.max_completion_length=32", *QUIET_RUN]
         overrides += ["judge=llm", f"judge.model={model_dir}"] if judge == "llm" else ["judge=rule"]
         cfg = compose_train([*overrides, *extra])
-        run_dir = Path(tmp) / "run"
+        run = lambda: step_rows(cfg, Path(tmp) / "run", iters, warmup, **step_arguments(names))  # noqa: E731
         out = {}
         if profile:
             import cProfile
@@ -164,15 +131,14 @@ def run_variant(patches: list[str], judge: str, iters: int, warmup: int, profile
 
             prof = cProfile.Profile()
             prof.enable()
-            train(cfg, run_dir)
+            rows = run()
             prof.disable()
             for key in ("cumulative", "tottime"):
                 buf = io.StringIO()
                 pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(25)
                 out[f"top_{key}"] = [line.strip() for line in buf.getvalue().splitlines() if line.strip()][-26:]
         else:
-            train(cfg, run_dir)
-        rows = metrics_rows(run_dir, skip=warmup)
+            rows = run()
     phases = step_seconds(rows)
     out.update({
         **phases,
@@ -183,30 +149,73 @@ def run_variant(patches: list[str], judge: str, iters: int, warmup: int, profile
     return out
 
 
-def isolated(reps: int = 20) -> dict:
-    """Decode-step floor of the bare model and eager vs compiled update step."""
+def compiled_token_logps():
+    """A `token_logps_fn` that runs `ppo.train.scoring.token_logps` under `mx.compile`, one
+    compiled graph per model (its parameters are inputs, so updated weights are read)."""
+    import mlx.core as mx
+
+    from ppo.train.scoring import ScoringBatch, token_logps
+
+    compiled = {}
+
+    def scorer(model, batch):
+        if id(model) not in compiled:
+            compiled[id(model)] = mx.compile(lambda ids, mask: token_logps(model, ScoringBatch(ids, mask)),
+                                             inputs=[model.state])
+        return compiled[id(model)](batch.input_ids, batch.completion_mask)
+
+    return scorer
+
+
+def compiled_loss_and_grad(policy, loss_fn):
+    """`nn.value_and_grad(policy, loss_fn)` under `mx.compile`, with the signature the shipped
+    `update` calls. The policy's state is an implicit input and output, as in mlx-lm's
+    tuner: value_and_grad writes the traced parameters into the model."""
     from functools import partial
 
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from ppo.train.scoring import ScoringBatch
+    from ppo.train.step import JudgedBatch
+
+    value_and_grad = nn.value_and_grad(policy, loss_fn)
+    state = [policy.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def compiled(input_ids, mask, chosen, rejected, advantages, ref_token_logps, *old_logps):
+        judged = JudgedBatch(ScoringBatch(input_ids, mask), chosen, rejected, advantages, ref_token_logps,
+                             old_logps[0] if old_logps else None)
+        return value_and_grad(policy, judged)
+
+    def loss_and_grad(model, judged):
+        old = () if judged.old_logps is None else (judged.old_logps,)
+        return compiled(judged.batch.input_ids, judged.batch.completion_mask, judged.chosen, judged.rejected,
+                        judged.advantages, judged.ref_token_logps, *old)
+
+    return loss_and_grad
+
+
+def isolated(reps: int = 20) -> dict:
+    """Decode-step floor of the bare model, and the shipped scoring + update eager vs compiled."""
     import mlx.core as mx
     import mlx.nn as nn
     import numpy as np
     from mlx_lm.models.cache import make_prompt_cache
 
-    from ppo.demo import corpus
-    from benchmarks.common import build_bench_model
+    from benchmarks.common import build_bench_model, fixed_batch, scoring_and_update_seconds
     from ppo.train.config import compose_train
-    from ppo.train.models import load_policy_and_reference, reference_model
+    from ppo.train.optimizer import make_optimizer
     from ppo.train.rollout import sample
-    from ppo.train.scoring import ScoringBatch, build_scoring_batch, token_logps
-    from ppo.train.loop import JudgedBatch, make_loss_fn, make_optimizer
+    from ppo.train.step import make_loss_fn
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "model")
         cfg = compose_train([f"model.path={model_dir}", "logger=none", "judge=rule"])
-        policy, reference, tok = load_policy_and_reference(cfg.model, cfg.finetune)
+        fixed = fixed_batch(cfg, 2, 32)
+    policy = fixed.policy
     policy.eval()
-    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
-               for p in corpus.prompts(2, seed=0)] * 2
+    prompts = [list(p.tokens) for p in fixed.prompts] * 2
     out = {}
 
     # 1. rollout: 4 rows x 32 tokens through BatchGenerator (ppo.train.rollout.sample), EOS impossible
@@ -278,46 +287,19 @@ def isolated(reps: int = 20) -> dict:
         fused_copy(policy)
     out["fuse_lora_copy_s"] = (time.perf_counter() - tic) / 5
 
-    # 3. update step eager vs compiled (fixed width; mlx-lm's tuner uses the same pattern)
-    rng = np.random.default_rng(0)
-    comps = [rng.integers(3, 4096, size=32).tolist() for _ in range(4)]
-    batch = build_scoring_batch(prompts, comps, tok.pad_token_id)
-    loss_fn = make_loss_fn(cfg.loss)
+    # 3. the shipped scoring (collect's phase) + update on one fixed batch of 4 x 32 tokens: eager,
+    #    and with a compiled scorer and value_and_grad passed in (mlx-lm's tuner compiles its step)
     optimizer = make_optimizer(cfg.train, cfg.train.learning_rate)
-    loss_and_grad = nn.value_and_grad(policy, loss_fn)
-    b = 2
+    loss_fn = make_loss_fn(cfg.loss)
 
-    def ref_forward(input_ids, mask):
-        with reference_model(policy, reference) as ref:
-            return mx.stop_gradient(token_logps(ref, ScoringBatch(input_ids, mask)))
-
-    def update(input_ids, mask, ref_lp):
-        judged = JudgedBatch(batch=ScoringBatch(input_ids, mask), chosen=mx.arange(b), rejected=mx.arange(b) + b,
-                             advantages=mx.ones(b), ref_token_logps=ref_lp, old_logps=None)
-        (loss, _), grads = loss_and_grad(policy, judged)
-        optimizer.update(policy, grads)
-        return loss
-
-    def timed(ref_fn, upd_fn):
+    def timed(loss_and_grad, **variants) -> tuple[float, float]:
         for _ in range(3):
-            r = ref_fn(batch.input_ids, batch.completion_mask)
-            mx.eval(r)
-            mx.eval(upd_fn(batch.input_ids, batch.completion_mask, r), policy.trainable_parameters(), optimizer.state)
-        tr, tu = [], []
-        for _ in range(reps):
-            tic = time.perf_counter()
-            r = ref_fn(batch.input_ids, batch.completion_mask)
-            mx.eval(r)
-            mid = time.perf_counter()
-            mx.eval(upd_fn(batch.input_ids, batch.completion_mask, r), policy.trainable_parameters(), optimizer.state)
-            tu.append(time.perf_counter() - mid)
-            tr.append(mid - tic)
-        return float(np.median(tr)), float(np.median(tu))
+            scoring_and_update_seconds(fixed, optimizer, loss_and_grad, **variants)
+        times = [scoring_and_update_seconds(fixed, optimizer, loss_and_grad, **variants) for _ in range(reps)]
+        return float(np.median([t[0] for t in times])), float(np.median([t[1] for t in times]))
 
-    policy.train()
-    er, eu = timed(ref_forward, update)
-    state = [policy.state, optimizer.state]
-    cr, cu = timed(mx.compile(ref_forward), partial(mx.compile, inputs=state, outputs=state)(update))
+    er, eu = timed(nn.value_and_grad(policy, loss_fn))
+    cr, cu = timed(compiled_loss_and_grad(policy, loss_fn), token_logps_fn=compiled_token_logps())
     out["score_update_eager"] = {"reference_forward_s": er, "value_and_grad_plus_adam_s": eu, "total_s": er + eu}
     out["score_update_compiled"] = {"reference_forward_s": cr, "value_and_grad_plus_adam_s": cu, "total_s": cr + cu}
     out["compile_speedup"] = (er + eu) / (cr + cu)
@@ -334,14 +316,14 @@ def two_streams(reps: int = 10) -> dict:
 
     from benchmarks.common import build_bench_model, median_seconds
     from ppo.platform.blas import single_threaded_blas
+    from ppo.train.scoring import ScoringBatch, token_logps
 
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = load(str(build_bench_model(Path(tmp) / "model")))
     second = mx.new_stream(mx.cpu)
 
-    def logps(ids):
-        logits = model(ids[:, :-1])
-        return mx.take_along_axis(logits, ids[:, 1:, None], axis=-1).squeeze(-1) - mx.logsumexp(logits, axis=-1)
+    def logps(ids):  # the shipped scorer, every position but the first counted
+        return token_logps(model, ScoringBatch(ids, mx.ones(ids.shape)))[:, 1:]
 
     grad_fn = nn.value_and_grad(model, lambda m, ids: -logps(ids).mean())
 
@@ -377,24 +359,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--variants", nargs="*", default=["baseline", "blas1", "no_clear_cache", "head_on_completion",
-                                                           "fused_lora_rollout", "all", "llm", "llm_all",
-                                                           "llm_all_order_fixed", "cprofile", "isolated", "streams"])
+    parser.add_argument("--variants", nargs="*", default=[*VARIANTS, *MICROBENCHMARKS],
+                        help=f"any of {', '.join([*VARIANTS, *MICROBENCHMARKS])}; NAME#TAG runs NAME again under another key")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="repetitions of each isolated / streams measurement (default 20 / 10)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the list this many times, interleaved; medians over rounds (noisy shared machines)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = [n for n in args.variants if n.split("#")[0] not in (*VARIANTS, *MICROBENCHMARKS)]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}")
 
     if args.child:
-        if args.child == "isolated":
-            res = isolated()
-        elif args.child == "streams":
-            res = two_streams()
-        elif args.child == "cprofile":
+        reps = {} if args.reps is None else {"reps": args.reps}
+        child = args.child.split("#")[0]
+        if child == "isolated":
+            res = isolated(**reps)
+        elif child == "streams":
+            res = two_streams(**reps)
+        elif child == "cprofile":
             res = run_variant([], "rule", args.iters, args.warmup, profile=True)
         else:
-            _, patches, judge, extra = VARIANTS[args.child.split("#")[0]]
-            res = run_variant(patches, judge, args.iters, args.warmup, profile=False, extra=extra)
+            _, names, judge, extra = VARIANTS[args.child.split("#")[0]]
+            res = run_variant(names, judge, args.iters, args.warmup, profile=False, extra=extra)
         print(json.dumps(res))
         return
 
@@ -403,12 +391,13 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for name in args.variants:
-            if name in ("cprofile", "isolated", "streams") and name in runs:
+            if name.split("#")[0] in MICROBENCHMARKS and name in runs:
                 continue
             env = dict(os.environ)
-            env.update(VARIANTS.get(name, ({}, [], "", []))[0])
+            env.update(VARIANTS.get(name.split("#")[0], ({}, [], "", []))[0])
+            reps = [] if args.reps is None else ["--reps", str(args.reps)]
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--iters", str(args.iters),
-                                   "--warmup", str(args.warmup)], cwd=ROOT, env=env, capture_output=True, text=True)
+                                   "--warmup", str(args.warmup), *reps], cwd=ROOT, env=env, capture_output=True, text=True)
             try:
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
             except Exception:  # noqa: BLE001

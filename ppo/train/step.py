@@ -94,14 +94,16 @@ def judge_metrics(diagnostics: dict) -> dict:
 
 def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, prompts: list[Prompt], *, step: int,
             sampling: Sampling, loss_cfg, dropout: float = 0.0, sample_fn: Callable = sample_pairs,
-            reader: CompletionReader | None = None, keep_samples: int = 0) -> Collected:
+            token_logps_fn: Callable = token_logps, reader: CompletionReader | None = None,
+            keep_samples: int = 0) -> Collected:
     """Rollout, judge and score one micro-batch of prompts.
 
-    `sample_fn(model, prompt_ids, **sampling)` returns the (first, second) completions;
-    a benchmark passes a variant here. Rows 0..B-1 of the scoring batch hold the first
-    completions, B..2B-1 the second. `reader` decides what the judge reads of each
-    completion (default: the answer without its reasoning block); the scoring uses every
-    sampled token. `keep_samples`: samples.jsonl rows for that many pairs.
+    `sample_fn(model, prompt_ids, **sampling)` returns the (first, second) completions and
+    `token_logps_fn(model, batch)` scores them; a benchmark passes its variants here. Rows
+    0..B-1 of the scoring batch hold the first completions, B..2B-1 the second. `reader`
+    decides what the judge reads of each completion (default: the answer without its
+    reasoning block); the scoring uses every sampled token. `keep_samples`: samples.jsonl
+    rows for that many pairs.
     """
     prompt_ids = [list(p.tokens) for p in prompts]
 
@@ -127,10 +129,10 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
     batch = build_scoring_batch(prompt_ids * 2, first.token_ids + second.token_ids, pad_id)
     n, keep = len(prompts), np.flatnonzero(valid)
     with reference_model(policy, reference) as ref:
-        ref_token_logps = mx.stop_gradient(token_logps(ref, batch))
+        ref_token_logps = mx.stop_gradient(token_logps_fn(ref, batch))
     old_logps = None
     if loss_cfg.ratio == "rollout" and dropout > 0:  # else: see JudgedBatch
-        old_logps = mx.stop_gradient(reduce_logps(token_logps(policy, batch), batch.completion_mask,
+        old_logps = mx.stop_gradient(reduce_logps(token_logps_fn(policy, batch), batch.completion_mask,
                                                   loss_cfg.logprob_reduction))
     mx.eval(ref_token_logps, old_logps)  # materialise now: the update must not see later weights
     judged = None
@@ -157,12 +159,13 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
     })
 
 
-def make_loss_fn(loss_cfg):
-    """loss(model, judged) -> (loss, (metrics, logps)) for the configured loss_type and options."""
+def make_loss_fn(loss_cfg, token_logps_fn: Callable = token_logps):
+    """loss(model, judged) -> (loss, (metrics, logps)) for the configured loss_type and options.
+    `token_logps_fn` is the scorer (a benchmark passes its variant; see `collect`)."""
     reduction = loss_cfg.logprob_reduction
 
     def loss_fn(model, judged: JudgedBatch):
-        token_logps_ = token_logps(model, judged.batch)
+        token_logps_ = token_logps_fn(model, judged.batch)
         mask = judged.batch.completion_mask
         logps = reduce_logps(token_logps_, mask, reduction)
         ref_logps = reduce_logps(judged.ref_token_logps, mask, reduction)
@@ -239,17 +242,21 @@ def mean_dicts(dicts: list[dict]) -> dict:
 def train_step(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, optimizer, loss_and_grad: Callable,
                next_prompts: Callable[[], list[Prompt]], *, step: int, sampling: Sampling, loss_cfg,
                grad_accumulation_steps: int = 1, dropout: float = 0.0, world: World = SINGLE_PROCESS,
+               sample_fn: Callable = sample_pairs, token_logps_fn: Callable = token_logps,
                reader: CompletionReader | None = None, samples_out: list | None = None, max_samples: int = 0) -> dict:
     """Collect `grad_accumulation_steps` micro-batches, update once on them; this rank's metrics.
 
-    `next_prompts()` returns this rank's share of the next global batch. With a `samples_out`
-    list, samples.jsonl rows of this rank's first `max_samples` pairs are appended to it."""
+    `next_prompts()` returns this rank's share of the next global batch. `sample_fn` and
+    `token_logps_fn` go to `collect`; the loss's scorer is the one `loss_and_grad` was built
+    with (`make_loss_fn(loss_cfg, token_logps_fn)`). With a `samples_out` list, samples.jsonl
+    rows of this rank's first `max_samples` pairs are appended to it."""
     step_start = time.perf_counter()
     keep = max_samples if samples_out is not None else 0
     collected = []
     for _ in range(grad_accumulation_steps):
         collected.append(collect(policy, reference, tokenizer, judge, next_prompts(), step=step, sampling=sampling,
-                                 loss_cfg=loss_cfg, dropout=dropout, reader=reader, keep_samples=keep))
+                                 loss_cfg=loss_cfg, dropout=dropout, sample_fn=sample_fn, token_logps_fn=token_logps_fn,
+                                 reader=reader, keep_samples=keep))
         keep -= len(collected[-1].samples)
     if samples_out is not None:
         samples_out.extend(row for c in collected for row in c.samples)
