@@ -16,6 +16,8 @@ from pathlib import Path
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 JUDGMENTS_FILE = "judgments.jsonl"
+# What was sampled, what the judge read and decided (ppo/train/samples.py).
+SAMPLES_FILE = "samples.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 # mlx-lm's adapter format: `mlx_lm.load(model, adapter_path=RUN_DIR)` reads these two.
 ADAPTER_FILE = "adapters.safetensors"
