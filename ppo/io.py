@@ -19,6 +19,8 @@ from pathlib import Path
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 JUDGMENTS_FILE = "judgments.jsonl"
+# What was sampled, what the judge read and decided (ppo/train/samples.py).
+SAMPLES_FILE = "samples.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 # mlx-lm's adapter format: `mlx_lm.load(model, adapter_path=RUN_DIR)` reads these two.
 ADAPTER_FILE = "adapters.safetensors"
@@ -36,7 +38,7 @@ HYDRA_DIR = ".hydra"
 PREVIOUS_PREFIX = "previous-"
 # What a run leaves in its folder (globs), i.e. what belongs to one run and must never be
 # mixed with another's. Hydra's train.log is left out: it is held open by this process.
-RUN_OUTPUTS = (HYDRA_DIR, METRICS_FILE, SUMMARY_FILE, JUDGMENTS_FILE, CHECKPOINTS_DIR, ADAPTER_FILE,
+RUN_OUTPUTS = (HYDRA_DIR, METRICS_FILE, SUMMARY_FILE, JUDGMENTS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR, ADAPTER_FILE,
                ADAPTER_CONFIG_FILE, "wandb", "report.md", "*.png", "reproduce.json")
 
 

@@ -94,6 +94,10 @@ def test_two_ranks_train_one_run(tmp_path, tiny_model_dir, prompts_file):
         assert len(by_rank[0]) == len(by_rank[1]) == 2 and not by_rank[0] & by_rank[1]  # disjoint halves of 4
     assert not (run_dir / ".hydra" / "overrides.yaml").read_text().count("output_subdir")  # rank 0's own record
     assert result.stdout.count("eval win rate against the reference") == 1  # one outcome, from rank 0
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    evals = [s for s in samples if s["phase"] == "eval"]  # every rank's evaluation pairs, gathered, written once
+    assert [s["step"] for s in evals] == [2] * 4 + [4] * 4 and len({s["prompt_id"] for s in evals}) == 4
+    assert [s["step"] for s in samples if s["phase"] == "train"] == [1, 1, 2, 2, 3, 3, 4, 4]  # rank 0's first pairs
 
 
 @pytest.mark.slow

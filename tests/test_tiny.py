@@ -92,3 +92,30 @@ def test_cli(tmp_path):
     model, tok = mlx_lm.load(str(out))
     assert model(mx.array([[1, 2, 3]])).shape == (1, 3, 300)
     assert model.args.hidden_size == 32 and len(model.layers) == 1
+
+
+def test_thinking_build_is_a_qwen3_style_thinking_model(tmp_path):
+    from ppo.demo.tiny import THINK_END, THINK_START
+
+    path = build_tiny_model(tmp_path / "think", hidden=32, layers=1, vocab=300, corpus_sentences=300, thinking=True)
+    model, tok = mlx_lm.load(str(path))
+    assert len(tok.get_vocab()) == 300 and model(mx.array([[0, 299]])).shape == (1, 2, 300)
+    # mlx-lm recognises the markers, so it switches thinking on by default, as for Qwen3.
+    assert tok.has_thinking and (tok.think_start, tok.think_end) == (THINK_START, THINK_END)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    on = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    off = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+    head = f"{IM_START}system\nbe brief{EOS_TOKEN}\n{IM_START}user\nhi{EOS_TOKEN}\n{IM_START}assistant\n"
+    assert on == head and off == head + "<think>\n\n</think>\n\n"
+    # The markers are single, non-special tokens: decoding keeps them.
+    ids = tok.encode("<think>\nx\n</think>\n\nok", add_special_tokens=False)
+    assert ids[0] == tok.think_start_id and tok.think_end_id in ids
+    assert tok.decode(ids, skip_special_tokens=True).startswith("<think>")
+    # An earlier assistant turn loses its reasoning, as Qwen3's template does.
+    history = messages + [{"role": "assistant", "content": "<think>\nhm\n</think>\n\nok"}]
+    assert tok.apply_chat_template(history, tokenize=False).endswith(f"{IM_START}assistant\nok{EOS_TOKEN}\n")
+    # Deterministic, and the default build is not a thinking model.
+    again = build_tiny_model(tmp_path / "again", hidden=32, layers=1, vocab=300, corpus_sentences=300, thinking=True)
+    assert (again / "tokenizer.json").read_bytes() == (path / "tokenizer.json").read_bytes()
+    plain = build_tiny_model(tmp_path / "plain", hidden=32, layers=1, vocab=300, corpus_sentences=300)
+    assert not mlx_lm.load(str(plain))[1].has_thinking

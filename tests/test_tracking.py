@@ -71,10 +71,13 @@ def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, pr
     table_files = sorted((run_dir / "wandb").glob("offline-run-*/files/media/table/samples_*.table.json"))
     assert len(table_files) == 2
     table = json.loads(table_files[-1].read_text())
-    assert table["columns"] == ["prompt_id", "prompt", "policy", "reference", "p_policy_better", "verdict",
-                                "policy_finished", "reference_finished"]
+    # The rows of samples.jsonl's evaluation lines (a: the policy, b: the reference).
+    assert table["columns"] == ["step", "phase", "prompt_id", "prompt", "a", "b", "a_judged", "b_judged", "a_finished",
+                                "b_finished", "p", "verdict"]
     assert len(table["data"]) == 4  # data.max_eval_prompts
-    assert {row[5] for row in table["data"]} <= {"policy", "reference", "tie", "invalid"}
+    assert {row[11] for row in table["data"]} <= {"a", "b", "tie", "invalid"} and {row[1] for row in table["data"]} == {"eval"}
+    file_rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in file_rows if r["phase"] == "eval" and r["step"] == 4] == [row[2] for row in table["data"]]
 
 
 @pytest.mark.slow

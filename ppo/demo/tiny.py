@@ -11,7 +11,13 @@ Building is deterministic: the same arguments give byte-identical
 
 CLI::
 
-    python -m ppo.demo.tiny OUT_DIR [--hidden 64 --layers 2 --vocab 512 --heads 4 --seed 0]
+    python -m ppo.demo.tiny OUT_DIR [--hidden 64 --layers 2 --vocab 512 --heads 4 --seed 0] [--thinking]
+
+``--thinking`` builds a Qwen3-style thinking model instead: ``<think>`` / ``</think>`` in
+the vocabulary (ordinary added tokens, not special, as in Qwen3, so decoding keeps them)
+and :data:`THINKING_CHAT_TEMPLATE`, which honours ``enable_thinking``. mlx-lm then treats
+it as Qwen3: ``TokenizerWrapper.has_thinking`` is true and ``apply_chat_template`` passes
+``enable_thinking=True`` unless told otherwise. The default build is unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +42,26 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
+# Qwen3's reasoning markers (single tokens there and here).
+THINK_START = "<think>"
+THINK_END = "</think>"
+
+# Qwen3's template, reduced to what matters here: ChatML turns (system included); earlier
+# assistant turns lose their reasoning block; the generation prompt opens the assistant turn
+# and, with enable_thinking=false, closes an empty reasoning block so the model answers at once.
+THINKING_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- set content = message['content'] %}"
+    "{%- if message['role'] == 'assistant' and '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
 INIT_STD = 0.02
 
 
@@ -47,30 +73,36 @@ def _training_texts(corpus_sentences: int, seed: int) -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab: int, *, corpus_sentences: int = 4000, seed: int = 0):
+def build_tokenizer(vocab: int, *, corpus_sentences: int = 4000, seed: int = 0, thinking: bool = False):
     """Train a byte-level BPE ``tokenizers.Tokenizer`` with exactly ``vocab`` tokens.
 
     The 256 byte symbols guarantee any text encodes; the three special tokens
     come first (ids 0, 1, 2). If the corpus runs out of merges before reaching
     ``vocab``, the rest is filled with ``<|reserved_i|>`` special tokens so
-    the tokenizer and the embedding matrix always agree on size.
+    the tokenizer and the embedding matrix always agree on size. ``thinking`` keeps two
+    places for ``<think>`` / ``</think>``, added after training as non-special tokens.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    minimum = len(SPECIAL_TOKENS) + 256
+    from tokenizers import AddedToken
+
+    think = (THINK_START, THINK_END) if thinking else ()
+    minimum = len(SPECIAL_TOKENS) + 256 + len(think)
     if vocab < minimum:
         raise ValueError(f"vocab must be at least {minimum} (256 bytes + special tokens)")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
+        vocab_size=vocab - len(think),
         min_frequency=2,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_training_texts(corpus_sentences, seed), trainer=trainer)
+    if think:  # Qwen3's are not special: decoding keeps them, as the judge's input must be checked for
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in think])
     missing = vocab - tok.get_vocab_size(with_added_tokens=True)
     if missing > 0:
         tok.add_special_tokens([f"<|reserved_{i}|>" for i in range(missing)])
@@ -149,11 +181,13 @@ def build_tiny_model(
     intermediate: int | None = None,
     seed: int = 0,
     corpus_sentences: int = 4000,
+    thinking: bool = False,
 ) -> Path:
     """Write a loadable tiny model to ``out_dir`` and return its path.
 
     Files: ``config.json``, ``model.safetensors``, ``tokenizer.json``,
-    ``tokenizer_config.json``, ``special_tokens_map.json``.
+    ``tokenizer_config.json``, ``special_tokens_map.json``. ``thinking``: think markers
+    and the Qwen3-style template (module docstring).
     """
     import mlx.core as mx
 
@@ -162,7 +196,7 @@ def build_tiny_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok = build_tokenizer(vocab, corpus_sentences=corpus_sentences, seed=seed)
+    tok = build_tokenizer(vocab, corpus_sentences=corpus_sentences, seed=seed, thinking=thinking)
     tok.save(str(out / "tokenizer.json"))
     eos_id = tok.token_to_id(EOS_TOKEN)
     pad_id = tok.token_to_id(PAD_TOKEN)
@@ -188,6 +222,14 @@ def build_tiny_model(
         }
         for t in SPECIAL_TOKENS
     }
+    if thinking:
+        added.update({
+            str(tok.token_to_id(t)): {
+                "content": t, "lstrip": False, "normalized": False,
+                "rstrip": False, "single_word": False, "special": False,
+            }
+            for t in (THINK_START, THINK_END)
+        })
     _write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "added_tokens_decoder": added,
@@ -196,7 +238,7 @@ def build_tiny_model(
         "eos_token": EOS_TOKEN,
         "pad_token": PAD_TOKEN,
         "unk_token": None,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": THINKING_CHAT_TEMPLATE if thinking else CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
         "model_max_length": config["max_position_embeddings"],
         "split_special_tokens": False,
@@ -219,12 +261,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--intermediate", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus-sentences", type=int, default=4000)
+    parser.add_argument("--thinking", action="store_true", help="<think> markers and a Qwen3-style enable_thinking template")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     path = build_tiny_model(
         args.out_dir, hidden=args.hidden, layers=args.layers, vocab=args.vocab,
         heads=args.heads, intermediate=args.intermediate, seed=args.seed,
-        corpus_sentences=args.corpus_sentences,
+        corpus_sentences=args.corpus_sentences, thinking=args.thinking,
     )
     print(f"wrote tiny model to {path} in {time.perf_counter() - start:.2f}s")
 

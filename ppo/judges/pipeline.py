@@ -15,6 +15,10 @@ for a rule, an LLM, a server and a person, so no judge implements them itself.
   answers are not cached: they are asked again next time.
 - Ties: a valid p with confidence |2p - 1| <= ``tie_threshold`` becomes exactly 0.5 (zero
   advantage); the record keeps ``p_raw``.
+- ``include_reasoning`` / ``reasoning_markers``: whether a completion's reasoning block
+  (``<think> ... </think>``: the tokenizer's markers, or these two strings) is shown to the
+  judge; kept here with the other judge-side settings and applied by the trainer
+  (``ppo.train.completions``), which holds the token ids.
 - Judges that set ``chunk_size`` (the human judge: 1) are called that many pairs at a
   time and each finished pair is recorded at once, so a quit or crash loses nothing.
 """
@@ -69,10 +73,15 @@ def check_wrapper_options(order, tie_threshold) -> tuple[str, float]:
 class JudgePipeline:
     """``pipeline(pairs, step=None, phase="train") -> Verdicts`` around any inner judge."""
 
-    def __init__(self, inner, *, order: str = "both", tie_threshold: float = 0.0, seed: int = 0,
-                 log: JudgmentLog | None = None, kind: str | None = None):
+    def __init__(self, inner, *, order: str = "both", tie_threshold: float = 0.0, include_reasoning: bool = False,
+                 reasoning_markers: list | None = None, seed: int = 0, log: JudgmentLog | None = None,
+                 kind: str | None = None):
         self.inner = inner
         self.order, self.tie_threshold = check_wrapper_options(order, tie_threshold)
+        # What the judge reads of a completion; applied by the trainer, which holds the
+        # sampled token ids, when it builds the pairs (ppo.train.completions.CompletionReader).
+        self.include_reasoning = include_reasoning
+        self.reasoning_markers = list(reasoning_markers) if reasoning_markers else None
         self.seed = seed
         self.log = log
         self.kind = kind or getattr(inner, "kind", type(inner).__name__)

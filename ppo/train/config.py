@@ -25,6 +25,7 @@ from omegaconf import MISSING, OmegaConf
 
 from ppo import resources
 from ppo.errors import ConfigError
+from ppo.train.data import DEFAULT_CHAT_TEMPLATE_KWARGS
 
 
 @dataclass
@@ -33,6 +34,10 @@ class ModelConfig:
     path: str = ""
     # The frozen reference; empty: the policy's own base weights with adapters off (no second copy).
     reference_path: str = ""
+    # Start from a supervised fine-tune: an `mlx_lm.lora` output folder (LoRA or DoRA adapters of model.path).
+    # The policy starts as base + adapter and the reference is that same model, frozen. LoRA / DoRA train the
+    # adapter's own layers on (finetune.rank/scale/num_layers/keys unused); finetune=full trains it fused in.
+    adapter_path: str = ""
     # none | 4 | 8: quantize the base through mlx-lm (QLoRA-style); the reference shares it.
     quantize: str = "none"
     # Group size of that quantization (mlx-lm's default).
@@ -59,6 +64,14 @@ class DataConfig:
     on_bad_row: str = "error"
     # Shuffle the training prompts every epoch (seeded).
     shuffle: bool = True
+    # A system message put first in every prompt that has none (empty: none added). Judges read only the user's words.
+    system_prompt: str = ""
+    # Passed to the tokenizer's apply_chat_template for the policy's prompts (TRL's chat_template_kwargs). The
+    # default switches thinking off: the judge compares answers, and a reasoning block would spend
+    # generation.max_completion_length before any answer (mlx-lm would otherwise switch it on for any tokenizer
+    # with think tokens). Templates without the switch ignore it. data.chat_template_kwargs.enable_thinking=true
+    # lets the policy reason; the judge is shown only the answer after it (judge.include_reasoning).
+    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_CHAT_TEMPLATE_KWARGS))
 
 
 @dataclass
@@ -140,6 +153,9 @@ class TrainConfig:
     max_seq_length: int = 2048
     # Write metrics every this many steps (averaged over them).
     steps_per_report: int = 1
+    # samples.jsonl rows (prompt, both completions, what the judge read, verdict) kept from each report step's
+    # first pairs; 0: none. Bounded so the file stays small; every evaluation writes all its pairs.
+    samples_per_report: int = 2
     # Evaluate against the reference every this many steps (and at the end).
     steps_per_eval: int = 50
     # Also evaluate before the first update (logged as step 0).
@@ -346,6 +362,7 @@ def validate(cfg) -> None:
     _check(ft.type in ("lora", "dora", "full"), "finetune.type", ft.type, "choose lora, dora or full (finetune=NAME)")
     _check(ft.rank >= 1, "finetune.rank", ft.rank, "must be >= 1")
     _check(0.0 <= ft.dropout < 1.0, "finetune.dropout", ft.dropout, "must lie in [0, 1)")
+    _check(train.samples_per_report >= 0, "train.samples_per_report", train.samples_per_report, "must be >= 0")
     _check(data.on_bad_row in ("error", "skip"), "data.on_bad_row", data.on_bad_row, "choose error or skip")
     _check(0.0 <= data.eval_fraction < 1.0, "data.eval_fraction", data.eval_fraction, "must lie in [0, 1)")
     _check(cfg.logger.kind in ("wandb", "none"), "logger.kind", cfg.logger.kind, "choose logger=wandb or logger=none")

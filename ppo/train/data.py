@@ -1,12 +1,15 @@
 """Prompts: read with `datasets`, checked row by row, chat-templated, split train/eval.
 
 Only a prompt field is needed. A prompt is a string or a list of chat messages
-({"role": ..., "content": ...}); the tokenizer's chat template is applied when it has one.
+({"role": ..., "content": ...}) ending with a user turn; the tokenizer's chat template is
+applied when it has one, with `data.system_prompt` and `data.chat_template_kwargs`
+(`PromptFormat`).
 """
 
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +48,23 @@ def truncate_left(prompts: list[Prompt], max_tokens: int) -> tuple[list[Prompt],
     return out, truncated
 
 
+def _saved_dataset(folder: Path, split: str, path: str):
+    """A `Dataset.save_to_disk` folder (`state.json` beside its arrow files), which `load_dataset`
+    refuses; None for any other folder. Such a folder holds one split: the one it was saved as
+    (`Dataset.split`), or "train" when it has none, so data.split must name it and an
+    eval_split cannot silently reuse the training rows."""
+    if not (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
+        return None
+    import datasets
+
+    rows = datasets.load_from_disk(str(folder))
+    own = str(rows.split) if rows.split is not None else "train"
+    if split != own:
+        raise ConfigError(f"data.path={path} is a saved Dataset holding only split {own!r}, not {split!r}: "
+                          f"set data.split={own} and leave data.eval_split empty (data.eval_fraction holds out prompts)")
+    return rows
+
+
 def _load_rows(path: str, split: str, on_bad_row: str = "error"):
     """A `datasets.Dataset` from a hub id, a local file or a local folder (JSON lines: `prompt_files.Rows`)."""
     import datasets
@@ -63,7 +83,8 @@ def _load_rows(path: str, split: str, on_bad_row: str = "error"):
             prompt_files.check_file(local, text=fmt != "parquet")
             return datasets.load_dataset(fmt, data_files={split: str(local)}, split=split)
         if local.is_dir():
-            return datasets.load_dataset(str(local), split=split)
+            saved = _saved_dataset(local, split, path)
+            return saved if saved is not None else datasets.load_dataset(str(local), split=split)
         if path.startswith((".", "/", "~")) or path.endswith(tuple(_FORMATS)):
             raise ConfigError(f"data.path={path} does not exist: give an existing json/jsonl/parquet file or folder, or a hub dataset id")
         return datasets.load_dataset(path, split=split)
@@ -93,20 +114,77 @@ def _prompt_text(value, row: int, field: str) -> str | list[dict]:
     )
 
 
-def format_prompt(tokenizer, prompt: str | list[dict]) -> tuple[str, list[int]]:
-    """(judge-readable text, policy token ids) for one prompt."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+# The default of `data.chat_template_kwargs` (the schema's comment says why thinking is off).
+DEFAULT_CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How prompts are templated for the policy (`data.system_prompt`, `data.chat_template_kwargs`);
+    the defaults are the config's."""
+
+    system_prompt: str = ""
+    chat_template_kwargs: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_CHAT_TEMPLATE_KWARGS))
+
+    @classmethod
+    def from_config(cls, data_cfg) -> "PromptFormat":
+        from omegaconf import OmegaConf
+
+        kwargs = getattr(data_cfg, "chat_template_kwargs", None)
+        kwargs = DEFAULT_CHAT_TEMPLATE_KWARGS if kwargs is None else kwargs  # a config of before the key
+        kwargs = OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
+        return cls(getattr(data_cfg, "system_prompt", "") or "", kwargs)
+
+
+def check_last_turn(prompt: str | list[dict], row: int, field: str) -> None:
+    """A message list must leave the next turn to the assistant: templating one that ends with
+    an assistant turn would open a second assistant turn after it, silently."""
+    if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+        raise ValueError(
+            f"row {row}: field {field!r} ends with an assistant turn; end it with a user turn "
+            "(the policy writes the next assistant turn) or drop the assistant message"
+        )
+
+
+def _apply_template(tokenizer, messages: list[dict], kwargs: dict) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers >= 5 may return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def format_prompt(tokenizer, prompt: str | list[dict], prompt_format: PromptFormat | None = None) -> tuple[str, list[int]]:
+    """(judge-readable text, policy token ids) for one prompt.
+
+    `prompt_format.system_prompt` becomes the first message of a prompt without a system
+    message; a template without a system role (it raises, as Gemma's does) gets it at the
+    start of the first user turn instead, as the LLM judge does with its rubric. Without a
+    chat template it is put before the prompt text, a blank line between.
+    """
+    fmt = prompt_format or PromptFormat()
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     text = "\n".join(m["content"] for m in messages if m["role"] != "system") if not isinstance(prompt, str) else prompt
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict):  # transformers >= 5 may return a BatchEncoding
-            ids = ids["input_ids"]
-    else:
-        ids = tokenizer.encode(text)
-    return text, list(ids)
+    has_system = any(m["role"] == "system" for m in messages)
+    if fmt.system_prompt and not has_system:
+        messages = [{"role": "system", "content": fmt.system_prompt}, *messages]
+    if not getattr(tokenizer, "chat_template", None):
+        return text, list(tokenizer.encode(f"{fmt.system_prompt}\n\n{text}" if fmt.system_prompt else text))
+    try:
+        try:
+            return text, _apply_template(tokenizer, messages, fmt.chat_template_kwargs)
+        except Exception:
+            if messages[0]["role"] != "system" or len(messages) < 2 or messages[1]["role"] != "user":
+                raise
+            merged = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+            return text, _apply_template(tokenizer, [merged, *messages[2:]], fmt.chat_template_kwargs)
+    except Exception as err:  # jinja2 and the tokenizers raise many types; the user needs one line
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"the chat template failed on the prompt {text[:40]!r}: {first_line} "
+                          "(check data.chat_template_kwargs and data.system_prompt)") from None
 
 
-def read_prompts(path: str, split: str, field: str, tokenizer, on_bad_row: str) -> tuple[list[Prompt], int]:
+def read_prompts(path: str, split: str, field: str, tokenizer, on_bad_row: str,
+                 prompt_format: PromptFormat | None = None) -> tuple[list[Prompt], int]:
     rows = _load_rows(path, split, on_bad_row)
     if field not in rows.column_names:
         raise ConfigError(
@@ -116,12 +194,13 @@ def read_prompts(path: str, split: str, field: str, tokenizer, on_bad_row: str) 
     for row, value in enumerate(rows[field]):
         try:
             prompt = _prompt_text(value, row, field)
+            check_last_turn(prompt, row, field)
         except ValueError as err:
             if on_bad_row == "skip":
                 skipped += 1
                 continue
             raise ConfigError(f"bad row in {path}: {err} (fix the row or set data.on_bad_row=skip)") from None
-        text, ids = format_prompt(tokenizer, prompt)
+        text, ids = format_prompt(tokenizer, prompt, prompt_format)
         prompts.append(Prompt(id=f"{split}:{row}", text=text, tokens=tuple(ids)))
     if skipped:
         log.warning("skipped %d bad rows of %s (data.on_bad_row=skip)", skipped, path)
@@ -132,9 +211,10 @@ def read_prompts(path: str, split: str, field: str, tokenizer, on_bad_row: str) 
 
 def load_prompts(cfg, tokenizer, seed: int, max_prompt_tokens: int | None = None) -> PromptSplits:
     """Train and held-out eval prompts as the data config says, left-truncated to `max_prompt_tokens`."""
-    train, skipped = read_prompts(cfg.path, cfg.split, cfg.prompt_field, tokenizer, cfg.on_bad_row)
+    prompt_format = PromptFormat.from_config(cfg)
+    train, skipped = read_prompts(cfg.path, cfg.split, cfg.prompt_field, tokenizer, cfg.on_bad_row, prompt_format)
     if cfg.eval_split:
-        evals, more = read_prompts(cfg.path, cfg.eval_split, cfg.prompt_field, tokenizer, cfg.on_bad_row)
+        evals, more = read_prompts(cfg.path, cfg.eval_split, cfg.prompt_field, tokenizer, cfg.on_bad_row, prompt_format)
         skipped += more
     else:
         order = np.random.default_rng(seed).permutation(len(train))

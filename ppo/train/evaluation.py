@@ -12,11 +12,13 @@ import math
 
 import numpy as np
 
+from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
 from ppo.train.distributed import World
 from ppo.judges.base import Pair
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample
+from ppo.train.samples import sample_rows
 
 SINGLE_PROCESS = World()
 
@@ -49,31 +51,24 @@ def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
     return (max(0.0, mean - half), min(1.0, mean + half))
 
 
-def sample_rows(pairs: list[Pair], p: np.ndarray) -> list[dict]:
-    """One row per evaluated pair, as the run's samples table shows it (W&B `samples`)."""
-    def verdict(x: float) -> str:
-        return "invalid" if math.isnan(x) else "policy" if x > 0.5 else "reference" if x < 0.5 else "tie"
-
-    return [{"prompt_id": pair.prompt_id, "prompt": pair.prompt, "policy": pair.a, "reference": pair.b,
-             "p_policy_better": None if math.isnan(x) else float(x), "verdict": verdict(x),
-             "policy_finished": bool(pair.a_finished), "reference_finished": bool(pair.b_finished)}
-            for pair, x in zip(pairs, p)]
-
-
 def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None,
-             world: World = SINGLE_PROCESS, samples: list | None = None) -> dict:
+             world: World = SINGLE_PROCESS, reader: CompletionReader | None = None,
+             samples_out: list | None = None) -> dict:
     """eval/win_rate of the policy against the reference on held-out prompts.
 
     With more than one process each rank evaluates its own share of `prompts` and the
-    per-pair results are gathered, so every rank returns the same global metrics. When
-    `samples` is a list, every judged pair (every rank's) is appended to it as a row."""
-    local = _judge_share(policy, reference, tokenizer, judge, world.split_evenly(prompts), gen_cfg, step) if prompts else {}
+    per-pair results are gathered, so every rank returns the same global metrics.
+    `reader`: what the judge reads of a completion (default: the answer without its
+    reasoning block). With a `samples_out` list, one samples.jsonl row per pair (every
+    rank's, gathered) is appended to it (a: the policy, b: the reference)."""
+    local = _judge_share(policy, reference, tokenizer, judge, world.split_evenly(prompts), gen_cfg, step,
+                         reader) if prompts else {}
     parts = world.gather_objects(local)
     if not any(parts):
         return {}
     merged = {k: [x for part in parts if part for x in part[k]] for k in next(part for part in parts if part)}
-    if samples is not None:
-        samples.extend(merged["samples"])
+    if samples_out is not None:
+        samples_out.extend(merged["samples"])
     p = np.asarray(merged["p"], dtype=np.float64)
     valid = ~np.isnan(p)
     wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
@@ -90,7 +85,8 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
     }
 
 
-def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None) -> dict:
+def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None,
+                 reader: CompletionReader | None = None) -> dict:
     """Sample policy and reference on `prompts` and judge them: per-pair lists (JSON-ready, so ranks can gather them)."""
     if not prompts:
         return {}
@@ -105,8 +101,8 @@ def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen
     ours = sample(policy, ids, **kwargs)
     with reference_model(policy, reference) as ref:
         theirs = sample(ref, ids, **kwargs)
-    ours_text = tokenizer.batch_decode(ours.token_ids, skip_special_tokens=True)
-    theirs_text = tokenizer.batch_decode(theirs.token_ids, skip_special_tokens=True)
+    reader = reader or CompletionReader(tokenizer)
+    ours_text, theirs_text = reader.texts(ids, ours.token_ids), reader.texts(ids, theirs.token_ids)
 
     pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
     p = np.asarray(judge(pairs, step=step, phase="eval").p, dtype=np.float64)
@@ -116,5 +112,5 @@ def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen
         "theirs_finished": [bool(f) for f in theirs.finished],
         "ours_length": [len(t) for t in ours.token_ids],
         "theirs_length": [len(t) for t in theirs.token_ids],
-        "samples": sample_rows(pairs, p),
+        "samples": sample_rows(step, "eval", tokenizer, prompts, ours, theirs, ours_text, theirs_text, p),
     }

@@ -27,6 +27,7 @@ from ppo.health import HealthMonitor
 from ppo.io import METRICS_FILE, SUMMARY_FILE, atomic_write_json, is_write_error, read_jsonl, write_error_reason
 from ppo.judges import build_judge
 from ppo.train import checkpoint, run_folder
+from ppo.train.completions import CompletionReader
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
 from ppo.train.distributed import World, check_batch, reduce_metrics
@@ -152,6 +153,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
     optimizer = make_optimizer(train_cfg, lr_schedule)
     loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
     sampling = Sampling.from_config(cfg.generation, tokenizer)
+    reader = CompletionReader.for_judge(judge, tokenizer)  # what the judge reads of a completion
 
     # Resume: the newest complete checkpoint of this run folder (or the one named); every rank reads it.
     resume_from = None if train_cfg.resume == "never" else (
@@ -176,7 +178,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
             return
         rows: list[dict] = []
         state.record_eval(evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation, step=step,
-                                   world=world, samples=rows))
+                                   world=world, reader=reader, samples_out=rows))
         judge.flush()
         tracker.log_samples(step, rows)
 
@@ -198,16 +200,19 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
                 mx.random.seed(step_seed(cfg.seed, step, world.rank))
                 position_at_step_start, updated = sampler.position, False
 
+                rows = [] if step % train_cfg.steps_per_report == 0 or step == train_cfg.iters else None
                 metrics = train_step(policy, reference, tokenizer, judge, optimizer, loss_and_grad,
                                      lambda: world.share(sampler.next_batch()),
                                      step=step, sampling=sampling, loss_cfg=cfg.loss,
                                      grad_accumulation_steps=train_cfg.grad_accumulation_steps,
-                                     dropout=cfg.finetune.dropout, world=world)
+                                     dropout=cfg.finetune.dropout, world=world, reader=reader, samples_out=rows,
+                                     max_samples=train_cfg.samples_per_report)
                 updated = True
                 if world.size > 1:  # the time this rank waited for the others (the slowest rank's is logged)
                     metrics["timing/collective_seconds"] = world.take_wait_seconds()
                 metrics = reduce_metrics(world.gather_objects(metrics))
                 judge.flush()
+                tracker.log_samples(step, rows or [])  # rank 0's pairs (other ranks' trackers write nothing)
                 metrics["learning_rate"] = learning_rate_at(lr_schedule, step * cfg.loss.ppo_epochs - 1)
                 metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
                 if "clip_fraction" in metrics:

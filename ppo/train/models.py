@@ -1,12 +1,15 @@
 """Loading the policy (base + adapters through mlx-lm) and its frozen reference.
 
 The reference costs no second copy: with `model.reference_path` empty it is the
-policy's own base weights with the adapters switched off (`adapters_disabled`).
+policy's own base weights with the adapters switched off (`adapters_disabled`), or, when
+the policy starts from a supervised fine-tune's adapter (`model.adapter_path`), the
+policy's adapter layers holding that adapter's values (`StartingAdapters`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import mlx.core as mx
@@ -14,6 +17,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ppo.errors import ConfigError
+from ppo.io import ADAPTER_CONFIG_FILE, ADAPTER_FILE
 
 def load_model(path: str, trust_remote_code: bool = False):
     """mlx_lm.load on a local folder or a hub id, with a one-line error when it fails."""
@@ -112,6 +116,84 @@ def quantize_base(model: nn.Module, model_cfg, trainable: bool = False) -> None:
         dequantize_model(model)
 
 
+@functools.lru_cache(maxsize=4)
+def starting_adapter_config(path: str) -> dict:
+    """adapter_config.json of `model.adapter_path` (an `mlx_lm.lora` output folder), checked.
+    Read once per process: every checkpoint writes it again, even if the folder is gone."""
+    import json
+
+    folder = Path(path).expanduser()
+    config_file, weights_file = folder / ADAPTER_CONFIG_FILE, folder / ADAPTER_FILE
+    if not config_file.is_file() or not weights_file.is_file():
+        raise ConfigError(f"model.adapter_path={path} is not an mlx-lm adapter folder: it needs {ADAPTER_CONFIG_FILE} "
+                          f"and {ADAPTER_FILE} (the --adapter-path of `mlx_lm.lora`)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ConfigError(f"model.adapter_path={path}: {ADAPTER_CONFIG_FILE} is not valid JSON ({err})") from None
+    kind = config.get("fine_tune_type", "lora")
+    if kind == "full":
+        raise ConfigError(f"model.adapter_path={path} holds a full fine-tune, not adapters: fuse it "
+                          f"(`mlx_lm.fuse --model BASE --adapter-path {path} --save-path DIR`) and set model.path=DIR")
+    if kind not in ("lora", "dora") or not isinstance(config.get("lora_parameters"), dict) or "num_layers" not in config:
+        raise ConfigError(f"model.adapter_path={path}: {ADAPTER_CONFIG_FILE} needs fine_tune_type lora or dora, "
+                          "num_layers and lora_parameters, as `mlx_lm.lora` writes it")
+    return config
+
+
+def add_starting_adapter(model: nn.Module, path: str, dropout: float) -> None:
+    """Freeze the base and add the adapter layers of `path` with its weights (as mlx-lm's
+    `load_adapters` does), trainable: the policy starts as the supervised fine-tune.
+
+    The layers are the adapter's own (type, rank, scale, layers, keys), so that
+    `mlx_lm.load(model.path, adapter_path=RUN_DIR)` rebuilds them; only the dropout is the
+    run's (`finetune.dropout`), which the trainer's ratio bookkeeping relies on.
+    """
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    config = starting_adapter_config(path)
+    model.freeze()
+    linear_to_lora_layers(model, config["num_layers"], {**config["lora_parameters"], "dropout": dropout},
+                          use_dora=config.get("fine_tune_type") == "dora")
+    weights = mx.load(str(Path(path).expanduser() / ADAPTER_FILE))
+    trainable = dict(tree_flatten(model.trainable_parameters()))
+    wrong = sorted(k for k, w in weights.items() if k not in trainable or trainable[k].shape != w.shape)
+    if wrong or set(weights) != set(trainable):
+        missing = sorted(set(trainable) - set(weights))
+        raise ConfigError(f"model.adapter_path={path} does not fit model.path: "
+                          + (f"{len(wrong)} tensors without a matching layer (e.g. {wrong[0]})" if wrong
+                             else f"{len(missing)} adapter tensors missing (e.g. {missing[0]})")
+                          + "; give the base model the adapter was trained on")
+    model.load_weights(list(weights.items()), strict=False)
+    mx.eval(model.parameters())
+
+
+def fuse_adapters(model: nn.Module) -> None:
+    """Fold LoRA / DoRA layers into their base layers (what `mlx_lm.fuse` does), dequantized."""
+    fused = [(name, m.fuse(dequantize=True)) for name, m in _adapter_modules(model)]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+
+
+class StartingAdapters:
+    """The reference when the policy starts from `model.adapter_path` under LoRA / DoRA: the
+    adapter's own values, kept aside (a few MB at most) and swapped into the policy's
+    adapter layers while the reference runs. The very layers and kernels compute both, so
+    the first step's ratios are exactly 1 and its KL 0 on any base precision."""
+
+    def __init__(self, model: nn.Module):
+        self.values = tree_flatten(model.trainable_parameters())
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        current = tree_flatten(model.trainable_parameters())
+        model.update(tree_unflatten(self.values))
+        try:
+            yield model
+        finally:
+            model.update(tree_unflatten(current))
+
+
 def load_frozen(path: str, model_cfg, like_trainable: bool = False) -> nn.Module:
     model, _ = load_model(path, model_cfg.trust_remote_code)
     quantize_base(model, model_cfg, trainable=like_trainable)
@@ -128,15 +210,33 @@ def load_policy_and_reference(model_cfg, ft):
     (every ratio is exactly 1 before the first update). Full fine-tuning changes the base
     itself, so it keeps one frozen copy. A set `model.reference_path` loads that model,
     quantized like the policy.
+
+    `model.adapter_path` (an `mlx_lm.lora` folder): the policy starts as base + that
+    adapter, and the reference is that same model, frozen. LoRA / DoRA train the adapter's
+    own layers on from its values (the reference: `StartingAdapters`); full fine-tuning
+    trains the base with the adapter fused into it (the reference: a fused frozen copy).
     """
     policy, tokenizer = load_model(model_cfg.path, model_cfg.trust_remote_code)
     quantize_base(policy, model_cfg, trainable=ft.type == "full")
-    add_adapters(policy, ft)
+    start = getattr(model_cfg, "adapter_path", "") or ""
+    if start and ft.type != "full":
+        add_starting_adapter(policy, start, ft.dropout)
+    else:
+        if start:  # full fine-tuning from the supervised fine-tune: its adapter folded into the base
+            add_starting_adapter(policy, start, 0.0)
+            fuse_adapters(policy)
+        add_adapters(policy, ft)
     reference = None
     if model_cfg.reference_path:
         reference = load_frozen(model_cfg.reference_path, model_cfg)
     elif ft.type == "full":
         reference = load_frozen(model_cfg.path, model_cfg, like_trainable=True)
+        if start:
+            add_starting_adapter(reference, start, 0.0)
+            fuse_adapters(reference)
+            reference.freeze()
+    elif start:
+        reference = StartingAdapters(policy)
     return policy, reference, tokenizer
 
 
@@ -167,13 +267,18 @@ def frozen_base(policy: nn.Module, reference: nn.Module | None, model_cfg, ft) -
     """
     if ft.type != "full":
         return policy
+    if getattr(model_cfg, "adapter_path", ""):  # the frozen copy holds the fused fine-tune, not model.path
+        return None
     return reference if not model_cfg.reference_path else None
 
 
 @contextlib.contextmanager
 def reference_model(policy: nn.Module, reference: nn.Module | None):
     """The frozen reference: a separate model when one was loaded, else the policy's base."""
-    if reference is not None:
+    if isinstance(reference, StartingAdapters):
+        with reference.applied(policy):
+            yield policy
+    elif reference is not None:
         yield reference
     else:
         with adapters_disabled(policy):
@@ -186,7 +291,18 @@ def adapter_weights(model: nn.Module) -> dict:
 
 
 def adapter_config(model_cfg, ft) -> dict:
-    """adapter_config.json as mlx-lm's `load_adapters` and `mlx_lm.fuse` read it."""
+    """adapter_config.json as mlx-lm's `load_adapters` and `mlx_lm.fuse` read it. Training
+    on from `model.adapter_path` under LoRA / DoRA, the layers are that adapter's own."""
+    start = getattr(model_cfg, "adapter_path", "") or ""
+    if start and ft.type != "full":
+        config = starting_adapter_config(start)
+        return {
+            "model": model_cfg.path,
+            "fine_tune_type": config.get("fine_tune_type", "lora"),
+            "num_layers": config["num_layers"],
+            "lora_parameters": {**config["lora_parameters"], "dropout": ft.dropout},
+            "starting_adapter_path": str(start),
+        }
     return {
         "model": model_cfg.path,
         "fine_tune_type": ft.type,

@@ -23,11 +23,13 @@ from mlx.utils import tree_flatten, tree_map
 
 from ppo.errors import TrainingDiverged
 from ppo.judges import Pair, advantages_from_verdicts
+from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
 from ppo.train.distributed import World
 from ppo.train.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample_pairs
+from ppo.train.samples import sample_rows
 from ppo.train.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
 
 SINGLE_PROCESS = World()
@@ -55,6 +57,8 @@ class Collected:
 
     judged: JudgedBatch | None
     metrics: dict
+    # samples.jsonl rows of the first `keep_samples` pairs (ppo.train.samples).
+    samples: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -91,12 +95,16 @@ def judge_metrics(diagnostics: dict) -> dict:
 
 def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, prompts: list[Prompt], *, step: int,
             sampling: Sampling, loss_cfg, dropout: float = 0.0, sample_fn: Callable = sample_pairs,
-            token_logps_fn: Callable = token_logps) -> Collected:
+            token_logps_fn: Callable = token_logps, reader: CompletionReader | None = None,
+            keep_samples: int = 0) -> Collected:
     """Rollout, judge and score one micro-batch of prompts.
 
     `sample_fn(model, prompt_ids, **sampling)` returns the (first, second) completions and
     `token_logps_fn(model, batch)` scores them; a benchmark passes its variants here. Rows
-    0..B-1 of the scoring batch hold the first completions, B..2B-1 the second.
+    0..B-1 of the scoring batch hold the first completions, B..2B-1 the second. `reader`
+    decides what the judge reads of each completion (default: the answer without its
+    reasoning block); the scoring uses every sampled token. `keep_samples`: samples.jsonl
+    rows for that many pairs.
     """
     prompt_ids = [list(p.tokens) for p in prompts]
 
@@ -107,8 +115,9 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
 
     # 2. Judge: P(first is better) -> chosen / rejected and the advantage.
     judge_start = time.perf_counter()
-    decoded_first = tokenizer.batch_decode(first.token_ids, skip_special_tokens=True)
-    decoded_second = tokenizer.batch_decode(second.token_ids, skip_special_tokens=True)
+    reader = reader or CompletionReader(tokenizer)
+    decoded_first = reader.texts(prompt_ids, first.token_ids)
+    decoded_second = reader.texts(prompt_ids, second.token_ids)
     pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(
         prompts, decoded_first, decoded_second, first.finished, second.finished)]
     verdicts = judge(pairs, step=step)
@@ -138,7 +147,9 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
             old_logps=old_logps,
         )
     lengths = np.array([len(t) for t in first.token_ids + second.token_ids])
-    return Collected(judged, {
+    samples = sample_rows(step, "train", tokenizer, prompts, first, second, decoded_first, decoded_second,
+                          verdicts.p, limit=keep_samples) if keep_samples > 0 else []
+    return Collected(judged, samples=samples, metrics={
         "completions/mean_length": lengths.mean(),
         "completions/eos_rate": np.mean(first.finished + second.finished),
         **judge_metrics(verdicts.diagnostics),
@@ -259,16 +270,24 @@ def mean_dicts(dicts: list[dict]) -> dict:
 def train_step(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, optimizer, loss_and_grad: Callable,
                next_prompts: Callable[[], list[Prompt]], *, step: int, sampling: Sampling, loss_cfg,
                grad_accumulation_steps: int = 1, dropout: float = 0.0, world: World = SINGLE_PROCESS,
-               sample_fn: Callable = sample_pairs, token_logps_fn: Callable = token_logps) -> dict:
+               sample_fn: Callable = sample_pairs, token_logps_fn: Callable = token_logps,
+               reader: CompletionReader | None = None, samples_out: list | None = None, max_samples: int = 0) -> dict:
     """Collect `grad_accumulation_steps` micro-batches, update once on them; this rank's metrics.
 
     `next_prompts()` returns this rank's share of the next global batch. `sample_fn` and
     `token_logps_fn` go to `collect`; the loss's scorer is the one `loss_and_grad` was built
-    with (`make_loss_fn(loss_cfg, token_logps_fn)`)."""
+    with (`make_loss_fn(loss_cfg, token_logps_fn)`). With a `samples_out` list, samples.jsonl
+    rows of this rank's first `max_samples` pairs are appended to it."""
     step_start = time.perf_counter()
-    collected = [collect(policy, reference, tokenizer, judge, next_prompts(), step=step, sampling=sampling,
-                         loss_cfg=loss_cfg, dropout=dropout, sample_fn=sample_fn, token_logps_fn=token_logps_fn)
-                 for _ in range(grad_accumulation_steps)]
+    keep = max_samples if samples_out is not None else 0
+    collected = []
+    for _ in range(grad_accumulation_steps):
+        collected.append(collect(policy, reference, tokenizer, judge, next_prompts(), step=step, sampling=sampling,
+                                 loss_cfg=loss_cfg, dropout=dropout, sample_fn=sample_fn, token_logps_fn=token_logps_fn,
+                                 reader=reader, keep_samples=keep))
+        keep -= len(collected[-1].samples)
+    if samples_out is not None:
+        samples_out.extend(row for c in collected for row in c.samples)
     judged = [c.judged for c in collected if c.judged is not None]
     updated = update(policy, optimizer, loss_and_grad, judged, epochs=loss_cfg.ppo_epochs,
                      rollout_ratio=loss_cfg.ratio == "rollout", world=world)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ppo.io import METRICS_FILE, atomic_write_text, read_jsonl
 from ppo.metrics import wilson_interval
+from ppo.train.samples import SamplesFile
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ class Tracker:
 
     def __init__(self, cfg, run_dir: Path, config: dict, resume_step: int | None = None, wandb_id: str | None = None):
         self.file = MetricsFile(run_dir, resume_step)
+        self.samples = SamplesFile(run_dir, resume_step)
         self.wandb = (WandbRun(cfg.wandb, run_dir, config, wandb_id, config.get("experiment_name", "default"))
                       if cfg.kind == "wandb" else None)
 
@@ -253,13 +255,17 @@ class Tracker:
             self.wandb.log(step, metrics)
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
-        """Sampled pairs of an evaluation (prompt, both completions, the judge's p and verdict,
-        whether each ended): a `samples` wandb.Table at `step`."""
-        if self.wandb:
-            self.wandb.log_table(step, "samples", rows)
+        """Judged pairs (ppo.train.samples: prompt, completions, judged texts, verdict) into
+        samples.jsonl; an evaluation's rows also as a `samples` wandb.Table at `step` (the same
+        rows, so the table and the file never disagree)."""
+        self.samples.write(step, rows)
+        evaluation = [{**row, "step": step} for row in rows if row.get("phase") == "eval"]
+        if self.wandb and evaluation:
+            self.wandb.log_table(step, "samples", evaluation)
 
     def finish(self, summary: dict, exit_code: int = 0) -> None:
         self.file.close()
+        self.samples.close()
         if self.wandb:
             self.wandb.summary(lean_summary(summary, read_jsonl(self.file.path)))
             if exit_code == 0:
