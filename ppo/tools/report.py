@@ -344,9 +344,10 @@ def configurations(runs: list[Run]) -> list[Cell]:
     for r in runs:
         grouped.setdefault(r.configuration, []).append(r)
     cells = [Cell.of(key, members) for key, members in grouped.items()]
-    keys = sorted({k for c in cells for k, _ in c.configuration})
-    varying = [k for k in keys if len({dict(c.configuration).get(k) for c in cells}) > 1]
     short = {"loss.epsilon": "eps", "loss.beta": "beta", "loss.type": "loss", "loss.advantage": "adv"}
+    # epsilon, beta, loss type, advantage first (the harness's question), then the rest by name
+    keys = sorted({k for c in cells for k, _ in c.configuration}, key=lambda k: (list(short) + [k]).index(k))
+    varying = [k for k in keys if len({dict(c.configuration).get(k) for c in cells}) > 1]
     for c in cells:
         values = dict(c.configuration)
         parts = [f"{short.get(k, k)}={_plain(values.get(k))}" for k in varying]
@@ -424,9 +425,9 @@ def verdict_text(v: Verdict, markdown: bool = False) -> str:
     if v.clear:
         return (head + f". It {b('beats the runner-up beyond noise')}: {v.runner_up.describe()} "
                 f"({v.runner_up.win_text()}); their 95% intervals do not overlap")
-    others = "; ".join(f"{c.describe()} ({c.win_text()})" for c in v.top_group[1:])
-    return (head + f". {b('No clear winner')}: it cannot be told apart from {others} "
-            f"(95% intervals overlap); top group of {len(v.top_group)}")
+    others = "; ".join(f"{c.label} ({c.win_text()})" for c in v.top_group[1:])
+    return (head + f". {b('No clear winner')}: top group of {len(v.top_group)}, whose 95% intervals overlap the "
+            f"best's; it cannot be told apart from {others}")
 
 
 def _fmt(value, spec: str = "{:.4g}") -> str:
@@ -522,7 +523,8 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=10, fontweight="bold")
     for e, b in sorted(boxed):
         i, j = epsilons.index(e), betas.index(b)
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e41a1c", linewidth=3))
+        # inset, so that neighbouring boxes of a top group stay two boxes
+        ax.add_patch(plt.Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="#e41a1c", linewidth=3))
     ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas], fontsize=10)
     ax.set_yticks(range(len(epsilons)), [f"{e:g}" for e in epsilons], fontsize=10)
     ax.set_xlabel("KL weight beta (loss.beta)", fontsize=11)
@@ -937,8 +939,6 @@ def main(argv: list[str] | None = None) -> int:
     if v.best is not None:
         used = sorted(v.best.used or v.best.runs, key=lambda r: r.name)
         print(f"  {'run' if len(used) == 1 else 'runs'}: " + ", ".join(str(r.path) for r in used))
-    if len(v.top_group) > 1:
-        print("  top group (boxed in heatmap_win_rate.png): " + "; ".join(c.label for c in v.top_group))
     print(f"  test: {VERDICT_RULE}")
     search = load_search(Path(args.sweep_dir).resolve(), runs)
     if search is not None and len(search.objectives) > 1:
