@@ -190,8 +190,9 @@ class WandbConfig:
     name: Optional[str] = None
     # W&B tags; the experiment name is always added.
     tags: list[str] = field(default_factory=list)
-    # W&B job type.
-    job_type: str = "train"
+    # W&B job type; None: in a multirun, the job's configuration (its overrides without the seed), so that
+    # "group by job type" in the W&B UI puts a configuration's seeds together within the sweep's group; else train.
+    job_type: Optional[str] = None
     # offline | online | disabled; None: WANDB_MODE, else what `wandb offline|online|disabled` saved, else offline.
     mode: Optional[str] = None
     # Log the final adapters as a W&B model artifact (they are always in the run folder).
