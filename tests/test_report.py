@@ -237,3 +237,19 @@ def test_final_line_explains_a_negative_k1_kl():
 
     assert kl_text(0.15) == "0.15"
     assert "k1 estimate" in kl_text(-0.0088) and "never negative" in kl_text(-0.0088)
+
+
+def test_a_setting_beyond_epsilon_and_beta_splits_configurations(tmp_path, capsys, figures):
+    root = tmp_path / "sweep"
+    make_run(root, "a", 0.1, 0.1, [0.5, 0.6], [0.1] * 10, [0.1] * 10, pairs=64)
+    fast = make_run(root, "b", 0.1, 0.1, [0.5, 0.7], [0.1] * 10, [0.1] * 10, pairs=64)
+    config = fast / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("  iters: 10\n", "  iters: 10\n  learning_rate: 0.001\n"))
+    make_run(root, "c", 0.1, 0.5, [0.5, 0.5], [0.1] * 10, [0.1] * 10, pairs=64)
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs (3 finished) in 3 configurations" in out
+    assert "best configuration: epsilon=0.1 beta=0.1 loss_type=ppo_clip advantage=judge train.learning_rate=0.001:" in out
+    # the heatmap's cell at beta 0.1 holds two configurations: it says so rather than "2 seeds"
+    texts = [t.get_text() for t in figures["heatmap_win_rate"].axes[0].texts]
+    assert any("2 runs of 2 configurations" in t for t in texts) and not any("2 seeds" in t for t in texts)

@@ -518,6 +518,9 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
                 else:
                     text = spec.format(stat.mean) + (f" ± {spec.format(stat.half)}" if stat.half is not None else "")
                     text += f"\n({stat.n} seed{'s' if stat.n != 1 else ''})"
+                kinds = len({r.configuration for r in positions[(e, b)]})
+                if kinds > 1:  # other settings vary too: the runs here are not seeds of one configuration
+                    text = text.replace("seeds)", f"runs of {kinds} configurations)").replace("seed)", "run)")
                 shade = (grid[i, j] - vmin) / (vmax - vmin)
                 colour = "black" if shade > 0.55 else "white"
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=10, fontweight="bold")
