@@ -188,6 +188,15 @@ def test_three_seeds_a_clear_winner(tmp_path, capsys, figures):
     assert sorted(line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")) == [
         "beta=0.1 (3 seeds)", "beta=0.5 (3 seeds)"]
     assert "t-intervals over seeds" in ax.get_title()
+    # the bar chart: one bar per configuration with its interval as whiskers
+    bars = figures["compare_runs"].axes[0]
+    from matplotlib.container import ErrorbarContainer
+
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["beta=0.1 (3 seeds)", "beta=0.5 (3 seeds)"]
+    (whiskers,) = [c for c in bars.containers if isinstance(c, ErrorbarContainer)]
+    first = whiskers.lines[2][0].get_segments()[0]
+    # beta=0.1's verdict interval: the pooled Wilson 0.7807-0.8362 (wider than its t-interval 0.7852-0.8348)
+    assert (first[0][0], first[1][0]) == pytest.approx((0.78074, 0.83618), abs=1e-5)
 
 
 def test_three_seeds_that_cannot_be_told_apart(tmp_path, capsys, figures):

@@ -632,21 +632,44 @@ def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_
 
 
 def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
-    """One horizontal bar per run: final win rate, clip_fraction (last 20%), final kl."""
-    labels = _labels(runs)
-    ordered = sorted(runs, key=lambda r: labels[r.name])
+    """One horizontal bar per run: final win rate, clip_fraction (last 20%), final kl. When a
+    configuration has several seeds, one bar per configuration instead: the mean over its seeds,
+    with the verdict's 95% interval on the win rate and the t-interval over seeds on the others."""
+    plt = _pyplot()
+    cells = configurations(runs)
+    if any(len(c.runs) > 1 for c in cells):
+        ordered_cells = sorted(cells, key=lambda c: c.label)
+        names = [f"{c.label} ({c.win.n or len(c.runs)} seeds)" + ("" if c.finished else " (not finished)")
+                 for c in ordered_cells]
+        rows = []
+        for c in ordered_cells:
+            interval = c.interval if c.win.mean is not None else None
+            win_err = (c.win.mean - interval[0], interval[1] - c.win.mean) if interval else (0.0, 0.0)
+            rows.append({"final_win_rate": (c.win.mean, win_err), "clip_fraction": (c.clip.mean, (c.clip.half or 0.0,) * 2),
+                         "final_kl": (c.kl.mean, (c.kl.half or 0.0,) * 2), "finished": c.finished})
+        what = f"{len(cells)} configurations, {len(runs)} runs; bars: mean over seeds, whiskers: 95% intervals"
+    else:
+        labels = _labels(runs)
+        ordered = sorted(runs, key=lambda r: labels[r.name])
+        names = [labels[r.name] + ("" if r.status == "finished" else f" ({r.status})") for r in ordered]
+        rows = [{"final_win_rate": (r.final_win_rate, None), "clip_fraction": (r.clip_fraction, None),
+                 "final_kl": (r.final_kl, None), "finished": r.status == "finished"} for r in ordered]
+        what = f"{len(runs)} runs"
     panels = [("final_win_rate", "final eval win rate", "{:.2f}"), ("clip_fraction", "clip_fraction (last 20%)", "{:.2f}"),
               ("final_kl", "final kl", "{:.3g}")]
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.42 * len(ordered) + 1.8), dpi=120, sharey=True)
-    names = [labels[r.name] + ("" if r.status == "finished" else f" ({r.status})") for r in ordered]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.42 * len(rows) + 1.8), dpi=120, sharey=True)
     for ax, (attr, title, spec) in zip(axes, panels):
-        values = [getattr(r, attr) for r in ordered]
+        values = [row[attr][0] for row in rows]
         heights = [v if v is not None else 0.0 for v in values]
-        colours = ["#4c72b0" if r.status == "finished" else "#bbbbbb" for r in ordered]
-        ax.barh(range(len(ordered)), heights, color=colours)
+        colours = ["#4c72b0" if row["finished"] else "#bbbbbb" for row in rows]
+        errors = [row[attr][1] for row in rows]
+        xerr = None
+        if all(e is not None for e in errors):
+            xerr = [[e[0] for e in errors], [e[1] for e in errors]]
+        ax.barh(range(len(rows)), heights, color=colours, xerr=xerr, ecolor="#333333", capsize=3)
         for i, v in enumerate(values):
-            ax.text(heights[i], i, " " + (spec.format(v) if v is not None else "n/a"), va="center", fontsize=9)
+            right = heights[i] + (xerr[1][i] if xerr else 0.0)
+            ax.text(right, i, " " + (spec.format(v) if v is not None else "n/a"), va="center", fontsize=9)
         if attr == "final_win_rate":
             ax.axvline(0.5, color="grey", linestyle=":", linewidth=1.2)
         if attr == "clip_fraction":
@@ -655,9 +678,9 @@ def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
         ax.set_title(title, fontsize=11)
         ax.grid(True, axis="x", alpha=0.3)
         ax.margins(x=0.25)
-    axes[0].set_yticks(range(len(ordered)), names, fontsize=9)
+    axes[0].set_yticks(range(len(rows)), names, fontsize=9)
     axes[0].invert_yaxis()
-    fig.suptitle(f"Runs compared: {sweep_name} ({len(runs)} runs; grey = not finished)", fontsize=11)
+    fig.suptitle(f"Runs compared: {sweep_name} ({what}; grey = not finished)", fontsize=11)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
