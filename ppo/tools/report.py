@@ -299,7 +299,7 @@ class Cell:
 
     @property
     def first(self) -> Run:
-        return sorted(self.runs, key=lambda r: (r.seed is None, str(r.seed), r.name))[0]
+        return min(self.runs, key=lambda r: (r.seed is None, str(r.seed), r.name))  # the lowest seed names the cell
 
     @property
     def interval(self) -> tuple[float, float] | None:
