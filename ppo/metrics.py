@@ -36,3 +36,30 @@ def wilson_interval(rate: float | None, pairs: float | None, z: float = 1.96) ->
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(max(0.0, rate * (1 - rate)) / n + z * z / (4 * n * n))
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# Student's t 0.975 quantiles for 1..30 degrees of freedom (two-sided 95%); beyond 30 the
+# Cornish-Fisher expansion around 1.96 is within 1e-4. A table, so the report needs no scipy.
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with `df` degrees of freedom (df >= 1)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T_975):
+        return _T_975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df * df)
+
+
+def t_half_width(values: list[float]) -> float | None:
+    """Half-width of the 95% t-interval of the mean of `values` (independent seeds): t * s / sqrt(n)
+    with the sample standard deviation s. None below two values: one seed has no spread to measure."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return t_quantile_975(n - 1) * s / math.sqrt(n)

@@ -11,4 +11,4 @@ bash scripts/setup.sh
 .venv/bin/ppo-report "$out/compare"
 echo
 echo "side by side (ppo_form=textbook is the headline; seed = the seed's own formula):"
-grep -E '^\| (run|---|`)' "$out/compare/report.md" | cut -d'|' -f2,6,7,9,10,11,12
+grep -E '^\| (run|---|`)' "$out/compare/report.md" | cut -d'|' -f2,6,8,10,11,12,13

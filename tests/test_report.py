@@ -8,13 +8,15 @@ import pytest
 from ppo.tools.report import health_verdict, load_runs, main
 
 
-def make_run(root, name, epsilon, beta, win_rates, clips, kls, status="finished", loss_type="ppo_clip", pairs=None):
+def make_run(root, name, epsilon, beta, win_rates, clips, kls, status="finished", loss_type="ppo_clip", pairs=None,
+             seed=0, logger="none"):
     """A run folder as ppo-train leaves it: .hydra/config.yaml, metrics.jsonl, summary.json."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(
         f"loss:\n  type: {loss_type}\n  epsilon: {epsilon}\n  beta: {beta}\n  advantage: judge\n"
-        "seed: 0\ntrain:\n  iters: 10\nmodel:\n  path: ${ppo_cache:}/models/demo\n")
+        f"seed: {seed}\ntrain:\n  iters: 10\n  progress: false\nmodel:\n  path: ${{ppo_cache:}}/models/demo\n"
+        f"logger:\n  kind: {logger}\n")
     rows = []
     for step in range(1, 11):
         row = {"step": step, "clip_fraction": clips[step - 1], "kl": kls[step - 1], "timing/step_seconds": 0.1}
@@ -108,18 +110,110 @@ def figures(monkeypatch):
     return saved
 
 
+def _boxed_betas(figure) -> set[str]:
+    """The beta tick labels under the heatmap's boxes (one epsilon row in these sweeps)."""
+    ax = figure.axes[0]
+    betas = [t.get_text() for t in ax.get_xticklabels()]
+    return {betas[round(box.get_x() + 0.5)] for box in ax.patches}
+
+
 def test_one_tie_break_rule_for_the_box_the_text_and_stdout(tmp_path, capsys, figures):
     root = tmp_path / "sweep"
-    # The same final win rate; the rule (best_run) prefers the higher best win rate: beta=0.5.
-    make_run(root, "beta=0.01", 0.1, 0.01, [0.4, 0.6], [0.1] * 10, [2.0] * 10)
-    make_run(root, "beta=0.5", 0.1, 0.5, [0.7, 0.6], [0.1] * 10, [0.1] * 10)
-    make_run(root, "beta=0.1", 0.1, 0.1, [0.3, 0.5], [0.1] * 10, [0.1] * 10)
+    # beta=0.01 and beta=0.5 end level (0.6 of 400 pairs); the rule prefers the higher best win
+    # rate: beta=0.5 is named best, but cannot be told apart from beta=0.01; beta=0.1 (0.5 of
+    # 400 pairs: Wilson 0.45-0.55 against 0.55-0.65) is beyond noise below them.
+    make_run(root, "beta=0.01", 0.1, 0.01, [0.4, 0.6], [0.1] * 10, [2.0] * 10, pairs=400)
+    make_run(root, "beta=0.5", 0.1, 0.5, [0.7, 0.6], [0.1] * 10, [0.1] * 10, pairs=400)
+    make_run(root, "beta=0.1", 0.1, 0.1, [0.3, 0.5], [0.1] * 10, [0.1] * 10, pairs=400)
     assert main([str(root)]) == 0
-    assert "best configuration: epsilon=0.1 beta=0.5 " in capsys.readouterr().out
-    assert "**Best configuration:** epsilon=0.1 beta=0.5 " in (root / "report.md").read_text()
-    (box,) = [p for p in figures["heatmap_win_rate"].axes[0].patches]
-    betas = [t.get_text() for t in figures["heatmap_win_rate"].axes[0].get_xticklabels()]
-    assert betas[round(box.get_x() + 0.5)] == "0.5"  # the box sits where the text says
+    out = capsys.readouterr().out
+    assert "best configuration: epsilon=0.1 beta=0.5 " in out and "No clear winner" in out
+    assert "top group of 2, whose 95% intervals overlap the best's; it cannot be told apart from beta=0.01 (0.600 ± " in out
+    report = (root / "report.md").read_text()
+    assert "**Best configuration:** epsilon=0.1 beta=0.5 " in report
+    verdict = next(line for line in report.splitlines() if line.startswith("**Best configuration:**"))
+    assert "cannot be told apart from beta=0.01 " in verdict and "beta=0.1 " not in verdict
+    assert _boxed_betas(figures["heatmap_win_rate"]) == {"0.5", "0.01"}  # the boxes sit where the text says
+
+
+def _seeds(root, name, epsilon, beta, finals, kls=(0.1, 0.1, 0.1), pairs=256):
+    for seed, (final, kl) in enumerate(zip(finals, kls)):
+        make_run(root, f"{name},seed={seed}", epsilon, beta, [0.5, final], [0.0] * 9 + [0.01 * (seed + 1)], [kl] * 10,
+                 pairs=pairs, seed=seed, logger=["none", "wandb"][seed % 2])  # the logger does not split a configuration
+
+
+def test_statistics_of_two_seeds_by_hand(tmp_path):
+    from ppo.tools.report import configurations, load_runs
+
+    root = tmp_path / "sweep"
+    make_run(root, "seed=0", 0.2, 0.1, [0.5, 0.6], [0.1] * 10, [0.2] * 10, pairs=100, seed=0)
+    make_run(root, "seed=1", 0.2, 0.1, [0.5, 0.7], [0.1] * 10, [0.4] * 10, pairs=100, seed=1)
+    (cell,) = configurations(load_runs(root))
+    # mean 0.65; s = sqrt(((0.6-0.65)^2 + (0.7-0.65)^2) / 1) = 0.070711; t(0.975, 1 df) = 12.706;
+    # half = 12.706 * 0.070711 / sqrt(2) = 0.63530
+    assert cell.win.n == 2 and cell.win.mean == pytest.approx(0.65) and cell.win.half == pytest.approx(0.63530, abs=1e-5)
+    # pooled: 130 wins of 200 pairs; Wilson (z = 1.96): centre (0.65 + z^2/400) / (1 + z^2/200) = 0.647173,
+    # half 1.96 / (1 + z^2/200) * sqrt(0.65 * 0.35 / 200 + z^2 / 160000) = 0.065540
+    assert cell.pairs == 200 and cell.pooled == pytest.approx((0.581633, 0.712713), abs=1e-6)
+    # KL 0.2 and 0.4: mean 0.3, half 12.706 * 0.141421 / sqrt(2) = 1.2706
+    assert cell.kl.mean == pytest.approx(0.3) and cell.kl.half == pytest.approx(1.2706, abs=1e-4)
+    assert cell.win_text() == "0.650 ± 0.635 (2 seeds)" and cell.kl.text("{:.2f}") == "0.30 ± 1.27 (2 seeds)"
+    # the verdict's interval: the union of the t-interval (0.0147-1.2853, clipped to 1) and the pooled Wilson
+    assert cell.interval == pytest.approx((0.65 - 0.63530, 1.0), abs=1e-5)
+
+
+def test_three_seeds_a_clear_winner(tmp_path, capsys, figures):
+    root = tmp_path / "sweep"
+    _seeds(root, "beta=0.1", 0.1, 0.1, [0.80, 0.82, 0.81])  # 0.81 ± 0.025, pooled 0.78-0.84
+    _seeds(root, "beta=0.5", 0.1, 0.5, [0.60, 0.62, 0.61])  # 0.61 ± 0.025, pooled 0.58-0.64
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs (6 finished) in 2 configurations" in out
+    assert "best configuration: epsilon=0.1 beta=0.1 loss_type=ppo_clip advantage=judge: final eval win rate " \
+           "0.810 ± 0.025 (3 seeds), pooled pairs 0.78-0.84 (768 pairs). It beats the runner-up beyond noise: " \
+           "epsilon=0.1 beta=0.5 loss_type=ppo_clip advantage=judge (0.610 ± 0.025 (3 seeds))" in out
+    report = (root / "report.md").read_text()
+    rows = {line.split(" | ")[0]: line for line in report.splitlines() if line.startswith("| beta=")}
+    assert set(rows) == {"| beta=0.1", "| beta=0.5"}  # one row per configuration, seeds pooled
+    assert "| 0.810 ± 0.025 (3 seeds) | 0.78-0.84 (768 pairs) | yes |" in rows["| beta=0.1"]
+    assert "| 0.610 ± 0.025 (3 seeds) | 0.58-0.64 (768 pairs) |  |" in rows["| beta=0.5"]
+    assert "0.100 ± 0.000 (3 seeds)" in rows["| beta=0.1"]  # final kl over the seeds
+    assert sum(line.startswith("| `beta=") for line in report.splitlines()) == 6  # and one row per run
+    assert _boxed_betas(figures["heatmap_win_rate"]) == {"0.1"}
+    texts = [t.get_text() for t in figures["heatmap_win_rate"].axes[0].texts]
+    assert "0.810 ± 0.025\n(3 seeds)\npairs 0.78-0.84" in texts
+    assert any("± " in t and "(3 seeds)" in t for t in (x.get_text() for x in figures["heatmap_kl"].axes[0].texts))
+    # the win-rate curves: one line per configuration with its seed band
+    ax = figures["curves_win_rate"].axes[0]
+    assert sorted(line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")) == [
+        "beta=0.1 (3 seeds)", "beta=0.5 (3 seeds)"]
+    assert "t-intervals over seeds" in ax.get_title()
+    # the bar chart: one bar per configuration with its interval as whiskers
+    bars = figures["compare_runs"].axes[0]
+    from matplotlib.container import ErrorbarContainer
+
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["beta=0.1 (3 seeds)", "beta=0.5 (3 seeds)"]
+    (whiskers,) = [c for c in bars.containers if isinstance(c, ErrorbarContainer)]
+    first = whiskers.lines[2][0].get_segments()[0]
+    # beta=0.1's verdict interval: the pooled Wilson 0.7807-0.8362 (wider than its t-interval 0.7852-0.8348)
+    assert (first[0][0], first[1][0]) == pytest.approx((0.78074, 0.83618), abs=1e-5)
+
+
+def test_three_seeds_that_cannot_be_told_apart(tmp_path, capsys, figures):
+    root = tmp_path / "sweep"
+    _seeds(root, "beta=0.01", 0.1, 0.01, [0.80, 0.70, 0.90])  # 0.80 ± 0.248: the seeds disagree
+    _seeds(root, "beta=0.1", 0.1, 0.1, [0.78, 0.76, 0.74])  # 0.76 ± 0.050
+    _seeds(root, "beta=0.5", 0.1, 0.5, [0.30, 0.31, 0.32])  # far below both
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "best configuration: epsilon=0.1 beta=0.01 " in out and "No clear winner" in out
+    assert "top group of 2, whose 95% intervals overlap the best's; it cannot be told apart from beta=0.1 (0.760 ± 0.050 (3 seeds))" in out
+    report = (root / "report.md").read_text()
+    assert "**No clear winner**" in report and "top group of 2" in report
+    verdict = next(line for line in report.splitlines() if line.startswith("**Best configuration:**"))
+    assert "beta=0.5" not in verdict  # far below: not in the top group
+    assert _boxed_betas(figures["heatmap_win_rate"]) == {"0.01", "0.1"}
+    assert "top group" in figures["heatmap_win_rate"].axes[0].get_title()
 
 
 def test_wilson_intervals_bands_fixed_rate_axes_integer_steps(tmp_path, figures):
@@ -152,3 +246,19 @@ def test_final_line_explains_a_negative_k1_kl():
 
     assert kl_text(0.15) == "0.15"
     assert "k1 estimate" in kl_text(-0.0088) and "never negative" in kl_text(-0.0088)
+
+
+def test_a_setting_beyond_epsilon_and_beta_splits_configurations(tmp_path, capsys, figures):
+    root = tmp_path / "sweep"
+    make_run(root, "a", 0.1, 0.1, [0.5, 0.6], [0.1] * 10, [0.1] * 10, pairs=64)
+    fast = make_run(root, "b", 0.1, 0.1, [0.5, 0.7], [0.1] * 10, [0.1] * 10, pairs=64)
+    config = fast / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("  iters: 10\n", "  iters: 10\n  learning_rate: 0.001\n"))
+    make_run(root, "c", 0.1, 0.5, [0.5, 0.5], [0.1] * 10, [0.1] * 10, pairs=64)
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs (3 finished) in 3 configurations" in out
+    assert "best configuration: epsilon=0.1 beta=0.1 loss_type=ppo_clip advantage=judge train.learning_rate=0.001:" in out
+    # the heatmap's cell at beta 0.1 holds two configurations: it says so rather than "2 seeds"
+    texts = [t.get_text() for t in figures["heatmap_win_rate"].axes[0].texts]
+    assert any("2 runs of 2 configurations" in t for t in texts) and not any("2 seeds" in t for t in texts)

@@ -139,6 +139,30 @@ def test_two_sweeps_two_wandb_groups(tmp_path, tiny_model_dir, prompts_file):
 
 
 @pytest.mark.slow
+def test_seeds_as_a_sweep_axis(tmp_path, tiny_model_dir, prompts_file, capsys):
+    # `seed=0,1` on the command line: a job folder and a W&B run per seed, one W&B job type per
+    # configuration (the seeds grouped), and ppo-report pools the seeds into one row per configuration.
+    from test_tracking import wandb_run_record
+
+    sweep_dir, result = _sweep(tmp_path, tiny_model_dir, prompts_file, "loss.beta=0.01,0.5", "seed=0,1",
+                               "train.iters=1", logger="wandb")
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name != "wandb")
+    assert names == ["loss.beta=0.01,seed=0", "loss.beta=0.01,seed=1", "loss.beta=0.5,seed=0", "loss.beta=0.5,seed=1"]
+    records = {name: wandb_run_record(sweep_dir / name) for name in names}
+    assert {name: r["job_type"] for name, r in records.items()} == {
+        "loss.beta=0.01,seed=0": "loss.beta=0.01", "loss.beta=0.01,seed=1": "loss.beta=0.01",
+        "loss.beta=0.5,seed=0": "loss.beta=0.5", "loss.beta=0.5,seed=1": "loss.beta=0.5"}
+    assert records["loss.beta=0.5,seed=1"]["display_name"] == "loss.beta=0.5,seed=1"  # the run names carry the seed
+    assert len({r["run_group"] for r in records.values()}) == 1
+
+    assert report_main([str(sweep_dir)]) == 0
+    assert "4 runs (4 finished) in 2 configurations" in capsys.readouterr().out
+    rows = [line for line in (sweep_dir / "report.md").read_text().splitlines() if line.startswith("| beta=")]
+    assert len(rows) == 2 and all("(2 seeds)" in row and " ± " in row for row in rows)
+
+
+@pytest.mark.slow
 def test_joblib_launcher_runs_two_jobs(tmp_path, tiny_model_dir, prompts_file):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep_dir, result = _sweep(tmp_path, tiny_model_dir, prompts_file, "hydra/launcher=joblib",

@@ -156,3 +156,14 @@ def test_run_name_mode_and_lean_summary_rules(monkeypatch):
     assert summary["clip_fraction"] == 0.5 and summary["clip_fraction/health"] == "moving too far"  # last 20%
     assert (round(summary["eval/win_rate_low"], 2), summary["eval/win_rate_high"]) == (0.51, 1.0)
     assert summary["kl"] == pytest.approx(1.0)
+
+
+def test_configuration_name_drops_the_seed_and_fits_wandb():
+    from ppo.train.tracking import JOB_TYPE_LIMIT, configuration_name
+
+    assert configuration_name(["seed=2", "epsilon=tight", "beta=tiny"]) == "beta=tiny,epsilon=tight"
+    assert configuration_name(["seed=0", "beta=tiny", "epsilon=tight"]) == configuration_name(["epsilon=tight", "seed=1", "beta=tiny"])
+    assert configuration_name(["seed=1", "model.path=/a/b"], excluded=["model.path"]) == "train"
+    long_a = configuration_name(["data.system_prompt=" + "x" * 80 + "a"])
+    long_b = configuration_name(["data.system_prompt=" + "x" * 80 + "b"])
+    assert len(long_a) == JOB_TYPE_LIMIT and long_a != long_b  # cut with a hash of the whole

@@ -158,3 +158,35 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path, tiny_model_dir, pro
         return [{k: v for k, v in r.items() if not k.startswith(MEASUREMENTS)} for r in _read_metrics(run_dir)]
 
     assert run("plain") == run("checkpointed", "train.grad_checkpoint=true")
+
+
+@pytest.mark.slow
+def test_eval_samples_per_prompt_multiplies_the_judged_pairs(tmp_path, tiny_model_dir, prompts_file):
+    # 4 held-out prompts drawn 3 times: 12 judged pairs per evaluation, each a samples.jsonl row,
+    # and the draws are fresh samples (not one completion counted three times).
+    run_dir = tmp_path / "run"
+    result = run_cli(small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 2}) + [
+        "train.eval_samples_per_prompt=3", "generation.temperature=1.5", f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = [r for r in _read_metrics(run_dir) if "eval/win_rate" in r]
+    assert evaluated and all(r["eval/pairs"] == 12 for r in evaluated)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval"]["eval/pairs"] == 12
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["phase"] == "eval" and r["step"] == 2]
+    assert len(last) == 12
+    by_prompt: dict = {}
+    for r in last:
+        by_prompt.setdefault(r["prompt_id"], []).append(r["a"])
+    assert len(by_prompt) == 4 and all(len(draws) == 3 for draws in by_prompt.values())
+    assert any(len(set(draws)) > 1 for draws in by_prompt.values())  # fresh draws at temperature 1.5
+
+
+def test_eval_samples_per_prompt_must_be_positive(tiny_model_dir, prompts_file):
+    from conftest import compose
+
+    from ppo.errors import ConfigError
+    from ppo.train.config import validate
+
+    with pytest.raises(ConfigError, match="train.eval_samples_per_prompt"):
+        validate(compose(small_run_overrides(tiny_model_dir, prompts_file) + ["train.eval_samples_per_prompt=0"]))

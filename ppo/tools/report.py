@@ -1,25 +1,39 @@
 """`ppo-report SWEEP_DIR`: one table, heatmaps and training curves for a sweep (no network).
 
 Every folder under SWEEP_DIR that holds `.hydra/config.yaml` is a run (a Hydra run or one
-multirun job). From each run it reads the config (epsilon, beta, loss type, advantage),
-`metrics.jsonl` (the plain metrics file; no wandb needed) and `summary.json` (status,
-final eval, wall time). It writes into SWEEP_DIR (or --out):
+multirun job). From each run it reads the config, `metrics.jsonl` (the plain metrics file; no
+wandb needed) and `summary.json` (status, final eval, wall time). Runs whose configs differ only
+in the seed (and in logging, progress and checkpoint settings: NOT_CONFIGURATION) are seeds of
+one configuration, and every number of a configuration reads `mean ± half-width (n seeds)`:
 
-- `report.md`: one row per run, the best configuration, the runs that did not finish;
-- `heatmap_win_rate.png`, `heatmap_clip_fraction.png`, `heatmap_kl.png`: epsilon x beta;
-  (drawn when the runs span more than one epsilon x beta cell);
+- the final eval win rate: the mean over seeds, ± the 95% t-interval over seeds (two seeds or
+  more; one seed: the Wilson half-width of its pairs), and the pooled Wilson interval of every
+  evaluation pair of every seed (never zero width);
+- the final KL and clip_fraction (last 20% of steps): the mean, ± the t-interval over seeds.
+
+It writes into SWEEP_DIR (or --out):
+
+- `report.md`: the verdict, one row per configuration, one row per run, the runs that did not finish;
+- `heatmap_win_rate.png`, `heatmap_clip_fraction.png`, `heatmap_kl.png`: epsilon x beta, each
+  cell `mean ± half-width (n seeds)` (drawn when the runs span more than one epsilon x beta cell);
 - `compare_runs.png`: one bar per run for the same three numbers (loss types, advantages);
-- `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run (win
-  rates with 95% Wilson bands, on [0, 1]);
+- `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run, or per
+  configuration with a seed band (the t-interval over seeds) when a configuration has several
+  seeds; a single seed's win rates carry 95% Wilson bands; rates on [0, 1];
 - for an Optuna search (hparams_search=...): a trial table and, for two objectives, the
   Pareto front (`pareto_front.png`);
 - `wandb/`: links to every run's offline W&B log, for `wandb leet SWEEP_DIR/wandb`.
 
+The verdict: one rule (BEST_RULE, `rank`) names the best configuration, and it is said to beat
+the runner-up only when their 95% intervals do not overlap (VERDICT_RULE: the interval is the
+union of the across-seed t-interval and the pooled Wilson interval); otherwise the report says
+"no clear winner" and lists the top group, every configuration it cannot tell apart from the
+best. report.md, stdout and the heatmap's boxes (one per top-group cell) all use `verdict`.
+
 The health verdict is the seed's rule on clip_fraction, taken over the last 20% of steps:
 about 0 = the policy is not moving, above 0.3 = it moves too far per step, else healthy.
 A run with no summary.json is `running-or-killed`; one with no metrics yet is
-`not-started`. Nothing in a run folder is ever written. The best run is chosen by one rule
-(`best_run`), which report.md, stdout and the heatmap's box all use.
+`not-started`. Nothing in a run folder is ever written.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ from ppo.errors import ReportError
 from ppo.health import CLIP_FRACTION_HIGH, CLIP_FRACTION_IDLE
 from ppo.health import verdict as health_verdict
 from ppo.io import CHECKPOINTS_DIR, METRICS_FILE, PREVIOUS_PREFIX, SUMMARY_FILE, atomic_write_text, read_json, read_jsonl
-from ppo.metrics import wilson_interval
+from ppo.metrics import t_half_width, wilson_interval
 from ppo.tools.sweep import OPTIMIZATION_RESULTS, objective_value
 
 LAST_FRACTION = 0.2  # clip_fraction is averaged over this last share of the steps
@@ -45,7 +59,7 @@ REPORT_FILE = "report.md"
 HEATMAPS = {  # file stem -> (run attribute, title, number format, colour map)
     "heatmap_win_rate": ("final_win_rate", "Final eval win rate against the reference", "{:.2f}", "viridis"),
     "heatmap_clip_fraction": ("clip_fraction", "Mean clip_fraction, last 20% of steps", "{:.2f}", "magma"),
-    "heatmap_kl": ("final_kl", "Final KL to the reference (nats per sequence)", "{:.3g}", "cividis"),
+    "heatmap_kl": ("final_kl", "Final KL to the reference (nats per sequence)", "{:.3f}", "cividis"),
 }
 CURVES = {  # file stem -> (metrics key, title, y label)
     "curves_win_rate": ("eval/win_rate", "Eval win rate against the reference", "win rate"),
@@ -79,6 +93,9 @@ class Run:
     pairs: float | None = None  # judged pairs of the last evaluation
     trial: int | None = None  # Hydra's job number in a multirun (an Optuna trial's number)
     objectives: dict = field(default_factory=dict)  # a search's objective values (key -> value or None)
+    # Every config key except the seed and bookkeeping (NOT_CONFIGURATION), flattened: runs with
+    # the same key are seeds of one configuration.
+    configuration: tuple = ()
 
     @property
     def interval(self) -> tuple[float, float] | None:
@@ -118,6 +135,29 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     return found
 
 
+# Config keys that do not change what a run computes (where it logs, how it shows progress,
+# when it checkpoints, how long ranks wait), besides the seed: runs differing only in these are
+# seeds of one configuration. Prefixes match whole dotted keys.
+NOT_CONFIGURATION = ("seed", "logger", "train.progress", "train.resume", "train.rank_timeout", "train.save_every",
+                     "train.keep_checkpoints")
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: repr(node)}  # lists and scalars as text: hashable and comparable
+
+
+def configuration_of(cfg: dict) -> tuple:
+    """A run's configuration: its flattened config without the seed and NOT_CONFIGURATION."""
+    flat = _flatten(cfg)
+    return tuple(sorted((k, v) for k, v in flat.items()
+                        if not any(k == x or k.startswith(x + ".") for x in NOT_CONFIGURATION)))
+
+
 def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     from omegaconf import OmegaConf
 
@@ -131,8 +171,11 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         run.loss_type, run.advantage = loss.get("type"), loss.get("advantage")
         run.seed = cfg.get("seed")
         run.iters = (cfg.get("train") or {}).get("iters")
+        run.configuration = configuration_of(cfg)
     except Exception as err:  # a half-written config: the row says so
         run.error = f"unreadable config ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    if not run.configuration:  # unreadable: a configuration of its own, never pooled with another
+        run.configuration = (("run folder", name),)
 
     run.rows = read_jsonl(run_dir / METRICS_FILE)
     run.steps = int(run.rows[-1].get("step", len(run.rows))) if run.rows else 0
@@ -189,24 +232,203 @@ def load_runs(sweep_dir: Path) -> list[Run]:
     return [load_run(d, sweep_dir) for d in run_dirs]
 
 
-# The one tie-break rule: report.md, stdout and the heatmap's box all name best_run's choice.
-BEST_RULE = ("highest final eval win rate; ties go to the higher best win rate, then the lower |final KL|; "
-             "finished runs first")
+# ----------------------------------------------------------------------------- configurations
 
 
-def best_run(runs: list[Run]) -> Run | None:
-    """The best run by BEST_RULE (every place that names a best run calls this)."""
-    scored = [r for r in runs if r.final_win_rate is not None]
-    finished = [r for r in scored if r.status == "finished"]
-    pool = finished or scored
-    if not pool:
-        return None
-    return max(pool, key=lambda r: (r.final_win_rate, r.best_win_rate or -1.0, -(abs(r.final_kl) if r.final_kl is not None else math.inf)))
+@dataclass
+class Stat:
+    """The mean over a configuration's seeds and the half-width of its 95% t-interval (None for one seed)."""
+
+    mean: float | None
+    half: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> Stat:
+        values = [v for v in values if v is not None]
+        if not values:
+            return cls(None, None, 0)
+        return cls(sum(values) / len(values), t_half_width(values), len(values))
+
+    def text(self, spec: str = "{:.3f}") -> str:
+        """`0.830 ± 0.047 (3 seeds)`; one seed has no spread: `0.830 (1 seed)`."""
+        if self.mean is None:
+            return "-"
+        seeds = f"({self.n} seed{'s' if self.n != 1 else ''})"
+        spread = f" ± {spec.format(self.half)}" if self.half is not None else ""
+        return f"{spec.format(self.mean)}{spread} {seeds}"
 
 
-def describe(run: Run) -> str:
-    return (f"epsilon={_fmt(run.epsilon)} beta={_fmt(run.beta)} loss_type={run.loss_type} advantage={run.advantage}"
-            f" seed={run.seed}")
+@dataclass
+class Cell:
+    """One configuration (every config key but the seed) and the statistics over its seeds.
+
+    Statistics use the configuration's finished runs that have a final eval win rate, or, when
+    none has finished, every run that has one (marked unfinished): a killed run's last
+    evaluation is from an earlier step and is not pooled with finished ones."""
+
+    configuration: tuple
+    runs: list[Run]
+    label: str = ""  # the settings that differ between the configurations of the report
+    extra: list = field(default_factory=list)  # those beyond epsilon, beta, loss type, advantage: `key=value`
+    used: list[Run] = field(default_factory=list)
+    finished: bool = False
+    win: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    best_win: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    kl: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    clip: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    pooled_rate: float | None = None  # every evaluation pair of every used seed, pooled
+    pairs: float | None = None
+    pooled: tuple[float, float] | None = None  # its 95% Wilson interval
+
+    @classmethod
+    def of(cls, configuration: tuple, runs: list[Run]) -> Cell:
+        cell = cls(configuration, runs)
+        scored = [r for r in runs if r.final_win_rate is not None]
+        finished = [r for r in scored if r.status == "finished"]
+        cell.used, cell.finished = (finished, True) if finished else (scored, False)
+        cell.win = Stat.of([r.final_win_rate for r in cell.used])
+        cell.best_win = Stat.of([r.best_win_rate for r in cell.used])
+        kl_runs = cell.used or [r for r in runs if r.status == "finished"] or runs
+        cell.kl = Stat.of([r.final_kl for r in kl_runs])
+        cell.clip = Stat.of([r.clip_fraction for r in kl_runs])
+        if cell.used and all(r.pairs for r in cell.used):
+            cell.pairs = sum(r.pairs for r in cell.used)
+            cell.pooled_rate = sum(r.final_win_rate * r.pairs for r in cell.used) / cell.pairs
+            cell.pooled = wilson_interval(cell.pooled_rate, cell.pairs)
+        return cell
+
+    @property
+    def first(self) -> Run:
+        return min(self.runs, key=lambda r: (r.seed is None, str(r.seed), r.name))  # the lowest seed names the cell
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% interval the verdict compares: the union of the across-seed t-interval (two
+        seeds or more) and the pooled Wilson interval of every evaluation pair. Either source
+        of noise can hide a difference, so a configuration is only as certain as the wider
+        says: seeds that happen to agree do not make it certain beyond its pairs, and many
+        pairs do not remove the seed-to-seed spread. None when neither can be computed (one
+        seed without a pair count)."""
+        bounds = []
+        if self.win.half is not None:
+            bounds.append((self.win.mean - self.win.half, self.win.mean + self.win.half))
+        if self.pooled is not None:
+            bounds.append(self.pooled)
+        if not bounds:
+            return None
+        return (max(0.0, min(b[0] for b in bounds)), min(1.0, max(b[1] for b in bounds)))
+
+    def win_text(self) -> str:
+        """`0.830 ± 0.047 (3 seeds)`: the mean over seeds and its t half-width; for one seed the
+        Wilson half-width of its pairs stands in (marked `pairs`), so no cell reads without ±."""
+        if self.win.mean is None:
+            return "-"
+        if self.win.half is None and self.pooled is not None:
+            return f"{self.win.mean:.3f} ± {(self.pooled[1] - self.pooled[0]) / 2:.3f} (1 seed; pairs)"
+        return self.win.text()
+
+    def pooled_text(self) -> str:
+        if self.pooled is None:
+            return "-"
+        return f"{self.pooled[0]:.2f}-{self.pooled[1]:.2f} ({self.pairs:.0f} pairs)"
+
+    def describe(self) -> str:
+        r = self.first
+        text = f"epsilon={_fmt(r.epsilon)} beta={_fmt(r.beta)} loss_type={r.loss_type} advantage={r.advantage}"
+        return " ".join([text, *self.extra])
+
+
+def configurations(runs: list[Run]) -> list[Cell]:
+    """The runs grouped by configuration, each labelled by the settings that differ between them."""
+    grouped: dict[tuple, list[Run]] = {}
+    for r in runs:
+        grouped.setdefault(r.configuration, []).append(r)
+    cells = [Cell.of(key, members) for key, members in grouped.items()]
+    short = {"loss.epsilon": "eps", "loss.beta": "beta", "loss.type": "loss", "loss.advantage": "adv"}
+    # epsilon, beta, loss type, advantage first (the harness's question), then the rest by name
+    keys = sorted({k for c in cells for k, _ in c.configuration}, key=lambda k: (list(short) + [k]).index(k))
+    varying = [k for k in keys if len({dict(c.configuration).get(k) for c in cells}) > 1]
+    for c in cells:
+        values = dict(c.configuration)
+        parts = [f"{short.get(k, k)}={_plain(values.get(k))}" for k in varying]
+        c.label = " ".join(parts) or c.first.name
+        c.extra = [f"{k}={_plain(values.get(k))}" for k in varying if k not in short]
+    return cells
+
+
+def _plain(value: str | None) -> str:
+    """A flattened config value (its repr) as a person writes it: 0.1, judge, [a, b]."""
+    if value is None:
+        return "-"
+    return value.strip("'")
+
+
+# The one rule that names the best configuration, used by report.md, stdout and the heatmap's
+# boxes alike. A configuration of one seed is a run, so with one seed per configuration this
+# is the rule the report always had.
+BEST_RULE = ("highest mean final eval win rate over seeds; ties go to the higher mean best win rate, then the lower "
+             "|mean final KL|; configurations with finished runs first")
+# The test behind the verdict: a configuration is told apart from the best only when their 95%
+# intervals do not overlap. Non-overlap of two 95% intervals is conservative (about p < 0.01
+# for intervals of equal width), and a reader can check it from the table by eye.
+VERDICT_RULE = ("the best beats another configuration beyond noise when their 95% intervals do not overlap; an "
+                "interval is the union of the t-interval of the per-seed final win rates (2 seeds or more) and "
+                "the Wilson interval of all evaluation pairs pooled over the seeds")
+
+
+def rank(cells: list[Cell]) -> list[Cell]:
+    """Configurations with a win rate, best first, by BEST_RULE."""
+    scored = [c for c in cells if c.win.mean is not None]
+    pool = [c for c in scored if c.finished] or scored
+    return sorted(pool, key=lambda c: (-c.win.mean, -(c.best_win.mean if c.best_win.mean is not None else -1.0),
+                                       abs(c.kl.mean) if c.kl.mean is not None else math.inf))
+
+
+@dataclass
+class Verdict:
+    """The best configuration, the runner-up, and the configurations it cannot be told apart from."""
+
+    best: Cell | None
+    runner_up: Cell | None
+    top_group: list[Cell]  # the best and every configuration whose interval overlaps the best's
+
+    @property
+    def clear(self) -> bool:
+        """The best beats every other configuration beyond noise (VERDICT_RULE)."""
+        return self.best is not None and self.runner_up is not None and len(self.top_group) == 1
+
+
+def _overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    """Unknown intervals overlap: without a measure of noise nothing is beyond it."""
+    return a is None or b is None or (a[0] <= b[1] and b[0] <= a[1])
+
+
+def verdict(cells: list[Cell]) -> Verdict:
+    ranked = rank(cells)
+    if not ranked:
+        return Verdict(None, None, [])
+    best = ranked[0]
+    group = [best] + [c for c in ranked[1:] if _overlap(best.interval, c.interval)]
+    return Verdict(best, ranked[1] if len(ranked) > 1 else None, group)
+
+
+def verdict_text(v: Verdict, markdown: bool = False) -> str:
+    """The verdict in one sentence, the same in report.md and on stdout."""
+    if v.best is None:
+        return "none yet (no run has an eval win rate)"
+    b = (lambda x: f"**{x}**") if markdown else (lambda x: x)
+    head = f"{v.best.describe()}: final eval win rate {v.best.win_text()}"
+    if v.best.pooled is not None:
+        head += f", pooled pairs {v.best.pooled_text()}"
+    if v.runner_up is None:
+        return head + " (the only configuration with an eval win rate)"
+    if v.clear:
+        return (head + f". It {b('beats the runner-up beyond noise')}: {v.runner_up.describe()} "
+                f"({v.runner_up.win_text()}); their 95% intervals do not overlap")
+    others = "; ".join(f"{c.label} ({c.win_text()})" for c in v.top_group[1:])
+    return (head + f". {b('No clear winner')}: top group of {len(v.top_group)}, whose 95% intervals overlap the "
+            f"best's; it cannot be told apart from {others}")
 
 
 def _fmt(value, spec: str = "{:.4g}") -> str:
@@ -243,33 +465,31 @@ def _pyplot():
 
 
 def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: Path, sweep_name: str,
-            best: Run | None = None) -> Path | None:
-    """epsilon (rows) x beta (columns); a cell with several runs shows their mean and n. The
-    win-rate map boxes `best`'s cell (best_run's choice, so the box, report.md and stdout agree)."""
+            top: list[Cell] | None = None) -> Path | None:
+    """epsilon (rows) x beta (columns); each cell reads `mean ± half-width (n seeds)` over the
+    runs there (Cell's statistics; the win rate's ± as in report.md's table, its pooled Wilson
+    interval of every pair below). The win-rate map boxes every cell of the verdict's top group
+    (`top`): one box when the best beats the rest beyond noise, several when it cannot be told
+    apart from them, so the boxes, report.md and stdout say the same."""
     import numpy as np
 
-    cells: dict[tuple[float, float], list[float]] = {}
+    positions: dict[tuple[float, float], list[Run]] = {}
     for r in runs:
-        value = getattr(r, attr)
-        if r.epsilon is None or r.beta is None:
-            continue
-        cells.setdefault((r.epsilon, r.beta), [])
-        if value is not None:
-            cells[(r.epsilon, r.beta)].append(value)
-    if not cells:
+        if r.epsilon is not None and r.beta is not None:
+            positions.setdefault((r.epsilon, r.beta), []).append(r)
+    if not positions:
         return None
-    epsilons = sorted({e for e, _ in cells})
-    betas = sorted({b for _, b in cells})
+    stats = {pos: Cell.of((), members) for pos, members in positions.items()}
+    epsilons = sorted({e for e, _ in positions})
+    betas = sorted({b for _, b in positions})
+    stat_of = {"final_win_rate": lambda c: c.win, "clip_fraction": lambda c: c.clip, "final_kl": lambda c: c.kl}[attr]
     grid = np.full((len(epsilons), len(betas)), np.nan)
-    counts = np.zeros_like(grid, dtype=int)
-    for (e, b), values in cells.items():
-        i, j = epsilons.index(e), betas.index(b)
-        counts[i, j] = len(values)
-        if values:
-            grid[i, j] = float(np.mean(values))
+    for (e, b), cell in stats.items():
+        if stat_of(cell).mean is not None:
+            grid[epsilons.index(e), betas.index(b)] = stat_of(cell).mean
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.9 * len(betas) + 3.2, 1.3 * len(epsilons) + 2.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(2.3 * len(betas) + 3.2, 1.5 * len(epsilons) + 2.2), dpi=120)
     colormap = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
     finite = grid[np.isfinite(grid)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -281,31 +501,43 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
     cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     cbar.ax.tick_params(labelsize=9)
 
-    best_cell = None
-    if attr == "final_win_rate" and best is not None and (best.epsilon, best.beta) in cells:
-        best_cell = (epsilons.index(best.epsilon), betas.index(best.beta))
-    for i in range(len(epsilons)):
-        for j in range(len(betas)):
-            if (epsilons[i], betas[j]) not in cells:
+    boxed = set()
+    if attr == "final_win_rate" and top:
+        top_runs = {id(r) for c in top for r in c.runs}
+        boxed = {pos for pos, members in positions.items() if any(id(r) in top_runs for r in members)}
+    for i, e in enumerate(epsilons):
+        for j, b in enumerate(betas):
+            if (e, b) not in positions:
                 text, colour = "no run", "#555555"
             elif math.isnan(grid[i, j]):
                 text, colour = "n/a", "#555555"
             else:
-                text = spec.format(grid[i, j])
+                cell, stat = stats[(e, b)], stat_of(stats[(e, b)])
+                if attr == "final_win_rate":
+                    value, seeds = cell.win_text().split(" (", 1)
+                    text = f"{value}\n({seeds}" + (f"\npairs {cell.pooled[0]:.2f}-{cell.pooled[1]:.2f}" if cell.pooled else "")
+                else:
+                    text = spec.format(stat.mean) + (f" ± {spec.format(stat.half)}" if stat.half is not None else "")
+                    text += f"\n({stat.n} seed{'s' if stat.n != 1 else ''})"
+                kinds = len({r.configuration for r in positions[(e, b)]})
+                if kinds > 1:  # other settings vary too: the runs here are not seeds of one configuration
+                    text = text.replace("seeds)", f"runs of {kinds} configurations)").replace("seed)", "run)")
                 shade = (grid[i, j] - vmin) / (vmax - vmin)
                 colour = "black" if shade > 0.55 else "white"
-            if counts[i, j] > 1:
-                text += f"\n(mean of {counts[i, j]})"
-            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=12, fontweight="bold")
-    if best_cell is not None:
-        i, j = best_cell
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e41a1c", linewidth=3))
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=10, fontweight="bold")
+    for e, b in sorted(boxed):
+        i, j = epsilons.index(e), betas.index(b)
+        # inset, so that neighbouring boxes of a top group stay two boxes
+        ax.add_patch(plt.Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="#e41a1c", linewidth=3))
     ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas], fontsize=10)
     ax.set_yticks(range(len(epsilons)), [f"{e:g}" for e in epsilons], fontsize=10)
     ax.set_xlabel("KL weight beta (loss.beta)", fontsize=11)
     ax.set_ylabel("clip range epsilon (loss.epsilon)", fontsize=11)
-    subtitle = f"{sweep_name}: {len(runs)} runs" + ("; red box = best (report.md's rule)" if best_cell is not None else "")
-    ax.set_title(f"{title}\n{subtitle}", fontsize=11)
+    note = "; ± 95% t-interval over seeds (1 seed: Wilson, pairs)"
+    if boxed:
+        note += ("\nred box: the best, ahead of the rest beyond noise" if len(boxed) == 1 else
+                 f"\nred boxes: the top group, {len(boxed)} cells the report cannot tell apart (95% intervals overlap)")
+    ax.set_title(f"{title}\n{sweep_name}: {len(runs)} runs{note}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -313,21 +545,43 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
 
 
 def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_name: str) -> Path | None:
+    """One line per run; when a configuration has several seeds, one line per configuration
+    instead: the mean over its seeds at each step, with the 95% t-interval over seeds as its band
+    (the seed band). A single-seed win-rate line keeps its Wilson band over the pairs."""
     from matplotlib.ticker import MaxNLocator
 
     series = []
-    labels = _labels(runs)
-    bands = {}  # label -> (steps, low, high): 95% Wilson intervals of a win-rate curve
-    for r in runs:
-        points = [(row.get("step"), _finite(row.get(key))) for row in r.rows]
-        points = [(s, v) for s, v in points if s is not None and v is not None]
-        if points:
-            series.append((labels[r.name], r.status, points))
-        if key == "eval/win_rate":
-            intervals = [(row["step"], i) for row in r.rows if row.get("step") is not None
-                         and (i := wilson_interval(_finite(row.get(key)), _finite(row.get("eval/pairs"))))]
-            if intervals:
-                bands[labels[r.name]] = ([s for s, _ in intervals], [i[0] for _, i in intervals], [i[1] for _, i in intervals])
+    bands = {}  # label -> (steps, low, high)
+    cells = configurations(runs)
+    seeded = any(len(c.runs) > 1 for c in cells)
+    if not seeded:
+        labels = _labels(runs)
+        for r in runs:
+            points = [(row.get("step"), _finite(row.get(key))) for row in r.rows]
+            points = [(s, v) for s, v in points if s is not None and v is not None]
+            if points:
+                series.append((labels[r.name], r.status, points))
+            if key == "eval/win_rate":
+                intervals = [(row["step"], i) for row in r.rows if row.get("step") is not None
+                             and (i := wilson_interval(_finite(row.get(key)), _finite(row.get("eval/pairs"))))]
+                if intervals:
+                    bands[labels[r.name]] = ([s for s, _ in intervals], [i[0] for _, i in intervals], [i[1] for _, i in intervals])
+    else:
+        for cell in cells:
+            members = cell.used or cell.runs
+            by_step: dict[int, list[float]] = {}
+            for r in members:
+                for row in r.rows:
+                    if row.get("step") is not None and (v := _finite(row.get(key))) is not None:
+                        by_step.setdefault(int(row["step"]), []).append(v)
+            if not by_step:
+                continue
+            label = f"{cell.label} ({len(members)} seed{'s' if len(members) != 1 else ''})"
+            status = "finished" if all(r.status == "finished" for r in members) else "not all finished"
+            series.append((label, status, [(st, sum(v) / len(v)) for st, v in sorted(by_step.items())]))
+            spread = [(st, sum(v) / len(v), h) for st, v in sorted(by_step.items()) if (h := t_half_width(v)) is not None]
+            if spread:
+                bands[label] = ([st for st, _, _ in spread], [m - h for _, m, h in spread], [m + h for _, m, h in spread])
     if not series:
         return None
     plt = _pyplot()
@@ -339,6 +593,7 @@ def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_
         steps, values = zip(*points)
         style = "-" if status == "finished" else "--"
         colour = colours[n % len(colours)]
+        band = bands.get(label)
         label = label + ("" if status == "finished" else f" ({status})")
         window = 1 if sparse else max(1, len(values) // 20)
         if window > 1:  # noisy per-step values: faint raw line, bold moving average
@@ -348,10 +603,11 @@ def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_
                       for i in range(len(values))]
         ax.plot(steps, values, style, color=colour, linewidth=1.8,
                 marker="o" if sparse or len(points) < 15 else None, markersize=4, label=label)
-        if label.split(" (")[0] in bands:
-            band_steps, low, high = bands[label.split(" (")[0]]
+        if band is not None:
+            band_steps, low, high = band
             ax.fill_between(band_steps, low, high, color=colour, alpha=0.15, linewidth=0)
-            ax.vlines(band_steps, low, high, color=colour, alpha=0.5, linewidth=1.0)  # visible for a lone point too
+            if sparse:
+                ax.vlines(band_steps, low, high, color=colour, alpha=0.5, linewidth=1.0)  # visible for a lone point too
     note = f"; bold: moving average over {max(len(p) for _, _, p in series) // 20} steps" if smoothed else ""
     if key == "clip_fraction":
         ax.axhline(CLIP_FRACTION_HIGH, color="#e41a1c", linestyle=":", linewidth=1.2)
@@ -359,13 +615,14 @@ def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_
         ax.set_ylim(-0.03, 1.03)
     if key == "eval/win_rate":
         ax.set_ylim(0.0, 1.0)  # a rate: the whole range, so 0.42 -> 0.45 does not look like a rise
-        note += "; bands: 95% Wilson intervals"
+        note += "; bands: 95% t-intervals over seeds" if seeded else "; bands: 95% Wilson intervals"
         ax.axhline(0.5, color="grey", linestyle=":", linewidth=1.2)
         ax.text(ax.get_xlim()[0], 0.5, " 0.5: no better than the reference", color="grey", va="bottom", fontsize=9)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # steps are whole numbers
     ax.set_xlabel("step", fontsize=11)
     ax.set_ylabel(ylabel, fontsize=11)
-    who = f"run {sweep_name}" if len(runs) == 1 else f"{sweep_name}: {len(series)} runs"
+    who = (f"run {sweep_name}" if len(runs) == 1 else
+           f"{sweep_name}: {len(series)} configurations, {len(runs)} runs" if seeded else f"{sweep_name}: {len(series)} runs")
     ax.set_title(f"{title}\n{who}{note}", fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
@@ -376,21 +633,44 @@ def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_
 
 
 def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
-    """One horizontal bar per run: final win rate, clip_fraction (last 20%), final kl."""
-    labels = _labels(runs)
-    ordered = sorted(runs, key=lambda r: labels[r.name])
+    """One horizontal bar per run: final win rate, clip_fraction (last 20%), final kl. When a
+    configuration has several seeds, one bar per configuration instead: the mean over its seeds,
+    with the verdict's 95% interval on the win rate and the t-interval over seeds on the others."""
+    plt = _pyplot()
+    cells = configurations(runs)
+    if any(len(c.runs) > 1 for c in cells):
+        ordered_cells = sorted(cells, key=lambda c: c.label)
+        names = [f"{c.label} ({c.win.n or len(c.runs)} seeds)" + ("" if c.finished else " (not finished)")
+                 for c in ordered_cells]
+        rows = []
+        for c in ordered_cells:
+            interval = c.interval if c.win.mean is not None else None
+            win_err = (c.win.mean - interval[0], interval[1] - c.win.mean) if interval else (0.0, 0.0)
+            rows.append({"final_win_rate": (c.win.mean, win_err), "clip_fraction": (c.clip.mean, (c.clip.half or 0.0,) * 2),
+                         "final_kl": (c.kl.mean, (c.kl.half or 0.0,) * 2), "finished": c.finished})
+        what = f"{len(cells)} configurations, {len(runs)} runs; bars: mean over seeds, whiskers: 95% intervals"
+    else:
+        labels = _labels(runs)
+        ordered = sorted(runs, key=lambda r: labels[r.name])
+        names = [labels[r.name] + ("" if r.status == "finished" else f" ({r.status})") for r in ordered]
+        rows = [{"final_win_rate": (r.final_win_rate, None), "clip_fraction": (r.clip_fraction, None),
+                 "final_kl": (r.final_kl, None), "finished": r.status == "finished"} for r in ordered]
+        what = f"{len(runs)} runs"
     panels = [("final_win_rate", "final eval win rate", "{:.2f}"), ("clip_fraction", "clip_fraction (last 20%)", "{:.2f}"),
               ("final_kl", "final kl", "{:.3g}")]
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.42 * len(ordered) + 1.8), dpi=120, sharey=True)
-    names = [labels[r.name] + ("" if r.status == "finished" else f" ({r.status})") for r in ordered]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.42 * len(rows) + 1.8), dpi=120, sharey=True)
     for ax, (attr, title, spec) in zip(axes, panels):
-        values = [getattr(r, attr) for r in ordered]
+        values = [row[attr][0] for row in rows]
         heights = [v if v is not None else 0.0 for v in values]
-        colours = ["#4c72b0" if r.status == "finished" else "#bbbbbb" for r in ordered]
-        ax.barh(range(len(ordered)), heights, color=colours)
+        colours = ["#4c72b0" if row["finished"] else "#bbbbbb" for row in rows]
+        errors = [row[attr][1] for row in rows]
+        xerr = None
+        if all(e is not None for e in errors):
+            xerr = [[e[0] for e in errors], [e[1] for e in errors]]
+        ax.barh(range(len(rows)), heights, color=colours, xerr=xerr, ecolor="#333333", capsize=3)
         for i, v in enumerate(values):
-            ax.text(heights[i], i, " " + (spec.format(v) if v is not None else "n/a"), va="center", fontsize=9)
+            right = heights[i] + (xerr[1][i] if xerr else 0.0)
+            ax.text(right, i, " " + (spec.format(v) if v is not None else "n/a"), va="center", fontsize=9)
         if attr == "final_win_rate":
             ax.axvline(0.5, color="grey", linestyle=":", linewidth=1.2)
         if attr == "clip_fraction":
@@ -399,9 +679,9 @@ def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
         ax.set_title(title, fontsize=11)
         ax.grid(True, axis="x", alpha=0.3)
         ax.margins(x=0.25)
-    axes[0].set_yticks(range(len(ordered)), names, fontsize=9)
+    axes[0].set_yticks(range(len(rows)), names, fontsize=9)
     axes[0].invert_yaxis()
-    fig.suptitle(f"Runs compared: {sweep_name} ({len(runs)} runs; grey = not finished)", fontsize=11)
+    fig.suptitle(f"Runs compared: {sweep_name} ({what}; grey = not finished)", fontsize=11)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -543,39 +823,59 @@ def _win_rate_text(run: Run) -> str:
 
 def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Path, search: Search | None = None,
               wandb_folder: Path | None = None) -> str:
-    best = best_run(runs)
+    cells = configurations(runs)
+    v = verdict(cells)
     statuses: dict[str, int] = {}
     for r in runs:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     kind = "Run report" if len(runs) == 1 else "Search report" if search else "Sweep report"
     lines = [f"# {kind}: {sweep_dir.name}", "",
              f"Folder: `{sweep_dir}`  ",
-             f"Runs: {len(runs)} (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ")", ""]
-    if best is not None:
-        lines += [f"**Best configuration:** {describe(best)}: final eval win rate {_win_rate_text(best)}"
-                  f" (best {_fmt(best.best_win_rate, '{:.3f}')}), clip_fraction {_fmt(best.clip_fraction, '{:.3f}')}"
-                  f" ({best.health}), final kl {_fmt(best.final_kl, '{:.4g}')}; run `{best.name}`", ""]
-    else:
-        lines += ["**Best configuration:** none yet (no run has an eval win rate)", ""]
+             f"Runs: {len(runs)} (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + f"); "
+             f"configurations: {len(cells)}", ""]
+    lines += [f"**Best configuration:** {verdict_text(v, markdown=True)}", ""]
+    if v.best is not None:
+        b = v.best
+        lines += [f"Its clip_fraction {b.clip.text()}, final kl {b.kl.text()}, best win rate "
+                  f"{b.best_win.text()}; runs " + ", ".join(f"`{r.name}`" for r in sorted(b.used or b.runs, key=lambda r: r.name)), ""]
     if wandb_folder is not None:
         lines += [f"W&B, offline and side by side: `wandb leet {wandb_folder}` (links to every run's log); "
-                  f"online: `wandb sync {sweep_dir}/*/wandb/offline-run-*` (one group per sweep).", ""]
+                  f"online: `wandb sync {sweep_dir}/*/wandb/offline-run-*` (one group per sweep, one job type per "
+                  "configuration: group by job type to see its seeds together).", ""]
     if search is not None:
         lines += _search_markdown(runs, search)
+    top = {id(c) for c in v.top_group}
     lines += [
-        f"Best: {BEST_RULE}. Win rates: 95% Wilson intervals over the last evaluation's judged pairs.", "",
+        f"Best: {BEST_RULE}. Verdict: {VERDICT_RULE}. `±`: half-width of the 95% t-interval over seeds "
+        "(t with n-1 degrees of freedom times the seeds' standard deviation over sqrt(n)); with one seed, the half-width "
+        "of the Wilson interval of its pairs, marked `pairs`. Pooled: the Wilson interval of every evaluation pair of "
+        "every seed (never zero width). A configuration is every config key but the seed (and logging, progress and "
+        "checkpoint settings).", "",
         "Health: the seed's rule on clip_fraction averaged over the last 20% of steps "
         f"(< {CLIP_FRACTION_IDLE:g}: not moving; > {CLIP_FRACTION_HIGH:g}: moving too far; else healthy; "
         "n/a for losses without a clip).", "",
-        "| run | epsilon | beta | loss_type | advantage | final win rate (95% interval) | best win rate | clip_fraction (last 20%) "
+        "## Configurations", "",
+        "| configuration | final win rate (mean ± 95%, n seeds) | pooled pairs (95% Wilson) | top group | best win rate "
+        "| clip_fraction (last 20%) | final kl | health | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ranked = rank(cells)
+    for c in ranked + sorted((c for c in cells if c not in ranked), key=lambda c: c.label):
+        health = ", ".join(sorted({r.health for r in (c.used or c.runs)}))
+        unfinished = "" if c.finished or c.win.mean is None else " (unfinished)"
+        lines.append(f"| {c.label} | {c.win_text()}{unfinished} | {c.pooled_text()} | {'yes' if id(c) in top else ''} "
+                     f"| {c.best_win.text()} | {c.clip.text()} | {c.kl.text()} | {health} | {len(c.runs)} |")
+    lines += [
+        "", "## Runs", "",
+        "| run | epsilon | beta | loss_type | advantage | seed | final win rate (95% interval) | best win rate | clip_fraction (last 20%) "
         "| final kl | health | EOS rate (reference) | steps | wall time (s) | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(runs, key=lambda r: r.name):
         steps = f"{r.steps}/{r.iters}" if r.iters else str(r.steps)
         status = r.status + (f": {r.error}" if r.error else "")
         lines.append(
-            f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'} "
+            f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'} | {_fmt(r.seed)} "
             f"| {_win_rate_text(r)} | {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
             f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {_fmt(r.eos_rate, '{:.2f}')} ({_fmt(r.ref_eos_rate, '{:.2f}')}) | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")
     unfinished = [r for r in runs if r.status != "finished"]
@@ -610,7 +910,7 @@ def link_wandb_runs(runs: list[Run], out_dir: Path) -> Path | None:
     return folder
 
 
-def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Run], Run | None]:
+def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Run], Verdict]:
     """Read the runs under `sweep_dir`; write report.md and the PNGs into `out_dir` (default sweep_dir)."""
     sweep_dir = Path(sweep_dir).resolve()
     runs = load_runs(sweep_dir)
@@ -620,12 +920,12 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, li
     name = f"{sweep_dir.parent.name}/{sweep_dir.name}" if sweep_dir.parent.parent.name == "multirun" else sweep_dir.name
     images = []
     # Heatmaps need an epsilon x beta grid; runs of other loss types or advantages are not
-    # averaged into it: the grid is drawn for the loss type and advantage of the best run.
-    best = best_run(runs)
+    # averaged into it: the grid is drawn for the loss type and advantage of the best configuration.
+    v = verdict(configurations(runs))
     groups = {(r.loss_type, r.advantage) for r in runs}
     grid_runs, grid_name = runs, name
     if len(groups) > 1:
-        key = (best.loss_type, best.advantage) if best else sorted(groups, key=str)[0]
+        key = (v.best.first.loss_type, v.best.first.advantage) if v.best else sorted(groups, key=str)[0]
         grid_runs = [r for r in runs if (r.loss_type, r.advantage) == key]
         grid_name = f"{name}, loss_type={key[0]}, advantage={key[1]}"
     for path in [out_dir / f"{stem}.png" for stem in HEATMAPS]:
@@ -635,7 +935,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, li
     search = load_search(sweep_dir, runs)
     if len({(r.epsilon, r.beta) for r in grid_runs}) > 1 and search is None:
         for stem, (attr, title, spec, cmap) in HEATMAPS.items():
-            made = heatmap(grid_runs, attr, title, spec, cmap, out_dir / f"{stem}.png", grid_name, best_run(grid_runs))
+            made = heatmap(grid_runs, attr, title, spec, cmap, out_dir / f"{stem}.png", grid_name, v.top_group)
             images += [made] if made else []
     made = pareto_plot(runs, search, out_dir / "pareto_front.png", name) if search else None
     images += [made] if made else []
@@ -647,7 +947,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, li
     wandb_folder = link_wandb_runs(runs, out_dir)
     report = out_dir / REPORT_FILE
     atomic_write_text(report, _markdown(runs, sweep_dir, images, out_dir, search, wandb_folder))
-    return report, runs, best_run(runs)
+    return report, runs, v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -656,17 +956,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where report.md and the PNGs go (default: SWEEP_DIR)")
     args = parser.parse_args(argv)
     try:
-        report, runs, best = write_report(args.sweep_dir, args.out)
+        report, runs, v = write_report(args.sweep_dir, args.out)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finished = sum(r.status == "finished" for r in runs)
-    print(f"{len(runs)} runs ({finished} finished); report: {report}")
-    if best is None:
-        print("best configuration: none yet (no run has an eval win rate)")
-    else:
-        print(f"best configuration: {describe(best)}: final eval win rate {_win_rate_text(best)}"
-              f" (best {_fmt(best.best_win_rate, '{:.3f}')}), run {best.path}")
+    print(f"{len(runs)} runs ({finished} finished) in {len(configurations(runs))} configurations; report: {report}")
+    print(f"best configuration: {verdict_text(v)}")
+    if v.best is not None:
+        used = sorted(v.best.used or v.best.runs, key=lambda r: r.name)
+        print(f"  {'run' if len(used) == 1 else 'runs'}: " + ", ".join(str(r.path) for r in used))
+    print(f"  test: {VERDICT_RULE}")
     search = load_search(Path(args.sweep_dir).resolve(), runs)
     if search is not None and len(search.objectives) > 1:
         front = pareto_front(runs, search)

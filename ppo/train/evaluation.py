@@ -1,5 +1,12 @@
 """Held-out evaluation: the judge compares the policy's completion with the reference's.
 
+Each held-out prompt is drawn `train.eval_samples_per_prompt` times (a policy completion and a
+reference completion per draw, each pair judged), so eval/pairs counts every draw and the
+interval narrows with it: one draw of 64 prompts gives about +-0.1 at 95%, four draws about
++-0.05. Draws of one prompt share the prompt, so they are not fully independent: the interval
+over pairs is a lower bound on the prompt-to-prompt spread, and seeds (ppo-report's
+across-seed interval) carry the training noise that no number of draws removes.
+
 The judge pipeline handles answer order (`judge.order=both` by default judges each pair
 both ways, so position bias cannot move the win rate). A tie (p = 0.5) counts as half a
 win; a pair the judge could not decide is left out and counted.
@@ -53,16 +60,17 @@ def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
 
 def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None,
              world: World = SINGLE_PROCESS, reader: CompletionReader | None = None,
-             samples_out: list | None = None) -> dict:
+             samples_out: list | None = None, samples_per_prompt: int = 1) -> dict:
     """eval/win_rate of the policy against the reference on held-out prompts.
 
     With more than one process each rank evaluates its own share of `prompts` and the
     per-pair results are gathered, so every rank returns the same global metrics.
     `reader`: what the judge reads of a completion (default: the answer without its
     reasoning block). With a `samples_out` list, one samples.jsonl row per pair (every
-    rank's, gathered) is appended to it (a: the policy, b: the reference)."""
+    rank's, gathered) is appended to it (a: the policy, b: the reference).
+    `samples_per_prompt`: draws per prompt; every draw's pair counts in eval/pairs."""
     local = _judge_share(policy, reference, tokenizer, judge, world.split_evenly(prompts), gen_cfg, step,
-                         reader) if prompts else {}
+                         reader, samples_per_prompt) if prompts else {}
     parts = world.gather_objects(local)
     if not any(parts):
         return {}
@@ -86,8 +94,13 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
 
 
 def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None,
-                 reader: CompletionReader | None = None) -> dict:
-    """Sample policy and reference on `prompts` and judge them: per-pair lists (JSON-ready, so ranks can gather them)."""
+                 reader: CompletionReader | None = None, samples_per_prompt: int = 1) -> dict:
+    """Sample policy and reference on `prompts` and judge them, `samples_per_prompt` times:
+    per-pair lists (JSON-ready, so ranks can gather them), draw after draw.
+
+    One draw is one batch of the share's prompts, as a single-draw evaluation always was: the
+    memory of a draw does not grow with the number of draws, and one draw consumes the random
+    stream exactly as before (a run with one draw computes what it always did)."""
     if not prompts:
         return {}
     kwargs = dict(
@@ -98,19 +111,20 @@ def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen
     )
     ids = [list(p.tokens) for p in prompts]
     policy.eval()
-    ours = sample(policy, ids, **kwargs)
-    with reference_model(policy, reference) as ref:
-        theirs = sample(ref, ids, **kwargs)
     reader = reader or CompletionReader(tokenizer)
-    ours_text, theirs_text = reader.texts(ids, ours.token_ids), reader.texts(ids, theirs.token_ids)
+    out: dict = {k: [] for k in ("p", "ours_finished", "theirs_finished", "ours_length", "theirs_length", "samples")}
+    for _ in range(samples_per_prompt):
+        ours = sample(policy, ids, **kwargs)
+        with reference_model(policy, reference) as ref:
+            theirs = sample(ref, ids, **kwargs)
+        ours_text, theirs_text = reader.texts(ids, ours.token_ids), reader.texts(ids, theirs.token_ids)
 
-    pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
-    p = np.asarray(judge(pairs, step=step, phase="eval").p, dtype=np.float64)
-    return {
-        "p": [None if np.isnan(x) else float(x) for x in p],
-        "ours_finished": [bool(f) for f in ours.finished],
-        "theirs_finished": [bool(f) for f in theirs.finished],
-        "ours_length": [len(t) for t in ours.token_ids],
-        "theirs_length": [len(t) for t in theirs.token_ids],
-        "samples": sample_rows(step, "eval", tokenizer, prompts, ours, theirs, ours_text, theirs_text, p),
-    }
+        pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
+        p = np.asarray(judge(pairs, step=step, phase="eval").p, dtype=np.float64)
+        out["p"] += [None if np.isnan(x) else float(x) for x in p]
+        out["ours_finished"] += [bool(f) for f in ours.finished]
+        out["theirs_finished"] += [bool(f) for f in theirs.finished]
+        out["ours_length"] += [len(t) for t in ours.token_ids]
+        out["theirs_length"] += [len(t) for t in theirs.token_ids]
+        out["samples"] += sample_rows(step, "eval", tokenizer, prompts, ours, theirs, ours_text, theirs_text, p)
+    return out

@@ -178,7 +178,8 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
             return
         rows: list[dict] = []
         state.record_eval(evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation, step=step,
-                                   world=world, reader=reader, samples_out=rows))
+                                   world=world, reader=reader, samples_out=rows,
+                                   samples_per_prompt=train_cfg.eval_samples_per_prompt))
         judge.flush()
         tracker.log_samples(step, rows)
 

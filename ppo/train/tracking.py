@@ -7,6 +7,7 @@ failure never stops training: it is reported once and the local files go on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -93,6 +94,39 @@ def run_name(experiment: str) -> str:
     return name[:128]
 
 
+# W&B refuses a job type longer than this (its limit is 64 characters).
+JOB_TYPE_LIMIT = 64
+
+
+def configuration_name(overrides: list[str], excluded: list[str] = ()) -> str:
+    """A job's configuration: its overrides without the seed (and the keys Hydra's folder names
+    leave out), sorted and joined as Hydra's override_dirname is: `beta=tiny,epsilon=tight` for
+    every seed of that cell. Cut to W&B's 64-character limit with a hash of the whole, so two
+    long configurations never share a name. "train" when nothing is overridden."""
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key != "seed" and key not in excluded:
+            kept.append(override)
+    name = ",".join(sorted(kept)) or "train"
+    if len(name) > JOB_TYPE_LIMIT:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[:JOB_TYPE_LIMIT - 9]}~{digest}"
+    return name
+
+
+def job_type(configured: str | None) -> str:
+    """`logger.wandb.job_type` when set; in a multirun, the job's configuration without its seed
+    (so the W&B UI's "group by job type" within the sweep's group puts a configuration's seeds
+    together); else "train"."""
+    if configured:
+        return configured
+    if sweep_group() is None:
+        return "train"
+    hydra_cfg = _hydra_job()
+    return configuration_name(list(hydra_cfg.overrides.task), list(hydra_cfg.job.config.override_dirname.exclude_keys))
+
+
 def wandb_mode(configured: str | None) -> str:
     """`logger.wandb.mode` when set; else WANDB_MODE; else what `wandb offline|online|disabled`
     wrote into wandb's settings files; else offline (no account needed)."""
@@ -154,7 +188,7 @@ class WandbRun:
                 group=cfg.group or sweep_group(),
                 name=cfg.name or run_name(experiment),
                 tags=list(dict.fromkeys([*cfg.tags, experiment])),
-                job_type=cfg.job_type,
+                job_type=job_type(cfg.job_type),
                 config=config,
                 dir=str(run_dir),
                 mode=wandb_mode(cfg.mode),
