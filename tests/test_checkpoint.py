@@ -186,3 +186,17 @@ def test_checkpoint_from_another_model_is_refused(tmp_path, tiny_model_dir):
     add_adapters(model, cfg.finetune)
     with pytest.raises(CheckpointError, match="does not fit this model"):
         checkpoint.load(path, model, make_optimizer(cfg.train, 1e-3))
+
+
+def test_a_setting_added_since_the_checkpoint_does_not_block_its_resume():
+    """A newer version adds keys (e.g. train.eval_samples_per_prompt): a checkpoint made before
+    them ran as if they had their defaults, so it still resumes unless the key is now changed."""
+    from conftest import compose
+    from ppo.train.checkpoint import config_fingerprint, fingerprint_differences
+
+    current = config_fingerprint(compose(["judge=rule"]))
+    older = {k: v for k, v in current.items() if k not in ("train.eval_samples_per_prompt", "judge.include_reasoning")}
+    assert fingerprint_differences(older, current) == []
+    changed = config_fingerprint(compose(["judge=rule", "train.eval_samples_per_prompt=3"]))
+    assert fingerprint_differences(older, changed) == ["train.eval_samples_per_prompt"]
+    assert fingerprint_differences(current, config_fingerprint(compose(["judge=rule", "seed=1"]))) == ["seed"]

@@ -188,8 +188,42 @@ def config_fingerprint(cfg) -> dict:
     return {k: v for k, v in flat.items() if k not in changeable and not k.startswith("logger.")}
 
 
+def introduced_defaults() -> dict:
+    """Flattened key -> default of every setting a newer version may have added: the schema's
+    concrete defaults and the judge pipeline's keys. A checkpoint made before a key existed
+    ran as if it had this value."""
+    from omegaconf import OmegaConf
+
+    from ppo.judges.factory import WRAPPER_DEFAULTS
+    from ppo.train.config import PPOConfig
+
+    flat = {f"judge.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in WRAPPER_DEFAULTS.items()}
+
+    def walk(prefix, node):
+        for key in node:
+            if OmegaConf.is_missing(node, key):
+                continue
+            value = node[key]
+            if OmegaConf.is_dict(value):
+                walk(f"{prefix}{key}.", value)
+            else:
+                flat[f"{prefix}{key}"] = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+
+    walk("", OmegaConf.structured(PPOConfig))
+    return flat
+
+
+def fingerprint_differences(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ. A key the saved fingerprint lacks (a setting added since the
+    checkpoint was made) differs only when it is now set away from its default, so upgrading
+    the package does not strand a run folder."""
+    defaults = introduced_defaults()
+    return sorted(k for k in set(saved) | set(current)
+                  if saved.get(k, defaults.get(k)) != current.get(k) and not (k not in current and k not in saved))
+
+
 def check_fingerprint(saved: dict, current: dict, path: Path) -> None:
-    differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    differing = fingerprint_differences(saved, current)
     if differing:
         key = differing[0]
         raise CheckpointError(
@@ -218,7 +252,7 @@ def finished_summary(cfg, run_dir: Path) -> dict | None:
     state = read_json(newest / STATE_FILE)
     if not state or state.get("step") != cfg.train.iters or summary.get("step") != cfg.train.iters:
         return None  # more (or fewer) iterations asked for: let the trainer resume
-    if state.get("config_fingerprint") != config_fingerprint(cfg):
+    if fingerprint_differences(state.get("config_fingerprint") or {}, config_fingerprint(cfg)):
         return None  # another config: the trainer's own check reports it
     rows = read_jsonl(run_dir / METRICS_FILE)
     if not rows or rows[-1].get("step") != cfg.train.iters:
