@@ -242,8 +242,10 @@ def load_policy_and_reference(model_cfg, ft):
 
 def check_reference_fits(policy: nn.Module, reference: nn.Module | None, model_cfg) -> None:
     """Refuse a reference whose log-probs do not mean the same tokens as the policy's: the
-    KL and every ratio would compare different vocabularies (or gather past its logits)."""
-    if reference is None:
+    KL and every ratio would compare different vocabularies (or gather past its logits).
+    Only a reference loaded from `model.reference_path` can differ: the others are the
+    policy's own base, a frozen copy of it, or the starting adapter swapped in."""
+    if reference is None or not model_cfg.reference_path:
         return
 
     def describe(model):
