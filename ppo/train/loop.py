@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -128,16 +129,31 @@ def warn_judge_invalid(step: int, reported: dict) -> None:
                     "teach nothing; check the judge's prompt, labels or server", step, rate, "all" if rate >= 1 else "most")
 
 
-def _train(cfg, run_dir: Path, world: World) -> dict:
-    train_cfg = cfg.train
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = checkpoint.config_fingerprint(cfg)
-    world.check_same("configs", json.dumps(fingerprint, sort_keys=True, default=str))
-    if (done := checkpoint.finished_summary(cfg, run_dir)) is not None:  # a finished sweep job: skip it
-        return done
-    started = time.perf_counter()
+@dataclass
+class Session:
+    """Everything `set_up` builds for one run: what each step, evaluation and save needs."""
 
-    # Set-up: models, prompts, judge, optimizer.
+    cfg: Any
+    run_dir: Path
+    world: World
+    fingerprint: dict
+    policy: nn.Module
+    reference: nn.Module | None
+    tokenizer: Any
+    splits: Any
+    sampler: PromptSampler
+    judge: Any
+    optimizer: Any
+    lr_schedule: Any
+    loss_and_grad: Any
+    sampling: Sampling
+    reader: CompletionReader
+    evaluating: bool
+
+
+def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
+    """Models, prompts, judge and optimizer, in the order that keeps runs reproducible."""
+    train_cfg = cfg.train
     mx.random.seed(cfg.seed)
     policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
     check_reference_fits(policy, reference, cfg.model)
@@ -146,76 +162,111 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
 
         grad_checkpoint(policy.layers[0])
     splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - cfg.generation.max_completion_length)
-    sampler = PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle)
     judge = build_judge(cfg.judge, run_dir=run_dir, seed=cfg.seed, tokenizer=tokenizer, base_path=cfg.model.path,
                         base=frozen_base(policy, reference, cfg.model, cfg.finetune), world=world)
     lr_schedule = learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs)
-    optimizer = make_optimizer(train_cfg, lr_schedule)
-    loss_and_grad = nn.value_and_grad(policy, make_loss_fn(cfg.loss))
-    sampling = Sampling.from_config(cfg.generation, tokenizer)
-    reader = CompletionReader.for_judge(judge, tokenizer)  # what the judge reads of a completion
+    return Session(
+        cfg=cfg, run_dir=run_dir, world=world, fingerprint=fingerprint, policy=policy, reference=reference,
+        tokenizer=tokenizer, splits=splits,
+        sampler=PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle),
+        judge=judge, optimizer=make_optimizer(train_cfg, lr_schedule), lr_schedule=lr_schedule,
+        loss_and_grad=nn.value_and_grad(policy, make_loss_fn(cfg.loss)),
+        sampling=Sampling.from_config(cfg.generation, tokenizer),
+        reader=CompletionReader.for_judge(judge, tokenizer),  # what the judge reads of a completion
+        evaluating=evaluation_enabled(judge, train_cfg, len(splits.eval)),
+    )
 
-    # Resume: the newest complete checkpoint of this run folder (or the one named); every rank reads it.
+
+def resume(run: Session) -> tuple[int, RunState, checkpoint.TrainerState | None]:
+    """The newest complete checkpoint of the run folder (or the one named), read by every rank:
+    (the step to continue after, the loop's state, the checkpoint's trainer state or None)."""
+    train_cfg = run.cfg.train
     resume_from = None if train_cfg.resume == "never" else (
-        checkpoint.latest(run_dir) if train_cfg.resume == "auto" else Path(train_cfg.resume))
-    saved = checkpoint.load(resume_from, policy, optimizer, fingerprint) if resume_from is not None else None
+        checkpoint.latest(run.run_dir) if train_cfg.resume == "auto" else Path(train_cfg.resume))
+    saved = checkpoint.load(resume_from, run.policy, run.optimizer, run.fingerprint) if resume_from is not None else None
     if saved is not None:
-        sampler.position = saved.data_position
+        run.sampler.position = saved.data_position
         log.info("resumed from %s (step %d)", resume_from, saved.step)
     start_step = saved.step if saved else 0
-    world.check_same("checkpoints (a rank could not read the run folder's newest one)", str(start_step))
-    state = RunState.from_checkpoint(saved.extra) if saved else RunState()
+    run.world.check_same("checkpoints (a rank could not read the run folder's newest one)", str(start_step))
+    return start_step, (RunState.from_checkpoint(saved.extra) if saved else RunState()), saved
 
-    # Only rank 0 writes the run folder: metrics, summary, checkpoints, W&B, the progress bar.
-    tracker = Tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True),
-                      resume_step=start_step if saved else None,
-                      wandb_id=saved.wandb_id if saved else None) if world.is_main else SilentTracker()
-    evaluating = evaluation_enabled(judge, train_cfg, len(splits.eval))
+
+def make_tracker(run: Session, saved) -> Tracker | SilentTracker:
+    """Only rank 0 writes the run folder: metrics, samples, summary, W&B."""
+    if not run.world.is_main:
+        return SilentTracker()
+    return Tracker(run.cfg.logger, run.run_dir, OmegaConf.to_container(run.cfg, resolve=True),
+                   resume_step=saved.step if saved else None, wandb_id=saved.wandb_id if saved else None)
+
+
+def collect_and_update(run: Session, step: int, tracker) -> dict:
+    """One training step on every rank: `train_step`, then the metrics reduced over the ranks."""
+    cfg, world = run.cfg, run.world
+    train_cfg = cfg.train
+    rows = [] if step % train_cfg.steps_per_report == 0 or step == train_cfg.iters else None
+    metrics = train_step(run.policy, run.reference, run.tokenizer, run.judge, run.optimizer, run.loss_and_grad,
+                         lambda: world.share(run.sampler.next_batch()),
+                         step=step, sampling=run.sampling, loss_cfg=cfg.loss,
+                         grad_accumulation_steps=train_cfg.grad_accumulation_steps,
+                         dropout=cfg.finetune.dropout, world=world, reader=run.reader, samples_out=rows,
+                         max_samples=train_cfg.samples_per_report)
+    if world.size > 1:  # the time this rank waited for the others (the slowest rank's is logged)
+        metrics["timing/collective_seconds"] = world.take_wait_seconds()
+    metrics = reduce_metrics(world.gather_objects(metrics))
+    run.judge.flush()
+    tracker.log_samples(step, rows or [])  # rank 0's pairs (other ranks' trackers write nothing)
+    metrics["learning_rate"] = learning_rate_at(run.lr_schedule, step * cfg.loss.ppo_epochs - 1)
+    metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
+    return metrics
+
+
+def run_evaluation(run: Session, state: RunState, step: int, tracker) -> None:
+    """eval/* against the reference (when evaluating is on), and its samples rows."""
+    if not run.evaluating:
+        return
+    rows: list[dict] = []
+    state.record_eval(evaluate(run.policy, run.reference, run.tokenizer, run.judge, run.splits.eval,
+                               run.cfg.generation, step=step, world=run.world, reader=run.reader, samples_out=rows,
+                               samples_per_prompt=run.cfg.train.eval_samples_per_prompt))
+    run.judge.flush()
+    tracker.log_samples(step, rows)
+
+
+def save(run: Session, state: RunState, step: int, tracker) -> None:
+    """A checkpoint of `step` (rank 0 writes it; every rank holds the same weights)."""
+    if not run.world.is_main:
+        return
+    saved = checkpoint.TrainerState(step, run.sampler.position, tracker.wandb_id, run.fingerprint, state.to_checkpoint())
+    checkpoint.save(run.run_dir, run.policy, run.optimizer, saved, run.cfg, keep=run.cfg.train.keep_checkpoints)
+
+
+def _train(cfg, run_dir: Path, world: World) -> dict:
+    train_cfg = cfg.train
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = checkpoint.config_fingerprint(cfg)
+    world.check_same("configs", json.dumps(fingerprint, sort_keys=True, default=str))
+    if (done := checkpoint.finished_summary(cfg, run_dir)) is not None:  # a finished sweep job: skip it
+        return done
+    started = time.perf_counter()
+    run = set_up(cfg, run_dir, world, fingerprint)
+    start_step, state, saved = resume(run)
+    tracker = make_tracker(run, saved)
     progress = Progress(train_cfg.iters, start_step, enabled=train_cfg.progress and world.is_main)
 
-    def run_evaluation(step: int) -> None:
-        if not evaluating:
-            return
-        rows: list[dict] = []
-        state.record_eval(evaluate(policy, reference, tokenizer, judge, splits.eval, cfg.generation, step=step,
-                                   world=world, reader=reader, samples_out=rows,
-                                   samples_per_prompt=train_cfg.eval_samples_per_prompt))
-        judge.flush()
-        tracker.log_samples(step, rows)
-
-    def save(step: int) -> None:
-        if not world.is_main:
-            return
-        saved_state = checkpoint.TrainerState(step, sampler.position, tracker.wandb_id, fingerprint, state.to_checkpoint())
-        checkpoint.save(run_dir, policy, optimizer, saved_state, cfg, keep=train_cfg.keep_checkpoints)
-
     status, step = "failed", start_step
-    position_at_step_start, updated = sampler.position, True
+    position_at_step_start, updated = run.sampler.position, True
     try:
         if train_cfg.eval_at_start and start_step == 0:
             mx.random.seed(step_seed(cfg.seed, 0, world.rank))
-            run_evaluation(0)
+            run_evaluation(run, state, 0, tracker)
             tracker.log(0, state.last_eval)
         with stop_requests() as stop:
             for step in range(start_step + 1, train_cfg.iters + 1):
                 mx.random.seed(step_seed(cfg.seed, step, world.rank))
-                position_at_step_start, updated = sampler.position, False
-
-                rows = [] if step % train_cfg.steps_per_report == 0 or step == train_cfg.iters else None
-                metrics = train_step(policy, reference, tokenizer, judge, optimizer, loss_and_grad,
-                                     lambda: world.share(sampler.next_batch()),
-                                     step=step, sampling=sampling, loss_cfg=cfg.loss,
-                                     grad_accumulation_steps=train_cfg.grad_accumulation_steps,
-                                     dropout=cfg.finetune.dropout, world=world, reader=reader, samples_out=rows,
-                                     max_samples=train_cfg.samples_per_report)
+                position_at_step_start, updated = run.sampler.position, False
+                metrics = collect_and_update(run, step, tracker)
                 updated = True
-                if world.size > 1:  # the time this rank waited for the others (the slowest rank's is logged)
-                    metrics["timing/collective_seconds"] = world.take_wait_seconds()
-                metrics = reduce_metrics(world.gather_objects(metrics))
-                judge.flush()
-                tracker.log_samples(step, rows or [])  # rank 0's pairs (other ranks' trackers write nothing)
-                metrics["learning_rate"] = learning_rate_at(lr_schedule, step * cfg.loss.ppo_epochs - 1)
-                metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
                 if "clip_fraction" in metrics:
                     state.health.check(step, metrics)
                 state.window.append(metrics)
@@ -224,7 +275,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
                 is_last = step == train_cfg.iters
                 is_eval = step % train_cfg.steps_per_eval == 0 or is_last
                 if is_eval:
-                    run_evaluation(step)
+                    run_evaluation(run, state, step, tracker)
                 if step % train_cfg.steps_per_report == 0 or is_last:
                     reported = mean_dicts(state.window) | (state.last_eval if is_eval else {})
                     tracker.log(step, reported)
@@ -232,11 +283,11 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
                     state.window = []
                     progress.update(reported, step)
                 if stop or step % train_cfg.save_every == 0 or is_last:
-                    save(step)
+                    save(run, state, step, tracker)
                 if stop:
                     raise TrainingInterrupted(stop[0], step)
         if world.size > 1:
-            state.ranks_in_sync = world.in_sync(policy.trainable_parameters())
+            state.ranks_in_sync = world.in_sync(run.policy.trainable_parameters())
             if not state.ranks_in_sync:
                 log.error("the ranks' weights differ at the end of the run (report this as a bug)")
         status = "finished"
@@ -252,15 +303,15 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
         # exact (the data position is rewound); after it (in evaluation), this step's is.
         status = "interrupted"
         if not updated:
-            sampler.position = position_at_step_start
+            run.sampler.position = position_at_step_start
             step -= 1
-        save(step)
+        save(run, state, step, tracker)
         raise TrainingStopped(f"{err}; checkpoint of step {step} saved, resume with train.resume=auto") from None
     finally:
-        judge.close()
+        run.judge.close()
         progress.close()
         try:
-            summary = write_summary(run_dir, started, state, status, step, splits, world)
+            summary = write_summary(run_dir, started, state, status, step, run.splits, world)
         except OSError as err:
             # Not raised from here: it would hide the error that ended the run, if any.
             summary_error, summary = err, {"status": status, "step": step}
