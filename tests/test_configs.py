@@ -56,26 +56,6 @@ def test_judge_pipeline_yaml_matches_the_pipeline_defaults():
     assert shared == {k: signature[k].default for k in shared}
 
 
-def _schema_defaults() -> dict:
-    """Flattened key -> default of every field with a concrete default in the schema."""
-    from ppo.train.config import PPOConfig
-
-    flat = {}
-
-    def walk(prefix, node):
-        for key in node:
-            if OmegaConf.is_missing(node, key):
-                continue
-            value = node[key]
-            if OmegaConf.is_dict(value):
-                walk(f"{prefix}{key}.", value)
-            else:
-                flat[f"{prefix}{key}"] = value
-
-    walk("", OmegaConf.structured(PPOConfig))
-    return flat
-
-
 def _flatten(prefix: str, node: dict, out: dict) -> dict:
     for key, value in node.items():
         if isinstance(value, dict) and "_target_" not in value:
@@ -94,7 +74,9 @@ def _package(path: Path, group: str) -> str:
 
 
 def test_no_config_file_repeats_a_schema_default():
-    defaults = _schema_defaults()
+    from ppo.train.config import schema_defaults
+
+    defaults = schema_defaults()
     repeats = []
     files = [(p, p.parent.name) for p in CONF.glob("*/*.yaml") if p.parent.name not in ("hydra", "judge")]
     for path, group in files:

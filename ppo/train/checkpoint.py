@@ -192,25 +192,11 @@ def introduced_defaults() -> dict:
     """Flattened key -> default of every setting a newer version may have added: the schema's
     concrete defaults and the judge pipeline's keys. A checkpoint made before a key existed
     ran as if it had this value."""
-    from omegaconf import OmegaConf
-
     from ppo.judges.factory import WRAPPER_DEFAULTS
-    from ppo.train.config import PPOConfig
+    from ppo.train.config import schema_defaults
 
-    flat = {f"judge.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in WRAPPER_DEFAULTS.items()}
-
-    def walk(prefix, node):
-        for key in node:
-            if OmegaConf.is_missing(node, key):
-                continue
-            value = node[key]
-            if OmegaConf.is_dict(value):
-                walk(f"{prefix}{key}.", value)
-            else:
-                flat[f"{prefix}{key}"] = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
-
-    walk("", OmegaConf.structured(PPOConfig))
-    return flat
+    judge = {f"judge.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in WRAPPER_DEFAULTS.items()}
+    return {**judge, **schema_defaults()}
 
 
 def fingerprint_differences(saved: dict, current: dict) -> list[str]:

@@ -237,6 +237,25 @@ class PPOConfig:
     objectives: list[str] = field(default_factory=lambda: ["eval/win_rate"])
 
 
+def schema_defaults() -> dict:
+    """Flattened key -> default of every schema field with a concrete default (the fields a
+    group chooses are MISSING here and left out)."""
+    flat = {}
+
+    def walk(prefix, node):
+        for key in node:
+            if OmegaConf.is_missing(node, key):
+                continue
+            value = node[key]
+            if OmegaConf.is_dict(value):
+                walk(f"{prefix}{key}.", value)
+            else:
+                flat[f"{prefix}{key}"] = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+
+    walk("", OmegaConf.structured(PPOConfig))
+    return flat
+
+
 def register() -> None:
     """Register the schema and the resolvers used by conf/ (idempotent)."""
     ConfigStore.instance().store(name="ppo_schema", node=PPOConfig)
