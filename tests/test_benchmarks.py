@@ -261,3 +261,16 @@ def test_run_all_runs_every_benchmark_script():
     listed = {args[0] for args in RUN_ALL.values()}
     assert "bench_ladder.py" in listed
     assert listed == {f.name for f in BENCHMARKS.glob("bench_*.py")}
+
+
+@pytest.mark.slow
+def test_profile_step_decode_at_the_toy_rung():
+    result = run_benchmark("profile_step.py", "--variants", "decode", "--rung", "toy", "--reps", "1", timeout=600)
+    decode = result["decode"]
+    assert "error" not in decode, decode.get("error")
+    assert decode["rung"] == "toy" and decode["rows"] == 16 and decode["parameters"] == 4_197_120
+    assert decode["shipped_sample_lora_ms_per_step"] > 0 and decode["bare_loop_fused_ms_per_step"] > 0
+    assert set(decode["parts_ms"]) == {"body_lora", "body", "lm_head", "logsumexp", "sampler"}
+    floor = decode["floor_per_step"]
+    assert floor["step_ms"] == pytest.approx(floor["stream_ms"] + floor["flops_ms"])
+    assert decode["shipped_over_floor"] == pytest.approx(decode["shipped_sample_lora_ms_per_step"] / floor["step_ms"])
