@@ -293,6 +293,27 @@ def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
     }
 
 
+def markdown_table(result: dict) -> str:
+    """The README's table of a ladder JSON: per rung, ours (phases), the anchor, the ratios to the floor."""
+    def num(x, fmt="{:.2f}"):
+        return "n/m" if x is None else fmt.format(x)
+
+    lines = ["| rung (parameters) | ours s/iter: rollout, judge, score, update | mlx-lm-lora as shipped / 2-token judge, s/iter | speedup | ours / floor: rollout, judge, score, update, step | floor: B GB/s, P GFLOP/s | update at peak (4N / 6N) | load before, after |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in result["rungs"].items():
+        o, f, lora = r["ours"], r["ours_over_floor"], r["mlx_lm_lora_5_10_2"]
+        lines.append(
+            f"| {name} ({r['model']['parameters'] / 1e6:.1f}M) "
+            f"| **{o['seconds_per_iter']:.2f}**: {o['rollout_seconds']:.2f}, {o['judge_seconds']:.2f}, {o['score_seconds']:.2f}, {o['update_seconds']:.2f} "
+            f"| {num(lora['as_shipped'].get('seconds_per_iter'))} / {num(lora['judge_2_tokens'].get('seconds_per_iter'))} "
+            f"| **{num(r['speedup_vs_as_shipped'], '{:.2f}x')}** / {num(r['speedup_vs_judge_2_tokens'], '{:.2f}x')} "
+            f"| {f['rollout']:.1f}, {f['judge']:.1f}, {f['score']:.1f}, {f['update']:.1f}, **{f['step']:.1f}** "
+            f"| {r['machine']['bandwidth_gbs_used']:.1f}, {r['machine']['matmul_peak_gflops_used']:.0f} "
+            f"| {r['update_fraction_of_peak']:.2f} / {r['update_fraction_of_peak_6n_convention']:.2f} "
+            f"| {r['machine']['before']['loadavg'][0]:.1f}, {r['machine']['after']['loadavg'][0]:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=["toy", "80m"],
@@ -302,7 +323,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--lora-python", default=os.environ.get("MLX_LM_LORA_PYTHON", "/tmp/lora-venv/bin/python"))
+    parser.add_argument("--table", type=Path, nargs="+", default=None,
+                        help="print the markdown table of saved ladder JSON files (their rungs merged) and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        merged = {"rungs": {}}
+        for path in args.table:
+            merged["rungs"].update(json.loads(path.read_text())["rungs"])
+        print(markdown_table(merged))
+        return merged
 
     import mlx.core as mx
 

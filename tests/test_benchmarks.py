@@ -252,6 +252,10 @@ def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
     assert set(rung["ours_over_floor"]) == {"rollout", "judge", "score", "update", "step"}
     # a floor is a lower bound: the measured step cannot beat the rates this process measured
     assert rung["ours_over_floor"]["step"] > 1
+    from benchmarks.bench_ladder import markdown_table
+
+    row = markdown_table(result).splitlines()[-1]
+    assert row.startswith("| toy (4.2M) |") and "n/m / n/m" in row  # the anchor: not measured
 
 
 def test_run_all_runs_every_benchmark_script():
