@@ -76,7 +76,7 @@ RUNGS = {
 }
 # (iterations measured, warm-up) per rung when --iters / --warmup are not given: sized so a
 # rung (ours + mlx-lm-lora twice) stays within a few minutes on the 2-core CPU.
-DEFAULT_ITERS = {"toy": (8, 2), "80m": (4, 1), "250m": (2, 1)}
+DEFAULT_ITERS = {"toy": (8, 2), "80m": (3, 1), "250m": (2, 1)}
 LORA_SETUP = "python3 -m venv /tmp/lora-venv && /tmp/lora-venv/bin/pip install mlx-lm-lora==5.10.2 'mlx[cpu]'"
 FLOAT32_BYTES = 4
 
