@@ -412,23 +412,36 @@ def decode(rung: str = "80m", batch: int = 8, max_tokens: int = 64, reps: int = 
     sampler = make_sampler(temp=0.8)
     same = mx.array([prompts[0]] * rows)
 
-    def bare(model, blas1: bool = True):
+    def bare(model, blas1: bool = True, normalise: bool = True, tokens: list | None = None):
+        """`normalise=False` samples from the raw logits: mlx-lm's categorical sampler takes
+        argmax(logits / temp + Gumbel noise), and subtracting a row's logsumexp shifts every
+        entry of the row alike, so the same key must pick the same tokens (checked below)."""
         def run():
+            mx.random.seed(0)
             context = single_threaded_blas() if blas1 else contextlib.nullcontext()
+            picked = []
             with context:
                 cache = make_prompt_cache(model)
                 logits = model(same, cache=cache)[:, -1]
-                y = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+                y = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True) if normalise else logits)
                 mx.eval(y)
+                picked.append(y)
                 for _ in range(max_tokens - 1):
                     logits = model(y[:, None], cache=cache)[:, -1]
-                    y = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+                    y = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True) if normalise else logits)
                     mx.eval(y)
+                    picked.append(y)
+            if tokens is not None:
+                tokens.append(mx.stack(picked, axis=1).tolist())
         return run
 
     out["bare_loop_lora_ms_per_step"] = per_step_ms(bare(policy))
-    out["bare_loop_fused_ms_per_step"] = per_step_ms(bare(fused))
+    normalised, raw = [], []
+    out["bare_loop_fused_ms_per_step"] = per_step_ms(bare(fused, tokens=normalised))
     out["bare_loop_fused_two_blas_threads_ms_per_step"] = per_step_ms(bare(fused, blas1=False))
+    out["bare_loop_fused_no_logsumexp_ms_per_step"] = per_step_ms(bare(fused, normalise=False, tokens=raw))
+    out["no_logsumexp_same_tokens"] = normalised[0] == raw[0]
+    out["no_logsumexp_tokens_differing"] = int(sum(a != b for ra, rb in zip(normalised[0], raw[0]) for a, b in zip(ra, rb)))
 
     # 3. one decode step's parts on the folded model, each evaluated alone (so their sum
     #    includes one synchronisation each), at a context of prompt + 32 tokens

@@ -275,6 +275,7 @@ def test_profile_step_decode_at_the_toy_rung():
     assert decode["rung"] == "toy" and decode["rows"] == 16 and decode["parameters"] == 4_197_120
     assert decode["shipped_sample_lora_ms_per_step"] > 0 and decode["bare_loop_fused_ms_per_step"] > 0
     assert set(decode["parts_ms"]) == {"body_lora", "body", "lm_head", "logsumexp", "sampler"}
+    assert decode["bare_loop_fused_no_logsumexp_ms_per_step"] > 0 and isinstance(decode["no_logsumexp_same_tokens"], bool)
     floor = decode["floor_per_step"]
     assert floor["step_ms"] == pytest.approx(floor["stream_ms"] + floor["flops_ms"])
     assert decode["shipped_over_floor"] == pytest.approx(decode["shipped_sample_lora_ms_per_step"] / floor["step_ms"])
