@@ -340,6 +340,7 @@ def main(argv=None) -> dict:
     blas = find_fast_blas()
     result = {
         "benchmark": "ppo_step_ladder_vs_mlx_lm_lora",
+        "command": " ".join(["benchmarks/bench_ladder.py", *(argv if argv is not None else sys.argv[1:])]),
         "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "loadavg_start": list(os.getloadavg()),
         "cpus": os.cpu_count(),
