@@ -26,12 +26,19 @@ A candidate fix is an environment variable of that process or an argument of `tr
                       per-token time, and the shipped scoring + update (`collect`, `update` on a
                       fixed batch) eager vs with `mx.compile`d scorer and value_and_grad passed in
 - streams             a forward / value_and_grad split over two MLX CPU streams vs one
+- decode              the rollout at a model-size rung of bench_ladder.py (--rung, default 80m;
+                      batch 8 prompts = 16 rows, 64 tokens, EOS impossible): the shipped
+                      `ppo.train.rollout.sample` on the LoRA policy and on a LoRA-folded copy,
+                      a bare decode loop (model, logsumexp, mlx-lm's sampler), the parts of one
+                      decode step evaluated one by one, and the step's floor (weights streamed
+                      once at this process's measured bandwidth + FLOPs at its matmul peak)
 Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -59,7 +66,7 @@ VARIANTS = {  # name: (environment, train_step arguments, judge, extra overrides
     "llm_all": ({"OPENBLAS_NUM_THREADS": "1"}, ALL, "llm", []),
     "llm_all_order_fixed": ({"OPENBLAS_NUM_THREADS": "1"}, ALL, "llm", ["judge.order=fixed"]),
 }
-MICROBENCHMARKS = ("cprofile", "isolated", "streams")
+MICROBENCHMARKS = ("cprofile", "isolated", "streams", "decode")
 
 
 def token_logps_head_on_completion(model, batch):
@@ -355,6 +362,132 @@ def two_streams(reps: int = 10) -> dict:
     return out
 
 
+def decode(rung: str = "80m", batch: int = 8, max_tokens: int = 64, reps: int = 3) -> dict:
+    """Where the rollout's time goes at a ladder rung, per decode step, against its floor."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.sample_utils import make_sampler
+
+    from benchmarks.bench_ladder import RUNGS, matmul_peak, mean_prompt_tokens, memory_bandwidth, model_counts
+    from benchmarks.common import build_bench_model
+    from ppo.demo import corpus
+    from ppo.judges.llm import _body_and_head
+    from ppo.platform.blas import single_threaded_blas
+    from ppo.train.config import compose_train
+    from ppo.train.models import load_policy_and_reference
+    from ppo.train.rollout import sample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_bench_model(Path(tmp) / "model", **RUNGS[rung])
+        config = json.loads((model_dir / "config.json").read_text())
+        cfg = compose_train([f"model.path={model_dir}", "logger=none", "judge=rule"])
+        policy, _, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)  # with LoRA, as the step samples
+    policy.eval()
+    fused = fused_copy(policy)
+    counts = model_counts(config)
+    rows = 2 * batch
+    vocab = config["vocab_size"]
+    texts = corpus.prompts(batch, seed=0)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True) for t in texts] * 2
+    kwargs = dict(eos_token_ids=[vocab], max_tokens=max_tokens, temperature=0.8)  # an id no row can sample: full length
+
+    def per_step_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            tic = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - tic)
+        return 1000 * float(np.median(times)) / max_tokens
+
+    out = {"rung": rung, "rows": rows, "decode_steps": max_tokens, "parameters": counts["parameters"],
+           "loadavg_before": list(os.getloadavg())}
+    # 1. the shipped rollout (BatchGenerator, one BLAS thread), as the step calls it, and on a LoRA-folded copy
+    out["shipped_sample_lora_ms_per_step"] = per_step_ms(lambda: sample(policy, prompts, **kwargs))
+    out["shipped_sample_fused_lora_ms_per_step"] = per_step_ms(lambda: sample(fused, prompts, **kwargs))
+
+    # 2. a bare decode loop: all rows the same prompt (no padding mask), the model, the
+    #    normalisation and mlx-lm's sampler, one eval per step (what BatchGenerator computes)
+    sampler = make_sampler(temp=0.8)
+    same = mx.array([prompts[0]] * rows)
+
+    def bare(model, blas1: bool = True, normalise: bool = True, tokens: list | None = None):
+        """`normalise=False` samples from the raw logits: mlx-lm's categorical sampler takes
+        argmax(logits / temp + Gumbel noise), and subtracting a row's logsumexp shifts every
+        entry of the row alike, so the same key must pick the same tokens (checked below)."""
+        def run():
+            mx.random.seed(0)
+            context = single_threaded_blas() if blas1 else contextlib.nullcontext()
+            picked = []
+            with context:
+                cache = make_prompt_cache(model)
+                logits = model(same, cache=cache)[:, -1]
+                y = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True) if normalise else logits)
+                mx.eval(y)
+                picked.append(y)
+                for _ in range(max_tokens - 1):
+                    logits = model(y[:, None], cache=cache)[:, -1]
+                    y = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True) if normalise else logits)
+                    mx.eval(y)
+                    picked.append(y)
+            if tokens is not None:
+                tokens.append(mx.stack(picked, axis=1).tolist())
+        return run
+
+    out["bare_loop_lora_ms_per_step"] = per_step_ms(bare(policy))
+    normalised, raw = [], []
+    out["bare_loop_fused_ms_per_step"] = per_step_ms(bare(fused, tokens=normalised))
+    out["bare_loop_fused_two_blas_threads_ms_per_step"] = per_step_ms(bare(fused, blas1=False))
+    out["bare_loop_fused_no_logsumexp_ms_per_step"] = per_step_ms(bare(fused, normalise=False, tokens=raw))
+    out["no_logsumexp_same_tokens"] = normalised[0] == raw[0]
+    out["no_logsumexp_tokens_differing"] = int(sum(a != b for ra, rb in zip(normalised[0], raw[0]) for a, b in zip(ra, rb)))
+
+    # 3. one decode step's parts on the folded model, each evaluated alone (so their sum
+    #    includes one synchronisation each), at a context of prompt + 32 tokens
+    body, head = _body_and_head(fused)
+    parts = {"body_lora": [], "body": [], "lm_head": [], "logsumexp": [], "sampler": []}
+    lora_body, _ = _body_and_head(policy)
+    with single_threaded_blas():
+        caches = {"body": make_prompt_cache(fused), "body_lora": make_prompt_cache(policy)}
+        mx.eval(body(same, cache=caches["body"]), lora_body(same, cache=caches["body_lora"]))
+        y = mx.zeros((rows, 1), dtype=mx.int32)
+        for step in range(max_tokens):
+            for key, fn in (("body_lora", lambda: lora_body(y, cache=caches["body_lora"])),
+                            ("body", lambda: body(y, cache=caches["body"]))):  # last: its hidden state goes on
+                tic = time.perf_counter()
+                hidden = fn()
+                mx.eval(hidden)
+                parts[key].append(time.perf_counter() - tic)
+            tic = time.perf_counter()
+            logits = head(hidden[:, -1])
+            mx.eval(logits)
+            parts["lm_head"].append(time.perf_counter() - tic)
+            tic = time.perf_counter()
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            mx.eval(logprobs)
+            parts["logsumexp"].append(time.perf_counter() - tic)
+            tic = time.perf_counter()
+            mx.eval(sampler(logprobs))
+            parts["sampler"].append(time.perf_counter() - tic)
+    out["parts_ms"] = {k: 1000 * float(np.median(v[2:])) for k, v in parts.items()}
+
+    # 4. the floor of one decode step: the weights streamed once, 2 N_m FLOPs per row at the peak
+    bandwidth = memory_bandwidth()
+    peak = matmul_peak(rows, config["hidden_size"], config["intermediate_size"])
+    prompt = mean_prompt_tokens(tokenizer)
+    attention = counts["attention_flops_per_pair"] * (prompt + max_tokens / 2)
+    floor = {"stream_ms": 1000 * counts["weight_bytes"] / (bandwidth["used_gbs"] * 1e9),
+             "flops_ms": 1000 * rows * (2 * counts["matmul_parameters"] + attention) / (peak["used_gflops"] * 1e9),
+             "bandwidth_gbs": bandwidth["used_gbs"], "matmul_peak_gflops": peak["used_gflops"],
+             "decode_shape_gflops": peak["gflops_model_shape"], "weight_mb": counts["weight_bytes"] / 1e6}
+    floor["step_ms"] = floor["stream_ms"] + floor["flops_ms"]
+    out["floor_per_step"] = floor
+    out["shipped_over_floor"] = out["shipped_sample_lora_ms_per_step"] / floor["step_ms"]
+    out["loadavg_after"] = list(os.getloadavg())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=30)
@@ -365,6 +498,7 @@ def main() -> None:
                         help="repetitions of each isolated / streams measurement (default 20 / 10)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the list this many times, interleaved; medians over rounds (noisy shared machines)")
+    parser.add_argument("--rung", default="80m", help="decode: the bench_ladder.py rung (toy, 80m, 250m)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     unknown = [n for n in args.variants if n.split("#")[0] not in (*VARIANTS, *MICROBENCHMARKS)]
@@ -378,6 +512,8 @@ def main() -> None:
             res = isolated(**reps)
         elif child == "streams":
             res = two_streams(**reps)
+        elif child == "decode":
+            res = decode(args.rung, **reps)
         elif child == "cprofile":
             res = run_variant([], "rule", args.iters, args.warmup, profile=True)
         else:
@@ -397,7 +533,7 @@ def main() -> None:
             env.update(VARIANTS.get(name.split("#")[0], ({}, [], "", []))[0])
             reps = [] if args.reps is None else ["--reps", str(args.reps)]
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--iters", str(args.iters),
-                                   "--warmup", str(args.warmup), *reps], cwd=ROOT, env=env, capture_output=True, text=True)
+                                   "--warmup", str(args.warmup), "--rung", args.rung, *reps], cwd=ROOT, env=env, capture_output=True, text=True)
             try:
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
             except Exception:  # noqa: BLE001

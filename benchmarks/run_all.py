@@ -38,6 +38,8 @@ BENCHMARKS = {
     "elementwise": ["bench_elementwise.py"],
     "fast_activations": ["bench_fast_activations.py"],
     "distributed": ["bench_distributed.py"],
+    # The step against mlx-lm-lora at the toy and ~80M rungs, each phase against this machine's floor.
+    "ladder": ["bench_ladder.py"],
 }
 
 

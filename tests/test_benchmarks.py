@@ -180,3 +180,102 @@ def test_profile_step_variants_change_the_code_that_runs(tiny_model_dir, prompts
     assert not any(isinstance(m, LoRALinear) for _, m in fused.named_modules())
     ids = mx.array([prompts[0]])
     assert np.allclose(np.array(fused(ids)), np.array(policy(ids)), atol=1e-4)
+
+
+def test_ladder_counts_parameters_from_the_config(tiny_model_dir):
+    """model_counts on the toy rung's config gives the figures worked out by hand (hidden 256,
+    4 layers, 4 heads of 64 with 2 KV heads, MLP 768, vocab 4096, tied), and on any built
+    model the parameter count mlx-lm loads."""
+    import json
+
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+
+    from benchmarks.bench_ladder import RUNGS, model_counts
+    from ppo.demo.tiny import model_config
+
+    toy = RUNGS["toy"]
+    counts = model_counts(model_config(hidden=toy["hidden"], layers=toy["layers"], vocab=toy["vocab"],
+                                       heads=toy["heads"], intermediate=None, eos_token_id=2))
+    attention = 256 * 256 + 2 * 256 * 128 + 256 * 256  # q, k, v (2 KV heads of 64), o
+    mlp = 3 * 256 * 768
+    assert counts["body_matmul_parameters"] == 4 * (attention + mlp) == 3_145_728
+    assert counts["lm_head_parameters"] == 256 * 4096
+    assert counts["matmul_parameters"] == 3_145_728 + 1_048_576
+    assert counts["parameters"] == 4096 * 256 + 4 * (attention + mlp + 2 * 256 + 2 * 64) + 256 == 4_197_120
+    assert counts["weight_bytes"] == 4 * 4_197_120
+    assert counts["attention_flops_per_pair"] == 4 * 4 * 4 * 64
+
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    model, _ = load(str(tiny_model_dir))
+    assert model_counts(config)["parameters"] == sum(v.size for _, v in tree_flatten(model.parameters()))
+
+
+def test_ladder_floor_arithmetic():
+    """floors() on round numbers, each phase worked out by hand from FLOOR_FORMULAS."""
+    from benchmarks.bench_ladder import floors
+
+    counts = {"matmul_parameters": 1e6, "body_matmul_parameters": 5e5, "lm_head_parameters": 5e5,
+              "weight_bytes": 4e6, "attention_flops_per_pair": 1000}
+    out = floors(counts, rows=2, prompt_tokens=3, completion_tokens=2, decode_steps=2, judge_rows=2, judge_tokens=4,
+                 judge_head=10, bandwidth_gbs=10, peak_gflops=100)
+    # rollout: 2 rows x (2 x 1e6 x 5 tokens + 1000 x (6 + 6 + 3) attention pairs); 2 weight streams of 4 MB at 10 GB/s
+    assert out["gflop"]["rollout"] == pytest.approx(2 * (1e7 + 15_000) / 1e9)
+    assert out["rollout_weight_stream_seconds"] == pytest.approx(8e-4)
+    assert out["seconds"]["rollout"] == pytest.approx(20_030_000 / 1e11 + 8e-4)
+    # judge: 2 rows x (body 2 x 5e5 x 4 + head at one position 2 x 5e5 + 1000 x (4 x 10 + 10))
+    assert out["seconds"]["judge"] == pytest.approx(2 * (4e6 + 1e6 + 50_000) / 1e11)
+    # score and update over n = 3 + 2 - 1 = 4 positions, 10 causal attention pairs
+    assert out["seconds"]["score"] == pytest.approx(2 * (8e6 + 10_000) / 1e11)
+    assert out["seconds"]["update"] == pytest.approx(2 * (16e6 + 30_000) / 1e11)
+    assert out["update_gflop_6n_convention"] == pytest.approx(2 * (24e6 + 30_000) / 1e9)
+    assert out["seconds"]["step"] == pytest.approx(sum(out["seconds"][k] for k in ("rollout", "judge", "score", "update")))
+
+
+@pytest.mark.slow
+def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
+    """One iteration at the toy rung, the anchor's venv missing: the anchor's entries say why
+    it was not measured, ours and the floor are measured."""
+    missing = tmp_path / "no-venv" / "python"
+    result = run_benchmark("bench_ladder.py", "--rungs", "toy", "--iters", "1", "--warmup", "0",
+                           "--lora-python", str(missing), timeout=600)
+    assert result["benchmark"] == "ppo_step_ladder_vs_mlx_lm_lora" and list(result["rungs"]) == ["toy"]
+    assert len(result["loadavg_start"]) == 3 and len(result["loadavg_end"]) == 3
+    rung = result["rungs"]["toy"]
+    for key in ("as_shipped", "judge_2_tokens"):
+        why = rung["mlx_lm_lora_5_10_2"][key]["not_measured"]
+        assert why.startswith("not measured:") and str(missing) in why
+    assert rung["speedup_vs_as_shipped"] is None and rung["speedup_vs_judge_2_tokens"] is None
+    assert rung["model"]["parameters"] == rung["model"]["parameters_loaded"] == 4_197_120
+    assert rung["ours"]["iters_measured"] == 1
+    assert rung["machine"]["bandwidth_gbs_used"] > 0 and rung["machine"]["matmul_peak_gflops_used"] > 0
+    assert set(rung["ours_over_floor"]) == {"rollout", "judge", "score", "update", "step"}
+    # a floor is a lower bound: the measured step cannot beat the rates this process measured
+    assert rung["ours_over_floor"]["step"] > 1
+    from benchmarks.bench_ladder import markdown_table
+
+    row = markdown_table(result).splitlines()[-1]
+    assert row.startswith("| toy (4.2M) |") and "n/m / n/m" in row  # the anchor: not measured
+
+
+def test_run_all_runs_every_benchmark_script():
+    """run_all is the one command for all benchmarks: every bench_*.py is in it (the ladder too)."""
+    from benchmarks.run_all import BENCHMARKS as RUN_ALL
+
+    listed = {args[0] for args in RUN_ALL.values()}
+    assert "bench_ladder.py" in listed
+    assert listed == {f.name for f in BENCHMARKS.glob("bench_*.py")}
+
+
+@pytest.mark.slow
+def test_profile_step_decode_at_the_toy_rung():
+    result = run_benchmark("profile_step.py", "--variants", "decode", "--rung", "toy", "--reps", "1", timeout=600)
+    decode = result["decode"]
+    assert "error" not in decode, decode.get("error")
+    assert decode["rung"] == "toy" and decode["rows"] == 16 and decode["parameters"] == 4_197_120
+    assert decode["shipped_sample_lora_ms_per_step"] > 0 and decode["bare_loop_fused_ms_per_step"] > 0
+    assert set(decode["parts_ms"]) == {"body_lora", "body", "lm_head", "logsumexp", "sampler"}
+    assert decode["bare_loop_fused_no_logsumexp_ms_per_step"] > 0 and isinstance(decode["no_logsumexp_same_tokens"], bool)
+    floor = decode["floor_per_step"]
+    assert floor["step_ms"] == pytest.approx(floor["stream_ms"] + floor["flops_ms"])
+    assert decode["shipped_over_floor"] == pytest.approx(decode["shipped_sample_lora_ms_per_step"] / floor["step_ms"])

@@ -1,0 +1,368 @@
+"""The PPO step against mlx-lm-lora 5.10.2 at rungs of model size, and each phase against this machine's floor.
+
+    .venv/bin/python benchmarks/bench_ladder.py [--rungs toy 80m 250m] [--iters N] [--warmup N]
+                                                [--batch-size 8] [--max-tokens 64] [--lora-python PATH]
+
+Rungs (random-weight Qwen3 models built by `ppo.demo.tiny.build_tiny_model`, float32, tied
+embeddings, grouped-query attention with half as many KV heads, MLP width 3 x hidden):
+
+    toy    hidden 256,  4 layers,  4 heads, vocab   4,096   (4.2M; benchmarks/common.py BENCH_MODEL)
+    80m    hidden 768,  8 layers, 12 heads, vocab  32,768   (82M)
+    250m   hidden 1024, 8 layers, 16 heads, vocab 151,936   (256M; Qwen3's vocabulary)
+
+At each rung the comparison of `bench_vs_mlx_lm_lora.py` runs, through its own functions
+(`run_ours`, `run_lora`): same model, prompts, LoRA r8/s20, Adam 1e-5, temperature 0.8, the
+same model as LLM judge; ours with its default `judge.order=both`, mlx-lm-lora as shipped and
+with its judge capped at 2 generated tokens. Batch 8 prompts, 64-token completions.
+
+The floor. In this process, before and after the rung's runs (the higher rate of the two
+kept, so the floor is the tighter one), two rates are measured:
+  bandwidth  B: GB/s streaming a 256 MiB float32 array, the best of numpy's sum (SIMD, one
+             core) and MLX's float32 matrix-vector product (its BLAS gemv); MLX's own `sum`
+             is recorded too but not used (it is compute-bound on x86: scalar reduction)
+  peak       P: GFLOP/s of an MLX float32 matmul, the best of 1024^3 and a model-shaped
+             (positions x hidden) @ (hidden x intermediate)
+Counting, from the model's config.json (`model_counts`; a test checks it against the loaded
+model's parameter count):
+  N_m   weights a token is multiplied by: every Linear of every layer plus the LM head
+        (the tied embedding, hidden x vocab); norms and the embedding gather excluded
+  N_b   the same without the LM head (the judge runs the head at one position per row)
+  W     bytes streamed per forward: all parameters x 4 (float32; tied, so the embedding is
+        read once, as the LM head)
+  A(k)  attention FLOPs for k (query, key) pairs: 4 x layers x heads x head_dim x k (QK^T and AV)
+Shapes, from the run: R = 2 x batch rows, p = mean prompt tokens of the demo prompts (chat
+template applied), c = ours' measured mean completion tokens, T = --max-tokens decode steps,
+the judge's J = batch x 2 rows (both orders) of j tokens each after its cached head of h
+tokens (the judging prompt of demo prompts and c random tokens, encoded by the judge itself).
+  rollout  T x W / B  +  R x (2 N_m (p + c) + A(p(p+1)/2 + c p + c(c+1)/2)) / P
+           (every decode step streams the weights once; FLOPs of prefill and decode at the peak)
+  judge    J x (2 N_b j + 2 hidden vocab + A(j h + j(j+1)/2)) / P
+           (the body over j tokens, the LM head at one position, attention over head + row)
+  score    R x (2 N_m n + A(n(n+1)/2)) / P,  n = p + c - 1 (the reference forward, no padding)
+  update   R x (4 N_m n + 3 A(n(n+1)/2)) / P  per epoch (forward 2N, backward through the
+           activations 2N; LoRA computes no weight gradient for the frozen base; the 6N
+           convention is reported as well)
+Each phase of ours is reported as measured / floor (1 = at the floor). Figures depend on the
+machine's load: the JSON records os.getloadavg() before and after every rung.
+
+If the mlx-lm-lora venv is missing (or its run fails), its entries say "not measured: <why>"
+and everything else is still measured. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ppo.platform.blas import ensure_fast_blas  # noqa: E402
+
+ensure_fast_blas()
+
+from benchmarks.common import BENCH_MODEL  # noqa: E402
+
+RUNGS = {
+    "toy": dict(BENCH_MODEL),
+    "80m": {"hidden": 768, "layers": 8, "vocab": 32768, "heads": 12, "seed": 0},
+    "250m": {"hidden": 1024, "layers": 8, "vocab": 151936, "heads": 16, "seed": 0},
+}
+# (iterations measured, warm-up) per rung when --iters / --warmup are not given: sized so a
+# rung (ours + mlx-lm-lora twice) stays within a few minutes on the 2-core CPU.
+DEFAULT_ITERS = {"toy": (8, 2), "80m": (3, 1), "250m": (2, 1)}
+LORA_SETUP = "python3 -m venv /tmp/lora-venv && /tmp/lora-venv/bin/pip install mlx-lm-lora==5.10.2 'mlx[cpu]'"
+FLOAT32_BYTES = 4
+
+FLOOR_FORMULAS = {
+    "rollout": "T*W/B + R*(2*N_m*(p+c) + A(p(p+1)/2 + c*p + c(c+1)/2))/P",
+    "judge": "J*(2*N_b*j + 2*hidden*vocab + A(j*h + j(j+1)/2))/P",
+    "score": "R*(2*N_m*n + A(n(n+1)/2))/P, n = p+c-1",
+    "update": "epochs*R*(4*N_m*n + 3*A(n(n+1)/2))/P",
+    "A(k)": "4*layers*heads*head_dim*k",
+    "B": "max(numpy float32 sum, MLX float32 matvec) over a 256 MiB array, GB/s",
+    "P": "max(MLX float32 matmul 1024^3, (R*(p+c)) x hidden @ hidden x intermediate), GFLOP/s",
+}
+
+
+def model_counts(config: dict) -> dict:
+    """Parameters, matmul weights and bytes per forward of a qwen3 config.json (see the docstring)."""
+    h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or h // heads
+    inter = config["intermediate_size"]
+    tied = config.get("tie_word_embeddings", True)
+    attention_linear = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h  # q, k, v, o
+    mlp_linear = 3 * h * inter  # gate, up, down
+    per_layer_norms = 2 * h + 2 * head_dim  # input and post-attention RMSNorm, q_norm and k_norm
+    body_linear = layers * (attention_linear + mlp_linear)
+    head = h * vocab
+    parameters = vocab * h + layers * (attention_linear + mlp_linear + per_layer_norms) + h + (0 if tied else head)
+    return {
+        "parameters": parameters,
+        "matmul_parameters": body_linear + head,  # N_m
+        "body_matmul_parameters": body_linear,  # N_b
+        "weight_bytes": FLOAT32_BYTES * (parameters - (0 if tied else vocab * h)),  # the gathered embedding is not streamed
+        "attention_flops_per_pair": 4 * layers * heads * head_dim,  # A(1)
+        "lm_head_parameters": head,
+    }
+
+
+def floors(counts: dict, *, rows: int, prompt_tokens: float, completion_tokens: float, decode_steps: int,
+           judge_rows: int, judge_tokens: float, judge_head: int, bandwidth_gbs: float, peak_gflops: float,
+           epochs: int = 1) -> dict:
+    """Floor seconds and FLOPs of each phase of one step (FLOOR_FORMULAS)."""
+    nm, nb, a = counts["matmul_parameters"], counts["body_matmul_parameters"], counts["attention_flops_per_pair"]
+    p, c, j, head = prompt_tokens, completion_tokens, judge_tokens, judge_head
+    peak, bw = peak_gflops * 1e9, bandwidth_gbs * 1e9
+    n = p + c - 1
+    flops = {
+        "rollout": rows * (2 * nm * (p + c) + a * (p * (p + 1) / 2 + c * p + c * (c + 1) / 2)),
+        "judge": judge_rows * (2 * nb * j + 2 * counts["lm_head_parameters"] + a * (j * head + j * (j + 1) / 2)),
+        "score": rows * (2 * nm * n + a * n * (n + 1) / 2),
+        "update": epochs * rows * (4 * nm * n + 3 * a * n * (n + 1) / 2),
+    }
+    stream_seconds = decode_steps * counts["weight_bytes"] / bw
+    seconds = {k: v / peak for k, v in flops.items()}
+    seconds["rollout"] += stream_seconds
+    seconds["step"] = sum(seconds.values())
+    return {
+        "seconds": seconds,
+        "gflop": {k: v / 1e9 for k, v in flops.items()},
+        "rollout_weight_stream_seconds": stream_seconds,
+        "update_gflop_6n_convention": epochs * rows * (6 * nm * n + 3 * a * n * (n + 1) / 2) / 1e9,
+    }
+
+
+def memory_bandwidth(mib: int = 256, reps: int = 5) -> dict:
+    """GB/s reading a `mib` MiB float32 array: numpy's sum, MLX's matvec (both used), MLX's sum (recorded)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from benchmarks.common import median_seconds
+
+    n = mib * 2**20 // FLOAT32_BYTES
+    side = int(n**0.5)
+    host = np.random.default_rng(0).standard_normal(side * side, dtype=np.float32)
+    matrix = mx.array(host.reshape(side, side))
+    vector = mx.ones((side, 1))
+    mx.eval(matrix, vector)
+    nbytes = host.nbytes
+    out = {
+        "numpy_sum_gbs": nbytes / median_seconds(lambda: host.sum(), reps) / 1e9,
+        "mlx_matvec_gbs": nbytes / median_seconds(lambda: mx.eval(matrix @ vector), reps) / 1e9,
+        "mlx_sum_gbs_not_used": nbytes / median_seconds(lambda: mx.eval(mx.sum(matrix)), reps) / 1e9,
+        "array_mib": nbytes / 2**20,
+    }
+    out["used_gbs"] = max(out["numpy_sum_gbs"], out["mlx_matvec_gbs"])
+    return out
+
+
+def matmul_peak(m: int, k: int, n: int, reps: int = 5) -> dict:
+    """GFLOP/s of an MLX float32 matmul at 1024^3 and at (m, k) @ (k, n); `used` is the higher."""
+    import mlx.core as mx
+
+    from benchmarks.common import median_seconds
+
+    def rate(a, b, c) -> float:
+        x, w = mx.random.normal((a, b)), mx.random.normal((b, c))
+        mx.eval(x, w)
+        return 2 * a * b * c / median_seconds(lambda: mx.eval(x @ w), reps, warmup=2) / 1e9
+
+    out = {"gflops_1024_cubed": rate(1024, 1024, 1024), "model_shape": [m, k, n], "gflops_model_shape": rate(m, k, n)}
+    out["used_gflops"] = max(out["gflops_1024_cubed"], out["gflops_model_shape"])
+    return out
+
+
+def machine_floor(m: int, k: int, n: int) -> dict:
+    return {"bandwidth": memory_bandwidth(), "matmul": matmul_peak(m, k, n), "loadavg": list(os.getloadavg())}
+
+
+def mean_prompt_tokens(tokenizer) -> float:
+    """Mean length of the demo prompts with the chat template applied (what the sampler feeds)."""
+    texts = demo_prompt_texts()
+    return sum(len(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True))
+               for t in texts) / len(texts)
+
+
+def demo_prompt_texts() -> list[str]:
+    from ppo.resources import asset
+
+    return [json.loads(line)["prompt"] for line in asset("demo_prompts.jsonl").read_text().splitlines() if line.strip()]
+
+
+def judge_shape(model, tokenizer, model_dir: Path, batch: int, completion_tokens: float) -> dict:
+    """The shipped LLM judge's tokens per row after its cached head, for `batch` demo prompts
+    with random completions of `completion_tokens` tokens, encoded by the judge itself."""
+    import numpy as np
+
+    from ppo.judges import Pair
+    from ppo.judges.llm import LLMJudge
+
+    judge = LLMJudge(model=str(model_dir), preloaded=(model, tokenizer))
+    rng = np.random.default_rng(0)
+    length = max(1, round(completion_tokens))
+
+    def completion() -> str:
+        return tokenizer.decode(rng.integers(3, model.args.vocab_size, size=length).tolist(), skip_special_tokens=True)
+
+    head = len(judge._prefix_cache.head)  # the rubric and chat framing, run once per run (read only)
+    rows = [judge.encode(Pair(t, completion(), completion())) for t in demo_prompt_texts()[:batch]]
+    return {"judge_head_tokens": head, "judge_tokens_per_row": float(np.mean([len(r) - head for r in rows]))}
+
+
+def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+
+    from benchmarks.bench_vs_mlx_lm_lora import run_lora, run_ours
+    from benchmarks.common import build_bench_model
+
+    iters, warmup = DEFAULT_ITERS[name]
+    iters = args.iters if args.iters is not None else iters
+    warmup = args.warmup if args.warmup is not None else warmup
+    started = time.perf_counter()
+    rung_dir = tmp / name
+    model_dir = build_bench_model(rung_dir / "model", **RUNGS[name])
+    config = json.loads((model_dir / "config.json").read_text())
+    counts = model_counts(config)
+    rows = 2 * args.batch_size
+    model, tokenizer = load(str(model_dir))
+    loaded = sum(v.size for _, v in tree_flatten(model.parameters()))
+    prompt_tokens = mean_prompt_tokens(tokenizer)
+    # the model-shaped matmul: the scoring batch's positions through the MLP's up projection
+    floor_shape = (round(rows * (prompt_tokens + args.max_tokens)), config["hidden_size"], config["intermediate_size"])
+    before = machine_floor(*floor_shape)
+
+    lora = {}
+    if not Path(args.lora_python).exists():
+        why = f"not measured: {args.lora_python} not found (set it up: {LORA_SETUP})"
+        lora = {"as_shipped": {"not_measured": why}, "judge_2_tokens": {"not_measured": why}}
+    else:
+        for key, judge_tokens in (("as_shipped", 0), ("judge_2_tokens", 2)):
+            entry = run_lora(args.lora_python, model_dir, rung_dir, iters, warmup, args.batch_size, args.max_tokens,
+                             judge_tokens, blas)
+            if "error" in entry:
+                entry = {"not_measured": f"not measured: {entry['error']}"}
+            lora[key] = entry
+    ours = run_ours(model_dir, rung_dir / "ours", iters, warmup, args.batch_size, args.max_tokens)
+    after = machine_floor(*floor_shape)
+
+    bandwidth = max(before["bandwidth"]["used_gbs"], after["bandwidth"]["used_gbs"])
+    peak = max(before["matmul"]["used_gflops"], after["matmul"]["used_gflops"])
+    shape = {"mean_prompt_tokens": prompt_tokens,
+             **judge_shape(model, tokenizer, model_dir, args.batch_size, ours["mean_completion_tokens"])}
+    del model
+    floor = floors(counts, rows=rows, prompt_tokens=prompt_tokens,
+                   completion_tokens=ours["mean_completion_tokens"], decode_steps=args.max_tokens,
+                   judge_rows=2 * args.batch_size, judge_tokens=shape["judge_tokens_per_row"],
+                   judge_head=shape["judge_head_tokens"], bandwidth_gbs=bandwidth, peak_gflops=peak)
+    measured = {k: ours[f"{k}_seconds"] for k in ("rollout", "judge", "score", "update")}
+    measured["step"] = ours["seconds_per_iter"]
+
+    def speedup(key: str) -> float | None:
+        s = lora[key].get("seconds_per_iter")
+        return None if s is None else s / ours["seconds_per_iter"]
+
+    return {
+        "model": {"build": RUNGS[name], "config": {k: config[k] for k in (
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+            "intermediate_size", "vocab_size", "tie_word_embeddings")},
+                  **counts, "parameters_loaded": loaded},
+        "iters_measured": iters, "warmup": warmup,
+        "shape": {"rows": rows, "decode_steps": args.max_tokens, "mean_completion_tokens": ours["mean_completion_tokens"],
+                  "judge_rows": 2 * args.batch_size, **shape},
+        "machine": {"bandwidth_gbs_used": bandwidth, "matmul_peak_gflops_used": peak, "before": before, "after": after},
+        "floor_seconds": floor["seconds"],
+        "floor_gflop": floor["gflop"],
+        "floor_rollout_weight_stream_seconds": floor["rollout_weight_stream_seconds"],
+        "ours": ours,
+        "ours_over_floor": {k: measured[k] / floor["seconds"][k] for k in measured},
+        "update_fraction_of_peak": floor["seconds"]["update"] / measured["update"],
+        "update_fraction_of_peak_6n_convention": floor["update_gflop_6n_convention"] / peak / measured["update"],
+        "mlx_lm_lora_5_10_2": lora,
+        "speedup_vs_as_shipped": speedup("as_shipped"),
+        "speedup_vs_judge_2_tokens": speedup("judge_2_tokens"),
+        "rung_wall_seconds": time.perf_counter() - started,
+    }
+
+
+def markdown_table(result: dict) -> str:
+    """The README's table of a ladder JSON: per rung, ours (phases), the anchor, the ratios to the floor."""
+    def num(x, fmt="{:.2f}"):
+        return "n/m" if x is None else fmt.format(x)
+
+    lines = ["| rung (parameters) | ours s/iter: rollout, judge, score, update | mlx-lm-lora as shipped / 2-token judge, s/iter | speedup | ours / floor: rollout, judge, score, update, step | floor: B GB/s, P GFLOP/s | update at peak (4N / 6N) | load before, after |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in result["rungs"].items():
+        o, f, lora = r["ours"], r["ours_over_floor"], r["mlx_lm_lora_5_10_2"]
+        lines.append(
+            f"| {name} ({r['model']['parameters'] / 1e6:.1f}M) "
+            f"| **{o['seconds_per_iter']:.2f}**: {o['rollout_seconds']:.2f}, {o['judge_seconds']:.2f}, {o['score_seconds']:.2f}, {o['update_seconds']:.2f} "
+            f"| {num(lora['as_shipped'].get('seconds_per_iter'))} / {num(lora['judge_2_tokens'].get('seconds_per_iter'))} "
+            f"| **{num(r['speedup_vs_as_shipped'], '{:.2f}x')}** / {num(r['speedup_vs_judge_2_tokens'], '{:.2f}x')} "
+            f"| {f['rollout']:.1f}, {f['judge']:.1f}, {f['score']:.1f}, {f['update']:.1f}, **{f['step']:.1f}** "
+            f"| {r['machine']['bandwidth_gbs_used']:.1f}, {r['machine']['matmul_peak_gflops_used']:.0f} "
+            f"| {r['update_fraction_of_peak']:.2f} / {r['update_fraction_of_peak_6n_convention']:.2f} "
+            f"| {r['machine']['before']['loadavg'][0]:.1f}, {r['machine']['after']['loadavg'][0]:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=["toy", "80m"],
+                        help="model sizes to run (250m: about 2 minutes per iteration of the anchor here)")
+    parser.add_argument("--iters", type=int, default=None, help=f"measured iterations (default per rung: {DEFAULT_ITERS})")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--lora-python", default=os.environ.get("MLX_LM_LORA_PYTHON", "/tmp/lora-venv/bin/python"))
+    parser.add_argument("--table", type=Path, nargs="+", default=None,
+                        help="print the markdown table of saved ladder JSON files (their rungs merged) and exit")
+    args = parser.parse_args(argv)
+    if args.table:
+        merged = {"rungs": {}}
+        for path in args.table:
+            merged["rungs"].update(json.loads(path.read_text())["rungs"])
+        print(markdown_table(merged))
+        return merged
+
+    import mlx.core as mx
+
+    from ppo.platform.blas import blas_in_use, find_fast_blas
+
+    blas = find_fast_blas()
+    result = {
+        "benchmark": "ppo_step_ladder_vs_mlx_lm_lora",
+        "command": " ".join(["benchmarks/bench_ladder.py", *(argv if argv is not None else sys.argv[1:])]),
+        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_start": list(os.getloadavg()),
+        "cpus": os.cpu_count(),
+        "device": str(mx.default_device()),
+        "mlx": mx.__version__,
+        "blas": blas_in_use(),
+        "batch_prompts": args.batch_size,
+        "completion_tokens_max": args.max_tokens,
+        "judge": "LLM, the rung's own model (ours: judge.order=both, the default)",
+        "floor_formulas": FLOOR_FORMULAS,
+        "target_speedup_at_least": 3.0,
+        "rungs": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.rungs:
+            print(f"[bench_ladder] {name} ...", file=sys.stderr, flush=True)
+            result["rungs"][name] = run_rung(name, args, Path(tmp), blas)
+    result["loadavg_end"] = list(os.getloadavg())
+    result["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
