@@ -12,7 +12,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 
 # The mlx Linux CPU wheel ships a reference BLAS (~30x slower matmul). Our entry points
-# preload OpenBLAS when they find it (ppo/blas.py); here we make sure it is there.
+# preload OpenBLAS when they find it (ppo/platform/blas.py); here we make sure it is there.
 if [ "$(uname -s)" = "Linux" ] && ! .venv/bin/python -c "import sys; from ppo.platform.blas import find_fast_blas; sys.exit(find_fast_blas() is None)"; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
