@@ -370,7 +370,7 @@ def decode(rung: str = "80m", batch: int = 8, max_tokens: int = 64, reps: int = 
     from mlx_lm.sample_utils import make_sampler
 
     from benchmarks.bench_ladder import RUNGS, matmul_peak, mean_prompt_tokens, memory_bandwidth, model_counts
-    from benchmarks.common import build_bench_model
+    from benchmarks.common import build_bench_model, median_seconds
     from ppo.demo import corpus
     from ppo.judges.llm import _body_and_head
     from ppo.platform.blas import single_threaded_blas
@@ -393,13 +393,7 @@ def decode(rung: str = "80m", batch: int = 8, max_tokens: int = 64, reps: int = 
     kwargs = dict(eos_token_ids=[vocab], max_tokens=max_tokens, temperature=0.8)  # an id no row can sample: full length
 
     def per_step_ms(fn) -> float:
-        fn()
-        times = []
-        for _ in range(reps):
-            tic = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - tic)
-        return 1000 * float(np.median(times)) / max_tokens
+        return 1000 * median_seconds(fn, reps) / max_tokens
 
     out = {"rung": rung, "rows": rows, "decode_steps": max_tokens, "parameters": counts["parameters"],
            "loadavg_before": list(os.getloadavg())}
