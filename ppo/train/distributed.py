@@ -190,6 +190,10 @@ class World:
         return len(set(self.gather_objects(digest.hexdigest()))) == 1
 
 
+# The world of a plain `ppo-train`: the default of every function that takes a world.
+SINGLE_PROCESS = World()
+
+
 def _leaves(tree) -> list[tuple[str, mx.array]]:
     from mlx.utils import tree_flatten
 

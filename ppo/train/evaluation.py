@@ -21,14 +21,11 @@ import numpy as np
 
 from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
-from ppo.train.distributed import World
+from ppo.train.distributed import SINGLE_PROCESS, World
 from ppo.judges.base import Pair
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample
 from ppo.train.samples import sample_rows
-
-SINGLE_PROCESS = World()
-
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,12 @@ from ppo.errors import TrainingDiverged
 from ppo.judges import Pair, advantages_from_verdicts
 from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
-from ppo.train.distributed import World
+from ppo.train.distributed import SINGLE_PROCESS, World
 from ppo.train.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample_pairs
 from ppo.train.samples import sample_rows
 from ppo.train.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
-
-SINGLE_PROCESS = World()
-
 
 @dataclass
 class JudgedBatch:
