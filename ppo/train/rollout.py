@@ -1,20 +1,45 @@
 """Sampling completions from the policy, batched across the whole batch of prompts.
 
-Uses mlx-lm's `BatchGenerator` (continuous batching: a finished row leaves the batch,
-the others go on). We drive it directly instead of calling `batch_generate` because we
-need each completion's finish reason: `batch_generate` drops the EOS token, and the EOS
-that ended a completion must be scored like any other sampled token.
+The prompts are prefilled by mlx-lm (`PromptProcessingBatch`: right-padded, then its
+`BatchKVCache` turned to left padding) and decoded by the short loop below, which samples
+the same tokens as mlx-lm's `BatchGenerator` for the same seed (tests/test_decode.py): the
+same caches, the same forward, the same sampler, called on the same rows in the same order,
+so the global random key advances exactly as it does there. A finished row leaves the batch
+as it does there. Why a loop of our own instead of `BatchGenerator` (measured:
+`benchmarks/bench_ladder.py`, `benchmarks/README.md`, "The decode loop"):
+
+- it keeps each completion's finish reason and its EOS, which `batch_generate` drops and
+  which must be scored like any other sampled token;
+- it samples from the raw logits when the sampler is plain temperature sampling. mlx-lm
+  normalises every step's logits (`logits - logsumexp`, a full-vocabulary pass) before its
+  sampler, and Gumbel-max sampling (`argmax(logits / temp + noise)`) needs no normalisation:
+  a per-row shift changes no argmax except by float rounding, so the tokens equal mlx-lm's
+  unless two tokens' perturbed scores tie to the last bit. Nucleus sampling (top_p < 1)
+  reads probabilities and keeps mlx-lm's normalisation;
+- it builds no per-row response objects, token buffers or cache extracts per step, which
+  bound the decode of small models;
+- it never runs the forward after the last step when every row stops at the length cap
+  (it still builds that step's sampler call, so the random key advances as in mlx-lm).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
-from mlx_lm.generate import BatchGenerator
+import mlx.core as mx
+from mlx_lm.generate import PromptProcessingBatch
+from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
 from ppo.platform.blas import single_threaded_blas
+
+# Above this many multiply-adds in the LM head of one decode step (rows x hidden x vocab),
+# decoding uses every BLAS thread; below it one thread, since waking a second thread for each
+# small product costs more than it saves. Measured with benchmarks/bench_ladder.py's decode
+# section (benchmarks/README.md, "The decode loop").
+MULTI_THREAD_DECODE_MACS = 64 * 1024 * 1024
 
 
 @dataclass
@@ -41,35 +66,24 @@ def sample(
     top_p: float = 1.0,
     batch_size: int = 64,
 ) -> Completions:
-    """One completion per prompt, all prompts decoded together, stopping at EOS."""
+    """One completion per prompt, stopping at EOS or after `max_tokens` tokens.
+
+    At most `batch_size` rows decode together (the KV cache grows with the rows); more
+    prompts are decoded in consecutive groups of `batch_size`.
+    """
+    if any(len(p) < 1 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
     tic = time.perf_counter()
-    generator = BatchGenerator(
-        model,
-        max_tokens=max_tokens,
-        stop_tokens=[[t] for t in eos_token_ids],
-        sampler=make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0),
-        completion_batch_size=batch_size,
-        prefill_batch_size=batch_size,
-    )
-    uids = generator.insert(prompts)
-    tokens = {uid: [] for uid in uids}
-    finished = {}
-    try:
-        with single_threaded_blas():
-            while responses := generator.next_generated():
-                for response in responses:
-                    tokens[response.uid].append(response.token)
-                    if response.finish_reason is not None:
-                        finished[response.uid] = response.finish_reason == "stop"
-    finally:
-        generator.close()
-    token_ids = [tokens[uid] for uid in uids]
-    return Completions(
-        token_ids=token_ids,
-        finished=[finished.get(uid, False) for uid in uids],
-        seconds=time.perf_counter() - tic,
-        num_tokens=sum(len(t) for t in token_ids),
-    )
+    token_ids: list[list[int]] = []
+    finished: list[bool] = []
+    with _blas_threads_for(model, min(len(prompts), batch_size)):
+        for start in range(0, len(prompts), batch_size):
+            ids, ended = _decode(model, prompts[start:start + batch_size], eos=set(eos_token_ids),
+                                 max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+            token_ids += ids
+            finished += ended
+    return Completions(token_ids=token_ids, finished=finished, seconds=time.perf_counter() - tic,
+                       num_tokens=sum(len(t) for t in token_ids))
 
 
 def sample_pairs(model, prompts: list[list[int]], **kwargs) -> tuple[Completions, Completions]:
@@ -82,3 +96,63 @@ def sample_pairs(model, prompts: list[list[int]], **kwargs) -> tuple[Completions
         return Completions(ids, both.finished[rows], both.seconds / 2, sum(len(t) for t in ids))
 
     return half(slice(0, n)), half(slice(n, 2 * n))
+
+
+def _decode(model, prompts: list[list[int]], *, eos: set[int], max_tokens: int, temperature: float,
+            top_p: float) -> tuple[list[list[int]], list[bool]]:
+    """Prefill every prompt but its last token, then decode all rows together. Like mlx-lm's
+    `GenerationBatch`, step k's forward and sample are queued before step k-1's tokens are
+    read back (the host check overlaps the next forward), and a row that just produced EOS
+    or reached the cap is in step k's forward and sample, and leaves the batch after."""
+    nucleus = 0.0 < top_p < 1.0
+    sampler = make_sampler(temp=temperature, top_p=top_p if nucleus else 0.0)
+
+    prefill = PromptProcessingBatch(model, uids=list(range(len(prompts))),
+                                    caches=[make_prompt_cache(model) for _ in prompts])
+    prefill.prompt([p[:-1] for p in prompts])
+    cache = prefill.prompt_cache
+
+    def forward_and_sample(inputs: mx.array, run: bool = True) -> mx.array:
+        logits = model(inputs[:, None], cache=cache)[:, -1, :] if run else mx.zeros((inputs.shape[0], 1))
+        if nucleus:
+            logits = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return sampler(logits)
+
+    tokens: list[list[int]] = [[] for _ in prompts]
+    ended = [False] * len(prompts)
+    rows = list(range(len(prompts)))  # the prompt index of each row still decoding
+    sampled = forward_and_sample(mx.array([p[-1] for p in prompts]))
+    mx.async_eval(sampled)
+    for step in range(1, max_tokens + 1):
+        current = sampled
+        # After the cap's step no row goes on: the sampler is still called (the random key
+        # advances as in mlx-lm), on a stand-in, and nothing is computed.
+        sampled = forward_and_sample(current, run=step < max_tokens)
+        if step < max_tokens:
+            mx.async_eval(sampled)
+        keep = []
+        for i, (row, token) in enumerate(zip(rows, current.tolist())):
+            tokens[row].append(token)
+            if token in eos:
+                ended[row] = True
+            elif step < max_tokens:
+                keep.append(i)
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            for c in cache:
+                c.filter(keep)
+            sampled = sampled[mx.array(keep)]
+            rows = [rows[i] for i in keep]
+    return tokens, ended
+
+
+def _blas_threads_for(model, rows: int):
+    """One BLAS thread for decoding a small model, all of them for a large one (see
+    MULTI_THREAD_DECODE_MACS)."""
+    head = model.language_model if hasattr(model, "language_model") else model
+    args = getattr(head, "args", None)
+    hidden, vocab = getattr(args, "hidden_size", 0), getattr(args, "vocab_size", 0)
+    if rows * hidden * vocab >= MULTI_THREAD_DECODE_MACS:
+        return contextlib.nullcontext()
+    return single_threaded_blas()
