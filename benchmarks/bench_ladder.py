@@ -217,6 +217,55 @@ def judge_shape(model, tokenizer, model_dir: Path, batch: int, completion_tokens
     return {"judge_head_tokens": head, "judge_tokens_per_row": float(np.mean([len(r) - head for r in rows]))}
 
 
+def decode_comparison(model, tokenizer, *, batch: int, max_tokens: int, reps: int) -> dict:
+    """The rollout alone, ms per decode step: the shipped `ppo.train.rollout.sample` (BLAS
+    threads chosen by model size), the same forced to one and to all BLAS threads, and mlx-lm's
+    BatchGenerator (`benchmarks.common.mlx_lm_sample`, one BLAS thread: the harness's rollout
+    before its own loop). 2 x `batch` rows of chat-templated demo prompts, as `sample_pairs`
+    decodes them, `max_tokens` steps each (a stop id outside the vocabulary: no row ends early).
+    The variants take turns within each repetition, so a change of load hits them alike."""
+    import mlx.core as mx
+    import numpy as np
+
+    from benchmarks.common import mlx_lm_sample
+    from ppo.platform.blas import single_threaded_blas
+    from ppo.train.rollout import decodes_with_one_blas_thread, sample
+
+    texts = demo_prompt_texts()[:batch]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)
+               for t in texts] * 2
+    kwargs = {"eos_token_ids": [model.args.vocab_size], "max_tokens": max_tokens, "temperature": 0.8}
+
+    def mlx_lm_one_thread():
+        with single_threaded_blas():
+            return mlx_lm_sample(model, prompts, **kwargs)[0]
+
+    variants = {
+        "shipped": lambda: sample(model, prompts, **kwargs).token_ids,
+        "shipped_one_blas_thread": lambda: sample(model, prompts, one_blas_thread=True, **kwargs).token_ids,
+        "shipped_all_blas_threads": lambda: sample(model, prompts, one_blas_thread=False, **kwargs).token_ids,
+        "mlx_lm_batch_generator": mlx_lm_one_thread,
+    }
+    tokens, times = {}, {k: [] for k in variants}
+    for rep in range(reps + 1):  # the first round warms up
+        for key, fn in variants.items():
+            mx.random.seed(0)
+            tic = time.perf_counter()
+            tokens[key] = fn()
+            if rep:
+                times[key].append(time.perf_counter() - tic)
+    ms = {k: 1000 * float(np.median(v)) / max_tokens for k, v in times.items()}
+    return {
+        "rows": len(prompts), "decode_steps": max_tokens, "reps": reps,
+        "ms_per_decode_step": ms,
+        "shipped_speedup_vs_mlx_lm": ms["mlx_lm_batch_generator"] / ms["shipped"],
+        "all_over_one_blas_thread": ms["shipped_all_blas_threads"] / ms["shipped_one_blas_thread"],
+        "shipped_uses_one_blas_thread": decodes_with_one_blas_thread(model, len(prompts)),
+        "same_tokens_as_mlx_lm": all(tokens[k] == tokens["mlx_lm_batch_generator"] for k in variants),
+        "loadavg_after": list(os.getloadavg()),
+    }
+
+
 def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
     from mlx.utils import tree_flatten
     from mlx_lm import load
@@ -239,6 +288,8 @@ def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
     # the model-shaped matmul: the scoring batch's positions through the MLP's up projection
     floor_shape = (round(rows * (prompt_tokens + args.max_tokens)), config["hidden_size"], config["intermediate_size"])
     before = machine_floor(*floor_shape)
+    decode = decode_comparison(model, tokenizer, batch=args.batch_size, max_tokens=args.max_tokens,
+                               reps=args.decode_reps)
 
     lora = {}
     if not Path(args.lora_python).exists():
@@ -286,6 +337,7 @@ def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
         "ours_over_floor": {k: measured[k] / floor["seconds"][k] for k in measured},
         "update_fraction_of_peak": floor["seconds"]["update"] / measured["update"],
         "update_fraction_of_peak_6n_convention": floor["update_gflop_6n_convention"] / peak / measured["update"],
+        "decode": decode,
         "mlx_lm_lora_5_10_2": lora,
         "speedup_vs_as_shipped": speedup("as_shipped"),
         "speedup_vs_judge_2_tokens": speedup("judge_2_tokens"),
@@ -322,6 +374,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--decode-reps", type=int, default=3, help="repetitions of the decode section (after one warm-up round)")
     parser.add_argument("--lora-python", default=os.environ.get("MLX_LM_LORA_PYTHON", "/tmp/lora-venv/bin/python"))
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print the markdown table of saved ladder JSON files (their rungs merged) and exit")

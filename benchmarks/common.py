@@ -163,3 +163,27 @@ def median_seconds(fn, reps: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - tic)
     return float(np.median(times))
+
+
+def mlx_lm_sample(model, prompts: list[list[int]], *, eos_token_ids, max_tokens: int, temperature: float,
+                  top_p: float = 1.0) -> tuple[list[list[int]], list[bool]]:
+    """mlx-lm's own batched sampling, `BatchGenerator` driven as the harness drove it before it
+    had a decode loop of its own: the sampled tokens (EOS kept) and whether each row stopped
+    at EOS. The reference of tests/test_decode.py and of bench_ladder's decode section."""
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.sample_utils import make_sampler
+
+    generator = BatchGenerator(model, max_tokens=max_tokens, stop_tokens=[[t] for t in eos_token_ids],
+                               sampler=make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0),
+                               completion_batch_size=64, prefill_batch_size=64)
+    uids = generator.insert(prompts)
+    tokens, reasons = {u: [] for u in uids}, {}
+    try:
+        while responses := generator.next_generated():
+            for r in responses:
+                tokens[r.uid].append(r.token)
+                if r.finish_reason is not None:
+                    reasons[r.uid] = r.finish_reason
+    finally:
+        generator.close()
+    return [tokens[u] for u in uids], [reasons[u] == "stop" for u in uids]

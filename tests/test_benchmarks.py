@@ -237,7 +237,7 @@ def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
     """One iteration at the toy rung, the anchor's venv missing: the anchor's entries say why
     it was not measured, ours and the floor are measured."""
     missing = tmp_path / "no-venv" / "python"
-    result = run_benchmark("bench_ladder.py", "--rungs", "toy", "--iters", "1", "--warmup", "0",
+    result = run_benchmark("bench_ladder.py", "--rungs", "toy", "--iters", "1", "--warmup", "0", "--decode-reps", "1",
                            "--lora-python", str(missing), timeout=600)
     assert result["benchmark"] == "ppo_step_ladder_vs_mlx_lm_lora" and list(result["rungs"]) == ["toy"]
     assert len(result["loadavg_start"]) == 3 and len(result["loadavg_end"]) == 3
@@ -252,6 +252,10 @@ def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
     assert set(rung["ours_over_floor"]) == {"rollout", "judge", "score", "update", "step"}
     # a floor is a lower bound: the measured step cannot beat the rates this process measured
     assert rung["ours_over_floor"]["step"] > 1
+    decode = rung["decode"]  # the shipped decode loop against mlx-lm's BatchGenerator: same tokens, timed
+    assert decode["same_tokens_as_mlx_lm"] is True and decode["shipped_uses_one_blas_thread"] is True
+    assert set(decode["ms_per_decode_step"]) == {"shipped", "shipped_one_blas_thread", "shipped_all_blas_threads",
+                                                 "mlx_lm_batch_generator"}
     from benchmarks.bench_ladder import markdown_table
 
     row = markdown_table(result).splitlines()[-1]

@@ -1,23 +1,27 @@
 """The decode loop (ppo.train.rollout) samples what mlx-lm's BatchGenerator samples.
 
-The reference below drives mlx-lm's BatchGenerator the way the harness did before it had a
-loop of its own: same prompts, stop tokens, cap and sampler. Rows finish at different steps
+The reference, benchmarks.common.mlx_lm_sample, drives mlx-lm's BatchGenerator the way the
+harness did before it had a loop of its own: same prompts, stop tokens, cap and sampler. Rows finish at different steps
 (a wide stop set), prompts have different lengths (left padding), and the global random key
 must end where mlx-lm leaves it, so the draws after a rollout match too.
 """
 
 from __future__ import annotations
 
+import sys
+
 import mlx.core as mx
 import pytest
 from mlx.utils import tree_map
-from mlx_lm.generate import BatchGenerator
-from mlx_lm.sample_utils import make_sampler
 from omegaconf import OmegaConf
 
+from conftest import ROOT
 from ppo.train.config import FinetuneConfig
 from ppo.train.models import add_adapters
 from ppo.train.rollout import sample
+
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import mlx_lm_sample  # noqa: E402
 
 PROMPTS = [[1, 5, 6, 7], [1, 9], [1, 4, 4, 4, 4, 4, 8], [1, 30, 31], [1, 7, 7], [1, 2, 3, 4, 5]]
 
@@ -37,24 +41,6 @@ def lora_model(tiny_model_dir):
     add_adapters(policy, OmegaConf.structured(FinetuneConfig(type="lora", rank=4, num_layers=2)))
     policy.update(tree_map(lambda p: p + 0.05, policy.trainable_parameters()))  # adapters away from zero
     return policy
-
-
-def mlx_lm_sample(model, prompts, *, eos_token_ids, max_tokens, temperature, top_p=1.0):
-    """mlx-lm's BatchGenerator: tokens (EOS kept) and whether each row stopped at EOS."""
-    generator = BatchGenerator(model, max_tokens=max_tokens, stop_tokens=[[t] for t in eos_token_ids],
-                               sampler=make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0),
-                               completion_batch_size=64, prefill_batch_size=64)
-    uids = generator.insert(prompts)
-    tokens, reasons = {u: [] for u in uids}, {}
-    try:
-        while responses := generator.next_generated():
-            for r in responses:
-                tokens[r.uid].append(r.token)
-                if r.finish_reason is not None:
-                    reasons[r.uid] = r.finish_reason
-    finally:
-        generator.close()
-    return [tokens[u] for u in uids], [reasons[u] == "stop" for u in uids]
 
 
 def both(model, seed, prompts=PROMPTS, **kwargs):
@@ -120,3 +106,11 @@ def test_one_token_prompts(model):
     ours, ours_key, (ids, finished), key = both(model, 2, prompts=[[1], [1], [1]], eos_token_ids=STOPS,
                                                 max_tokens=6, temperature=1.0)
     assert (ours.token_ids, ours.finished, ours_key) == (ids, finished, key)
+
+
+def test_blas_threads_follow_the_lm_heads_size(model):
+    from ppo.train.rollout import MULTI_THREAD_DECODE_MACS, decodes_with_one_blas_thread
+
+    rows_at_threshold = MULTI_THREAD_DECODE_MACS // (64 * 512)  # the tiny model: hidden 64, vocab 512
+    assert decodes_with_one_blas_thread(model, rows_at_threshold - 1)
+    assert not decodes_with_one_blas_thread(model, rows_at_threshold)

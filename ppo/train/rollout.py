@@ -65,18 +65,23 @@ def sample(
     temperature: float,
     top_p: float = 1.0,
     batch_size: int = 64,
+    one_blas_thread: bool | None = None,
 ) -> Completions:
     """One completion per prompt, stopping at EOS or after `max_tokens` tokens.
 
     At most `batch_size` rows decode together (the KV cache grows with the rows); more
-    prompts are decoded in consecutive groups of `batch_size`.
+    prompts are decoded in consecutive groups of `batch_size`. `one_blas_thread`: decode
+    with one BLAS thread (True) or all of them (False); None chooses by the model's size
+    (MULTI_THREAD_DECODE_MACS).
     """
     if any(len(p) < 1 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     tic = time.perf_counter()
     token_ids: list[list[int]] = []
     finished: list[bool] = []
-    with _blas_threads_for(model, min(len(prompts), batch_size)):
+    if one_blas_thread is None:
+        one_blas_thread = decodes_with_one_blas_thread(model, min(len(prompts), batch_size))
+    with single_threaded_blas() if one_blas_thread else contextlib.nullcontext():
         for start in range(0, len(prompts), batch_size):
             ids, ended = _decode(model, prompts[start:start + batch_size], eos=set(eos_token_ids),
                                  max_tokens=max_tokens, temperature=temperature, top_p=top_p)
@@ -147,12 +152,8 @@ def _decode(model, prompts: list[list[int]], *, eos: set[int], max_tokens: int, 
     return tokens, ended
 
 
-def _blas_threads_for(model, rows: int):
-    """One BLAS thread for decoding a small model, all of them for a large one (see
-    MULTI_THREAD_DECODE_MACS)."""
-    head = model.language_model if hasattr(model, "language_model") else model
-    args = getattr(head, "args", None)
-    hidden, vocab = getattr(args, "hidden_size", 0), getattr(args, "vocab_size", 0)
-    if rows * hidden * vocab >= MULTI_THREAD_DECODE_MACS:
-        return contextlib.nullcontext()
-    return single_threaded_blas()
+def decodes_with_one_blas_thread(model, rows: int) -> bool:
+    """True when one decode step's LM head (rows x hidden x vocab multiply-adds) is below
+    MULTI_THREAD_DECODE_MACS; a model whose args do not say decodes with one thread."""
+    args = getattr(getattr(model, "language_model", model), "args", None)
+    return rows * getattr(args, "hidden_size", 0) * getattr(args, "vocab_size", 0) < MULTI_THREAD_DECODE_MACS
