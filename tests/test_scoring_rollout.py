@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from ppo.train.config import FinetuneConfig
 from ppo.train.models import add_adapters, adapters_disabled
 from ppo.train.rollout import sample, sample_pairs
-from ppo.train.scoring import build_scoring_batch, sequence_logps
+from ppo.train.scoring import build_scoring_batch, reduce_logps, sequence_logps
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,57 @@ def test_reference_is_base_with_adapters_off(tiny_model_dir, kind):
     with adapters_disabled(policy) as ref:
         np.testing.assert_array_equal(np.array(ref(x)), np.array(base(x)))
     assert not np.allclose(np.array(policy(x)), np.array(base(x)), atol=1e-4)  # adapters back on
+
+
+# Rows whose prompts and completions differ in length, a long prompt with a short completion
+# among them (its block reads past the batch's last position and is clipped there).
+SPLIT_PROMPTS = [[1, 5, 6, 7], [1, 9], [1, 4, 4, 4, 4, 4, 4, 4, 4, 8], [1, 3]]
+SPLIT_COMPLETIONS = [[10, 11, 2], [12], [13, 2], [14, 15, 16, 17, 18, 19, 2]]
+
+
+def test_head_on_completion_positions_equals_the_models_own_forward(model_and_tokenizer, tiny_model_dir):
+    """token_logps runs the LM head only where completion tokens are predicted; the values
+    and the LoRA gradients equal scoring through the model's own forward (every position)."""
+    import mlx.nn as nn
+    from mlx_lm import load
+
+    from ppo.train.scoring import _body_and_head, _token_logps_full, token_logps
+
+    model, _ = model_and_tokenizer
+    batch = build_scoring_batch(SPLIT_PROMPTS, SPLIT_COMPLETIONS, pad_id=0)
+    assert _body_and_head(model) is not None  # qwen3: head(model.model(inputs))
+    assert np.array_equal(np.array(token_logps(model, batch)), np.array(_token_logps_full(model, batch)))
+
+    policy, _ = load(str(tiny_model_dir))
+    add_adapters(policy, OmegaConf.structured(FinetuneConfig(type="lora", rank=4, num_layers=2)))
+    from mlx.utils import tree_flatten, tree_map
+
+    policy.update(tree_map(lambda p: p + 0.05, policy.trainable_parameters()))
+    weights = mx.array([0.5, -1.0, 2.0, 0.25])
+
+    def grads(scorer):
+        loss = lambda m: (weights * reduce_logps(scorer(m, batch), batch.completion_mask)).sum()  # noqa: E731
+        return dict(tree_flatten(nn.value_and_grad(policy, loss)(policy)[1]))
+
+    split, full = grads(token_logps), grads(_token_logps_full)
+    assert split.keys() == full.keys() and split
+    for name in split:
+        np.testing.assert_allclose(np.array(split[name]), np.array(full[name]), rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_a_model_that_changes_its_logits_after_the_head_is_scored_whole(tiny_model_dir):
+    from mlx_lm import load
+    from mlx_lm.models.qwen3 import Model
+
+    from ppo.train.scoring import _body_and_head, _token_logps_full, token_logps
+
+    class Capped(Model):  # as Gemma 2 does: a soft cap on the logits, after the head
+        def __call__(self, inputs, cache=None, input_embeddings=None):
+            return 30.0 * mx.tanh(super().__call__(inputs, cache, input_embeddings) / 30.0)
+
+    model, _ = load(str(tiny_model_dir))
+    capped = Capped(model.args)
+    capped.update(model.parameters())
+    batch = build_scoring_batch(SPLIT_PROMPTS, SPLIT_COMPLETIONS, pad_id=0)
+    assert _body_and_head(capped) is None
+    assert np.array_equal(np.array(token_logps(capped, batch)), np.array(_token_logps_full(capped, batch)))
