@@ -166,10 +166,12 @@ def compiled_token_logps():
     compiled = {}
 
     def scorer(model, batch):
-        if id(model) not in compiled:
-            compiled[id(model)] = mx.compile(lambda ids, mask: token_logps(model, ScoringBatch(ids, mask)),
-                                             inputs=[model.state])
-        return compiled[id(model)](batch.input_ids, batch.completion_mask)
+        key = (id(model), batch.longest_completion)  # the completion block's width is part of the graph
+        if key not in compiled:
+            width = batch.longest_completion
+            compiled[key] = mx.compile(lambda ids, mask, starts: token_logps(model, ScoringBatch(ids, mask, starts, width)),
+                                       inputs=[model.state])
+        return compiled[key](batch.input_ids, batch.completion_mask, batch.prompt_lengths)
 
     return scorer
 
@@ -188,17 +190,24 @@ def compiled_loss_and_grad(policy, loss_fn):
 
     value_and_grad = nn.value_and_grad(policy, loss_fn)
     state = [policy.state]
+    by_width = {}  # one compiled graph per completion block width
 
-    @partial(mx.compile, inputs=state, outputs=state)
-    def compiled(input_ids, mask, chosen, rejected, advantages, ref_token_logps, *old_logps):
-        judged = JudgedBatch(ScoringBatch(input_ids, mask), chosen, rejected, advantages, ref_token_logps,
-                             old_logps[0] if old_logps else None)
-        return value_and_grad(policy, judged)
+    def compiled_for(width: int):
+        @partial(mx.compile, inputs=state, outputs=state)
+        def compiled(input_ids, mask, starts, chosen, rejected, advantages, ref_token_logps, *old_logps):
+            judged = JudgedBatch(ScoringBatch(input_ids, mask, starts, width), chosen, rejected, advantages,
+                                 ref_token_logps, old_logps[0] if old_logps else None)
+            return value_and_grad(policy, judged)
+        return compiled
 
     def loss_and_grad(model, judged):
         old = () if judged.old_logps is None else (judged.old_logps,)
-        return compiled(judged.batch.input_ids, judged.batch.completion_mask, judged.chosen, judged.rejected,
-                        judged.advantages, judged.ref_token_logps, *old)
+        batch = judged.batch
+        if batch.longest_completion not in by_width:
+            by_width[batch.longest_completion] = compiled_for(batch.longest_completion)
+        return by_width[batch.longest_completion](batch.input_ids, batch.completion_mask, batch.prompt_lengths,
+                                                  judged.chosen, judged.rejected, judged.advantages,
+                                                  judged.ref_token_logps, *old)
 
     return loss_and_grad
 
@@ -330,7 +339,8 @@ def two_streams(reps: int = 10) -> dict:
     second = mx.new_stream(mx.cpu)
 
     def logps(ids):  # the shipped scorer, every position but the first counted
-        return token_logps(model, ScoringBatch(ids, mx.ones(ids.shape)))[:, 1:]
+        starts = mx.ones((ids.shape[0],), dtype=mx.int32)
+        return token_logps(model, ScoringBatch(ids, mx.ones(ids.shape), starts, ids.shape[1] - 1))[:, 1:]
 
     grad_fn = nn.value_and_grad(model, lambda m, ids: -logps(ids).mean())
 
