@@ -266,6 +266,17 @@ def decode_comparison(model, tokenizer, *, batch: int, max_tokens: int, reps: in
     }
 
 
+def run_decode_only(name: str, args, tmp: Path) -> dict:
+    """`--decode-only`: the rung's decode section alone (no step, no anchor, no floor)."""
+    from mlx_lm import load
+
+    from benchmarks.common import build_bench_model
+
+    model, tokenizer = load(str(build_bench_model(tmp / name / "model", **RUNGS[name])))
+    return {"decode": decode_comparison(model, tokenizer, batch=args.batch_size, max_tokens=args.max_tokens,
+                                        reps=args.decode_reps)}
+
+
 def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
     from mlx.utils import tree_flatten
     from mlx_lm import load
@@ -374,6 +385,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the decode section of each rung (rows = 2 x --batch-size), e.g. to place the BLAS-thread rule")
     parser.add_argument("--decode-reps", type=int, default=3, help="repetitions of the decode section (after one warm-up round)")
     parser.add_argument("--lora-python", default=os.environ.get("MLX_LM_LORA_PYTHON", "/tmp/lora-venv/bin/python"))
     parser.add_argument("--table", type=Path, nargs="+", default=None,
@@ -410,7 +423,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.rungs:
             print(f"[bench_ladder] {name} ...", file=sys.stderr, flush=True)
-            result["rungs"][name] = run_rung(name, args, Path(tmp), blas)
+            run = run_decode_only(name, args, Path(tmp)) if args.decode_only else run_rung(name, args, Path(tmp), blas)
+            result["rungs"][name] = run
     result["loadavg_end"] = list(os.getloadavg())
     result["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     print(json.dumps(result, indent=2))

@@ -38,9 +38,9 @@ from ppo.platform.blas import single_threaded_blas
 # From this many multiply-adds in the LM head of one decode step (rows x hidden x vocab) on,
 # decoding uses every BLAS thread; below it one thread, since waking a second thread for each
 # small product costs more than it saves. Measured on the 2-core CPU, quiet, ms per decode
-# step, one thread / two (benchmarks/README.md, "The decode loop"): the 4.2M toy model with
-# 4 rows (4.2M MACs) 3.2 / 3.4, 8 rows (8.4M) 4.8 / 4.5, 16 rows (16.8M) 7.1 / 6.5; the
-# 82M rung with 16 rows (403M) 84 / 58.
+# step, one thread / all (benchmarks/README.md, "The decode loop"): the 4.2M toy model with
+# 4 rows (4.2M MACs) 3.9 / 4.1, 8 rows (8.4M) 5.1 / 4.7, 16 rows (16.8M) 7.3 / 7.2; the 82M
+# rung with 16 rows (403M) 85 / 60, the 256M rung (2.5G) 320 / 201.
 MULTI_THREAD_DECODE_MACS = 8 * 1024 * 1024
 
 
