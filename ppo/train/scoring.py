@@ -12,8 +12,9 @@ multiplied by the head and normalised over the vocabulary. At the ladder's rungs
 (benchmarks/bench_ladder.py) that skips the prompt positions and the padding, about a
 fifth of the head's FLOPs and of the full-vocabulary passes, whose `exp` is the MLX CPU
 backend's slowest operation (benchmarks/README.md). It applies to models whose forward is
-`head(model.model(inputs))` (most mlx-lm models), checked once per model class against the
-model's own forward, bit for bit; any other model is scored through its own forward.
+`head(model.model(inputs))` (most mlx-lm models), checked once per model class and
+configuration against the model's own forward, bit for bit; any other model is scored
+through its own forward.
 """
 
 from __future__ import annotations
@@ -90,15 +91,15 @@ def _token_logps_full(model, batch: ScoringBatch) -> mx.array:
     return mx.pad(logps * mask, [(0, 0), (1, 0)])
 
 
-# Per model class: whether its forward is head(model.model(inputs)), checked bit for bit.
-_SPLITS_BY_CLASS: dict[type, bool] = {}
+# Per model class and args: whether its forward is head(model.model(inputs)), checked bit for bit.
+_SPLITS_CHECKED: dict[tuple[type, str], bool] = {}
 
 
 def _body_and_head(model):
     """(body, head) of an mlx-lm causal LM whose forward is `head(model.model(inputs))`, or
-    None. The first model of each class is checked once, in eval mode (no dropout), against
-    its own forward on a short input: a class that scales, caps or otherwise changes its
-    logits after the head is scored through its own forward."""
+    None. The first model of each class and configuration (its `args`) is checked once, in
+    eval mode (no dropout), against its own forward on a short input: a model that scales,
+    caps or otherwise changes its logits after the head is scored through its own forward."""
     body = getattr(model, "model", None)
     if not isinstance(body, nn.Module):
         return None
@@ -110,17 +111,18 @@ def _body_and_head(model):
         head = lm_head
     else:
         return None
-    if type(model) not in _SPLITS_BY_CLASS:
+    key = (type(model), repr(getattr(model, "args", None)))
+    if key not in _SPLITS_CHECKED:
         training = model.training
         model.eval()
         try:
             probe = mx.array([[0, 1, 2, 1]], dtype=mx.int32)
-            _SPLITS_BY_CLASS[type(model)] = bool(mx.array_equal(head(body(probe)), model(probe)).item())
+            _SPLITS_CHECKED[key] = bool(mx.array_equal(head(body(probe)), model(probe)).item())
         except Exception:  # noqa: BLE001 - any model the split does not fit is scored whole
-            _SPLITS_BY_CLASS[type(model)] = False
+            _SPLITS_CHECKED[key] = False
         finally:
             model.train(training)
-    return (body, head) if _SPLITS_BY_CLASS[type(model)] else None
+    return (body, head) if _SPLITS_CHECKED[key] else None
 
 
 def reduce_logps(per_token: mx.array, mask: mx.array, reduction: str = "sum") -> mx.array:
