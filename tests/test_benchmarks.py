@@ -253,7 +253,8 @@ def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
     # a floor is a lower bound: the measured step cannot beat the rates this process measured
     assert rung["ours_over_floor"]["step"] > 1
     decode = rung["decode"]  # the shipped decode loop against mlx-lm's BatchGenerator: same tokens, timed
-    assert decode["same_tokens_as_mlx_lm"] is True and decode["shipped_uses_one_blas_thread"] is True
+    # 16 rows x hidden 256 x vocab 4096 = 16.8M multiply-adds per LM head: every BLAS thread
+    assert decode["same_tokens_as_mlx_lm"] is True and decode["shipped_uses_one_blas_thread"] is False
     assert set(decode["ms_per_decode_step"]) == {"shipped", "shipped_one_blas_thread", "shipped_all_blas_threads",
                                                  "mlx_lm_batch_generator"}
     from benchmarks.bench_ladder import markdown_table
