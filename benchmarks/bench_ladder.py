@@ -314,6 +314,12 @@ def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
                 entry = {"not_measured": f"not measured: {entry['error']}"}
             lora[key] = entry
     ours = run_ours(model_dir, rung_dir / "ours", iters, warmup, args.batch_size, args.max_tokens)
+    more_processes = {}
+    for n in (p for p in args.processes if p > 1):
+        run = run_ours(model_dir, rung_dir / f"ours_{n}_processes", iters, warmup, args.batch_size,
+                       args.max_tokens, processes=n)
+        run["speedup_vs_1_process"] = ours["seconds_per_iter"] / run["seconds_per_iter"]
+        more_processes[str(n)] = run
     after = machine_floor(*floor_shape)
 
     bandwidth = max(before["bandwidth"]["used_gbs"], after["bandwidth"]["used_gbs"])
@@ -345,6 +351,7 @@ def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
         "floor_gflop": floor["gflop"],
         "floor_rollout_weight_stream_seconds": floor["rollout_weight_stream_seconds"],
         "ours": ours,
+        "ours_more_processes": more_processes,
         "ours_over_floor": {k: measured[k] / floor["seconds"][k] for k in measured},
         "update_fraction_of_peak": floor["seconds"]["update"] / measured["update"],
         "update_fraction_of_peak_6n_convention": floor["update_gflop_6n_convention"] / peak / measured["update"],
@@ -361,10 +368,12 @@ def markdown_table(result: dict) -> str:
     def num(x, fmt="{:.2f}"):
         return "n/m" if x is None else fmt.format(x)
 
-    lines = ["| rung (parameters) | ours s/iter: rollout, judge, score, update | mlx-lm-lora as shipped / 2-token judge, s/iter | speedup | ours / floor: rollout, judge, score, update, step | floor: B GB/s, P GFLOP/s | update at peak (4N / 6N) | load before, after |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| rung (parameters) | ours s/iter: rollout, judge, score, update | mlx-lm-lora as shipped / 2-token judge, s/iter | speedup | ours / floor: rollout, judge, score, update, step | floor: B GB/s, P GFLOP/s | update at peak (4N / 6N) | ours on 2 processes, s/iter (vs 1) | load before, after |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rungs"].items():
         o, f, lora = r["ours"], r["ours_over_floor"], r["mlx_lm_lora_5_10_2"]
+        two = r.get("ours_more_processes", {}).get("2")
+        two_text = "n/m" if two is None else f"{two['seconds_per_iter']:.2f} ({two['speedup_vs_1_process']:.2f}x)"
         lines.append(
             f"| {name} ({r['model']['parameters'] / 1e6:.1f}M) "
             f"| **{o['seconds_per_iter']:.2f}**: {o['rollout_seconds']:.2f}, {o['judge_seconds']:.2f}, {o['score_seconds']:.2f}, {o['update_seconds']:.2f} "
@@ -373,6 +382,7 @@ def markdown_table(result: dict) -> str:
             f"| {f['rollout']:.1f}, {f['judge']:.1f}, {f['score']:.1f}, {f['update']:.1f}, **{f['step']:.1f}** "
             f"| {r['machine']['bandwidth_gbs_used']:.1f}, {r['machine']['matmul_peak_gflops_used']:.0f} "
             f"| {r['update_fraction_of_peak']:.2f} / {r['update_fraction_of_peak_6n_convention']:.2f} "
+            f"| {two_text} "
             f"| {r['machine']['before']['loadavg'][0]:.1f}, {r['machine']['after']['loadavg'][0]:.1f} |")
     return "\n".join(lines)
 
@@ -385,6 +395,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],
+                        help="ours also on this many processes (mlx.launch, ring on loopback); the anchor runs on one")
     parser.add_argument("--decode-only", action="store_true",
                         help="only the decode section of each rung (rows = 2 x --batch-size), e.g. to place the BLAS-thread rule")
     parser.add_argument("--decode-reps", type=int, default=3, help="repetitions of the decode section (after one warm-up round)")

@@ -49,18 +49,23 @@ RUNNER = ROOT / "benchmarks" / "mlx_lm_lora_runner.py"
 
 
 def run_ours(model_dir: Path, run_dir: Path, iters: int, warmup: int, batch: int, max_tokens: int,
-             extra: tuple[str, ...] = ()) -> dict:
+             extra: tuple[str, ...] = (), processes: int = 1) -> dict:
+    """Ours through `ppo-train`; with `processes` > 1 launched as a user would, by
+    `mlx.launch -n N --backend ring` (the global batch split over the ranks)."""
     from benchmarks.common import QUIET_RUN, median, metrics_rows, step_seconds
 
     exe = Path(sys.executable).with_name("ppo-train")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppo.tools.cli"]
+    if processes > 1:
+        cmd = [str(Path(sys.executable).with_name("mlx.launch")), "-n", str(processes), "--backend", "ring",
+               "--python", sys.executable, *cmd]
     overrides = [
         f"model.path={model_dir}", "judge=llm", f"judge.model={model_dir}", *extra,
         f"train.iters={iters + warmup}", f"train.batch_size={batch}",
         f"generation.max_completion_length={max_tokens}", "generation.temperature=0.8", *QUIET_RUN,
     ]
     result = subprocess.run([*cmd, *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
+    if result.returncode != 0 or not (run_dir / "metrics.jsonl").exists():  # mlx.launch exits 0 when a rank failed
         raise SystemExit(f"ppo-train failed:\n{result.stderr[-3000:]}")
     rows = metrics_rows(run_dir, skip=warmup)
     return {

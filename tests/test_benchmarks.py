@@ -238,7 +238,7 @@ def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
     it was not measured, ours and the floor are measured."""
     missing = tmp_path / "no-venv" / "python"
     result = run_benchmark("bench_ladder.py", "--rungs", "toy", "--iters", "1", "--warmup", "0", "--decode-reps", "1",
-                           "--lora-python", str(missing), timeout=600)
+                           "--processes", "1", "--lora-python", str(missing), timeout=600)
     assert result["benchmark"] == "ppo_step_ladder_vs_mlx_lm_lora" and list(result["rungs"]) == ["toy"]
     assert len(result["loadavg_start"]) == 3 and len(result["loadavg_end"]) == 3
     rung = result["rungs"]["toy"]
@@ -261,6 +261,7 @@ def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
 
     row = markdown_table(result).splitlines()[-1]
     assert row.startswith("| toy (4.2M) |") and "n/m / n/m" in row  # the anchor: not measured
+    assert rung["ours_more_processes"] == {} and "| n/m |" in row  # --processes 1: no 2-process run
 
 
 def test_run_all_runs_every_benchmark_script():
