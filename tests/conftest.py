@@ -39,6 +39,19 @@ def compose(overrides: list[str]):
     return compose_train(overrides)
 
 
+def adapted_model(model_dir: Path, *overrides: str):
+    """(cfg, model with LoRA on one layer, Adam at 1e-3): what checkpoint tests save and load."""
+    from mlx_lm import load
+
+    from ppo.train.models import add_adapters
+    from ppo.train.optimizer import make_optimizer
+
+    cfg = compose([f"model.path={model_dir}", "finetune.num_layers=1", *overrides])
+    model, _ = load(str(model_dir))
+    add_adapters(model, cfg.finetune)
+    return cfg, model, make_optimizer(cfg.train, 1e-3)
+
+
 def small_run_overrides(model_dir: Path, data_path: Path, **extra) -> list[str]:
     base = {
         "model.path": str(model_dir),

@@ -10,7 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, compose, run_cli, small_run_overrides
+from conftest import ROOT, adapted_model, run_cli, small_run_overrides
 from ppo.train import checkpoint
 from ppo.train.checkpoint import CheckpointError
 
@@ -106,15 +106,7 @@ def test_resume_with_a_different_config_is_refused(tmp_path, tiny_model_dir, pro
 
 
 def test_corrupt_checkpoint_is_named(tmp_path, tiny_model_dir):
-    from mlx_lm import load
-
-    from ppo.train.models import add_adapters
-    from ppo.train.optimizer import make_optimizer
-
-    cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
-    model, _ = load(str(tiny_model_dir))
-    add_adapters(model, cfg.finetune)
-    optimizer = make_optimizer(cfg.train, 1e-3)
+    cfg, model, optimizer = adapted_model(tiny_model_dir)
     state = checkpoint.TrainerState(1, 2, None, {}, {})
     path = checkpoint.save(tmp_path, model, optimizer, state, cfg)
     (path / "adapters.safetensors").write_bytes(b"not a safetensors file")
@@ -125,15 +117,7 @@ def test_corrupt_checkpoint_is_named(tmp_path, tiny_model_dir):
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     import errno
 
-    from mlx_lm import load
-
-    from ppo.train.models import add_adapters
-    from ppo.train.optimizer import make_optimizer
-
-    cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
-    model, _ = load(str(tiny_model_dir))
-    add_adapters(model, cfg.finetune)
-    optimizer = make_optimizer(cfg.train, 1e-3)
+    cfg, model, optimizer = adapted_model(tiny_model_dir)
     good = checkpoint.save(tmp_path, model, optimizer, checkpoint.TrainerState(1, 2, None, {}, {}), cfg)
     before = (tmp_path / "adapters.safetensors").read_bytes()
 
@@ -155,37 +139,22 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_mod
 
 
 def test_keeps_only_the_last_k(tmp_path, tiny_model_dir):
-    from mlx_lm import load
-
-    from ppo.train.models import add_adapters
-    from ppo.train.optimizer import make_optimizer
-
-    cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
-    model, _ = load(str(tiny_model_dir))
-    add_adapters(model, cfg.finetune)
-    optimizer = make_optimizer(cfg.train, 1e-3)
+    cfg, model, optimizer = adapted_model(tiny_model_dir)
     for step in range(1, 6):
         checkpoint.save(tmp_path, model, optimizer, checkpoint.TrainerState(step, 0, None, {}, {}), cfg, keep=2)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-0000004", "step-0000005"]
 
 
 def test_checkpoint_from_another_model_is_refused(tmp_path, tiny_model_dir):
-    from mlx_lm import load
-
-    from ppo.train.models import add_adapters
     from ppo.demo.tiny import build_tiny_model
-    from ppo.train.optimizer import make_optimizer
 
     other_dir = build_tiny_model(tmp_path / "other", hidden=32, layers=1, vocab=300)
-    cfg = compose([f"model.path={other_dir}", "finetune.num_layers=1"])
-    other, _ = load(str(other_dir))
-    add_adapters(other, cfg.finetune)
-    path = checkpoint.save(tmp_path / "run", other, make_optimizer(cfg.train, 1e-3), checkpoint.TrainerState(1, 0, None, {}, {}), cfg)
+    cfg, other, other_optimizer = adapted_model(other_dir)
+    path = checkpoint.save(tmp_path / "run", other, other_optimizer, checkpoint.TrainerState(1, 0, None, {}, {}), cfg)
 
-    model, _ = load(str(tiny_model_dir))
-    add_adapters(model, cfg.finetune)
+    _, model, optimizer = adapted_model(tiny_model_dir)
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        checkpoint.load(path, model, make_optimizer(cfg.train, 1e-3))
+        checkpoint.load(path, model, optimizer)
 
 
 def test_a_setting_added_since_the_checkpoint_does_not_block_its_resume():

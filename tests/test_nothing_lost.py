@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, compose, run_cli, small_run_overrides
+from conftest import ROOT, adapted_model, compose, run_cli, small_run_overrides
 from ppo.errors import CheckpointError, ConfigError, TrainingDiverged
 from ppo.metrics import MEASUREMENT_PREFIXES as MEASUREMENTS
 from ppo.train import checkpoint
@@ -111,16 +111,9 @@ def test_resume_never_moves_the_earlier_run_aside_and_never_mixes_checkpoints(tm
 
 
 def test_already_finished_only_when_the_folders_outputs_are_complete(tmp_path, tiny_model_dir, prompts_file):
-    from mlx_lm import load
-
-    from ppo.train.models import add_adapters
-    from ppo.train.optimizer import make_optimizer
-
-    cfg = compose([f"model.path={tiny_model_dir}", f"data.path={prompts_file}", "finetune.num_layers=1", "train.iters=2"])
-    model, _ = load(str(tiny_model_dir))
-    add_adapters(model, cfg.finetune)
+    cfg, model, optimizer = adapted_model(tiny_model_dir, f"data.path={prompts_file}", "train.iters=2")
     state = checkpoint.TrainerState(2, 4, None, checkpoint.config_fingerprint(cfg), {})
-    checkpoint.save(tmp_path, model, make_optimizer(cfg.train, 1e-3), state, cfg)
+    checkpoint.save(tmp_path, model, optimizer, state, cfg)
     (tmp_path / "summary.json").write_text(json.dumps({"status": "finished", "step": 2}))
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     assert checkpoint.finished_summary(cfg, tmp_path) is None  # metrics stop at step 1: not this run's, complete
@@ -184,15 +177,7 @@ def test_reference_with_another_vocabulary_is_refused(tmp_path, tiny_model_dir, 
 
 
 def test_checkpoint_corrupted_in_place_is_refused(tmp_path, tiny_model_dir):
-    from mlx_lm import load
-
-    from ppo.train.models import add_adapters
-    from ppo.train.optimizer import make_optimizer
-
-    cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
-    model, _ = load(str(tiny_model_dir))
-    add_adapters(model, cfg.finetune)
-    optimizer = make_optimizer(cfg.train, 1e-3)
+    cfg, model, optimizer = adapted_model(tiny_model_dir)
     path = checkpoint.save(tmp_path, model, optimizer, checkpoint.TrainerState(1, 2, None, {}, {}), cfg)
     checkpoint.load(path, model, optimizer)  # intact: loads
     weights = path / "adapters.safetensors"
@@ -230,15 +215,7 @@ def _no_temporary_files(run_dir: Path) -> None:
 
 
 def test_full_disk_while_saving_a_checkpoint(small_disk, tiny_model_dir):
-    from mlx_lm import load
-
-    from ppo.train.models import add_adapters
-    from ppo.train.optimizer import make_optimizer
-
-    cfg = compose([f"model.path={tiny_model_dir}", "finetune.num_layers=1"])
-    model, _ = load(str(tiny_model_dir))
-    add_adapters(model, cfg.finetune)
-    optimizer = make_optimizer(cfg.train, 1e-3)
+    cfg, model, optimizer = adapted_model(tiny_model_dir)
     good = checkpoint.save(small_disk, model, optimizer, checkpoint.TrainerState(1, 2, None, {}, {}), cfg)
     before = (small_disk / "adapters.safetensors").read_bytes()
     _fill(small_disk, 4)
