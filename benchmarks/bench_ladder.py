@@ -184,11 +184,16 @@ def machine_floor(m: int, k: int, n: int) -> dict:
     return {"bandwidth": memory_bandwidth(), "matmul": matmul_peak(m, k, n), "loadavg": list(os.getloadavg())}
 
 
+def demo_prompt_ids(tokenizer) -> list[list[int]]:
+    """The demo prompts with the chat template applied (what the sampler feeds)."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)
+            for t in demo_prompt_texts()]
+
+
 def mean_prompt_tokens(tokenizer) -> float:
-    """Mean length of the demo prompts with the chat template applied (what the sampler feeds)."""
-    texts = demo_prompt_texts()
-    return sum(len(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True))
-               for t in texts) / len(texts)
+    """Mean length of the templated demo prompts."""
+    ids = demo_prompt_ids(tokenizer)
+    return sum(len(p) for p in ids) / len(ids)
 
 
 def demo_prompt_texts() -> list[str]:
@@ -231,9 +236,7 @@ def decode_comparison(model, tokenizer, *, batch: int, max_tokens: int, reps: in
     from ppo.platform.blas import single_threaded_blas
     from ppo.train.rollout import decodes_with_one_blas_thread, sample
 
-    texts = demo_prompt_texts()[:batch]
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)
-               for t in texts] * 2
+    prompts = demo_prompt_ids(tokenizer)[:batch] * 2
     kwargs = {"eos_token_ids": [model.args.vocab_size], "max_tokens": max_tokens, "temperature": 0.8}
 
     def mlx_lm_one_thread():

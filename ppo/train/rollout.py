@@ -83,10 +83,11 @@ def sample(
     finished: list[bool] = []
     if one_blas_thread is None:
         one_blas_thread = decodes_with_one_blas_thread(model, min(len(prompts), batch_size))
+    eos = set(eos_token_ids)
     with single_threaded_blas() if one_blas_thread else contextlib.nullcontext():
         for start in range(0, len(prompts), batch_size):
-            ids, ended = _decode(model, prompts[start:start + batch_size], eos=set(eos_token_ids),
-                                 max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+            ids, ended = _decode(model, prompts[start:start + batch_size], eos=eos, max_tokens=max_tokens,
+                                 temperature=temperature, top_p=top_p)
             token_ids += ids
             finished += ended
     return Completions(token_ids=token_ids, finished=finished, seconds=time.perf_counter() - tic,
