@@ -20,6 +20,23 @@ class TrainingInterrupted(Exception):
         self.exit_code = 128 + signum
 
 
+class TrainingAborted(Exception):
+    """A second SIGINT or SIGTERM: the run stopped at once, without saving the running step;
+    the newest complete checkpoint is the resume point."""
+
+    def __init__(self, signum: int, message: str | None = None):
+        super().__init__(message or f"stopped at once by a second signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def during(self, step: int, newest_checkpoint: str | None) -> "TrainingAborted":
+        """The one-line message, once the loop knows the step and the newest checkpoint."""
+        resume = (f"the newest checkpoint, {newest_checkpoint}, is the resume point (train.resume=auto)"
+                  if newest_checkpoint else "no checkpoint had been saved, so train.resume=auto starts from step 0")
+        return TrainingAborted(self.signum, f"stopped at once by a second signal {self.signum} during step {step}, "
+                                            f"which was not saved; {resume}")
+
+
 class TrainingStopped(Exception):
     """The judge cannot go on (a person quit, a server is down); a checkpoint was saved."""
 

@@ -97,6 +97,37 @@ def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path, tiny_model_dir, 
 
 
 @pytest.mark.slow
+def test_second_signal_stops_at_once_and_the_last_checkpoint_resumes(tmp_path, tiny_model_dir, prompts_file,
+                                                                      uninterrupted):
+    """A second SIGTERM stops within the running step, without saving it: the newest complete
+    checkpoint is the resume point, and resuming from it gives the uninterrupted run exactly."""
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "ppo.tools.cli", *_overrides(tiny_model_dir, prompts_file, run_dir, iters=200)]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.005)  # shorter than any step or checkpoint save: the second signal lands inside one of them
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.time()
+    _, err = proc.communicate(timeout=120)
+    assert time.time() - signalled < 30, "a second signal must stop the run within seconds"
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped at once by a second signal" in errors[0], err[-3000:]
+    newest = checkpoint.latest(run_dir)
+    assert f"{newest.name} (step {checkpoint.read_state(newest).step}), is the resume point" in errors[0]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert not list((run_dir / "checkpoints").glob(".tmp-*")), "a save was torn"
+    assert checkpoint.read_state(newest).step <= 8
+    result = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    _assert_same_run(uninterrupted, run_dir)
+
+
+@pytest.mark.slow
 def test_resume_with_a_different_config_is_refused(tmp_path, tiny_model_dir, prompts_file):
     run_dir = tmp_path / "run"
     assert run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, iters=2)).returncode == 0

@@ -81,7 +81,8 @@ def _train_main() -> None:
         from hydra.types import RunMode
 
         from ppo.errors import (CheckpointError, ConfigError, RankTimeout, RunFolderBusy, RunFolderWriteError,
-                                SweepJobFailed, TrainingDiverged, TrainingInterrupted, TrainingStopped)
+                                SweepJobFailed, TrainingAborted, TrainingDiverged, TrainingInterrupted,
+                                TrainingStopped)
         from ppo.tools.sweep import objective_values, record_failure
         from ppo.train.loop import train
         from ppo.train.run_folder import claim, save_hydra_files
@@ -89,7 +90,7 @@ def _train_main() -> None:
         hydra_cfg = HydraConfig.get()
         run_dir, multirun = hydra_cfg.runtime.output_dir, hydra_cfg.mode == RunMode.MULTIRUN
         one_line = (ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
-                    TrainingInterrupted, TrainingStopped)
+                    TrainingInterrupted, TrainingAborted, TrainingStopped)
         searching = multirun and "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
         try:
             # Claimed before .hydra/ is written (hydra.output_subdir is null): a second process

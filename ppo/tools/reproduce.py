@@ -198,15 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    from ppo.errors import (CheckpointError, ConfigError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
-                            TrainingInterrupted, TrainingStopped)
+    from ppo.errors import (CheckpointError, ConfigError, RunFolderBusy, RunFolderWriteError, TrainingAborted,
+                            TrainingDiverged, TrainingInterrupted, TrainingStopped)
 
     try:
         out, summary = reproduce(args.source, args.overrides, args.out)
     except (ReproduceError, ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (TrainingInterrupted, TrainingStopped, TrainingDiverged) as err:
+    except (TrainingInterrupted, TrainingAborted, TrainingStopped, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     win = (summary.get("eval") or {}).get("eval/win_rate")

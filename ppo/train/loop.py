@@ -22,8 +22,8 @@ import mlx.nn as nn
 import numpy as np
 from omegaconf import OmegaConf
 
-from ppo.errors import (ConfigError, JudgeQuit, JudgeUnavailable, RunFolderWriteError, TrainingDiverged,
-                        TrainingInterrupted, TrainingStopped)
+from ppo.errors import (ConfigError, JudgeQuit, JudgeUnavailable, RunFolderWriteError, TrainingAborted,
+                        TrainingDiverged, TrainingInterrupted, TrainingStopped)
 from ppo.health import HealthMonitor
 from ppo.io import METRICS_FILE, SUMMARY_FILE, atomic_write_json, is_write_error, read_jsonl, write_error_reason
 from ppo.judges import build_judge
@@ -79,12 +79,56 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
+class StopRequests:
+    """SIGINT / SIGTERM during training: the first asks for a stop after the running step
+    (which is finished, saved, and the run exits); a second one stops at once.
+
+    On a real model one step takes minutes, so waiting for it is not always what the user
+    wants. The second signal raises `TrainingAborted` in the main thread wherever it is
+    (decoding, judging, the update), except inside a checkpoint save (`saving()`), which
+    is finished first: a save is the one thing a stop must never tear. The aborted step is
+    not saved; the newest complete checkpoint stays the resume point.
+    """
+
+    def __init__(self):
+        self.signals: list[int] = []
+        self.in_save = False
+        self.abort_after_save = False
+
+    def __bool__(self) -> bool:
+        return bool(self.signals)
+
+    @property
+    def signum(self) -> int:
+        return self.signals[0]
+
+    def handle(self, signum, frame) -> None:
+        self.signals.append(signum)
+        if len(self.signals) == 1:
+            log.warning("signal %d: stopping after the running step (it is finished and saved); "
+                        "send it again (a second Ctrl-C) to stop at once without saving that step", signum)
+        elif self.in_save:
+            self.abort_after_save = True
+        else:
+            raise TrainingAborted(signum)
+
+    @contextlib.contextmanager
+    def saving(self):
+        self.in_save = True
+        try:
+            yield
+        finally:
+            self.in_save = False
+        if self.abort_after_save:
+            raise TrainingAborted(self.signals[-1])
+
+
 @contextlib.contextmanager
 def stop_requests():
-    """SIGINT / SIGTERM set a flag the loop checks after each step (so a step is never torn)."""
-    requested: list[int] = []
-    handler = lambda signum, frame: requested.append(signum)  # noqa: E731
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    """SIGINT / SIGTERM handled by a `StopRequests` while the loop runs (so a step is never torn
+    by the first one, and a checkpoint by none)."""
+    requested = StopRequests()
+    previous = {s: signal.signal(s, requested.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield requested
     finally:
@@ -283,9 +327,10 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
                     state.window = []
                     progress.update(reported, step)
                 if stop or step % train_cfg.save_every == 0 or is_last:
-                    save(run, state, step, tracker)
+                    with stop.saving():
+                        save(run, state, step, tracker)
                 if stop:
-                    raise TrainingInterrupted(stop[0], step)
+                    raise TrainingInterrupted(stop.signum, step)
         if world.size > 1:
             state.ranks_in_sync = world.in_sync(run.policy.trainable_parameters())
             if not state.ranks_in_sync:
@@ -294,6 +339,13 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
     except TrainingInterrupted:
         status = "interrupted"
         raise
+    except TrainingAborted as err:
+        # The running step is dropped (not saved): the newest complete checkpoint is the resume point.
+        status, aborted_step = "interrupted", step
+        if not updated:
+            step -= 1
+        newest = checkpoint.latest(run_dir)
+        raise err.during(aborted_step, f"{newest.name} (step {checkpoint.read_state(newest).step})" if newest else None) from None
     except TrainingDiverged as err:
         # Raised before the step's update is kept: nothing non-finite is saved.
         status = "diverged"
