@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ppo.errors import ConfigError
 from ppo.judges.base import Pair, Verdicts
 
 _WORD = re.compile(r"[\w']+")
@@ -80,3 +81,28 @@ class LengthPreference(ScoreRule):
 
     def score(self, prompt: str, completion: str) -> float:
         return -abs(len(_WORD.findall(completion)) - self.target_words)
+
+
+class SentimentPreference(ScoreRule):
+    """Prefers the completion whose answer VADER reads as more positive.
+
+    score = VADER's compound score of the completion (``vaderSentiment``), in [-1, 1]: the
+    lexicon valences of its words, adjusted by VADER's rules (negation, "but", intensifiers,
+    CAPITALS, "!"), summed and squashed by x / sqrt(x^2 + 15). The lexicon ships inside the
+    vaderSentiment wheel, so nothing is downloaded. The sum saturates toward 1, so more
+    positive words (even the same one repeated) score higher: see conf/judge/sentiment.yaml.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError:
+            raise ConfigError("judge=sentiment needs the vaderSentiment package: pip install vaderSentiment==3.3.2 "
+                              "(a dependency of ppo-mlx; reinstall it)") from None
+        # Built once per judge: the constructor parses the 7,500-entry lexicon (about 35 ms),
+        # a call then costs about 0.15 ms.
+        self.analyzer = SentimentIntensityAnalyzer()
+
+    def score(self, prompt: str, completion: str) -> float:
+        return float(self.analyzer.polarity_scores(completion)["compound"])
