@@ -1,14 +1,26 @@
 """The PPO step against mlx-lm-lora 5.10.2 at rungs of model size, and each phase against this machine's floor.
 
-    .venv/bin/python benchmarks/bench_ladder.py [--rungs toy 80m 250m] [--iters N] [--warmup N]
+    .venv/bin/python benchmarks/bench_ladder.py [--rungs toy 80m 250m smollm2] [--iters N] [--warmup N]
                                                 [--batch-size 8] [--max-tokens 64] [--lora-python PATH]
+                                                [--random-weights]
 
-Rungs (random-weight Qwen3 models built by `ppo.demo.tiny.build_tiny_model`, float32, tied
-embeddings, grouped-query attention with half as many KV heads, MLP width 3 x hidden):
+Rungs toy, 80m, 250m (random-weight Qwen3 models built by `ppo.demo.tiny.build_tiny_model`,
+float32, tied embeddings, grouped-query attention with half as many KV heads, MLP width 3 x hidden):
 
     toy    hidden 256,  4 layers,  4 heads, vocab   4,096   (4.2M; benchmarks/common.py BENCH_MODEL)
     80m    hidden 768,  8 layers, 12 heads, vocab  32,768   (82M)
     250m   hidden 1024, 8 layers, 16 heads, vocab 151,936   (256M; Qwen3's vocabulary)
+
+Rung smollm2: a real model, SmolLM2-135M-Instruct (llama, float32, tied embeddings, hidden 576,
+30 layers, 9 heads / 3 KV heads of 64, MLP 1536, vocab 49,152; 134.5M), read from the folder
+`ppo-fetch smollm2` writes (`ppo.resources.cache_dir() / "models" / "SmolLM2-135M-Instruct"`);
+without it the command stops at once with one line saying to run `ppo-fetch smollm2` first.
+`--random-weights` runs it on a random-weight Llama of exactly that shape instead
+(`benchmarks/smollm2.py`: its tokenizer is the demo-corpus BPE padded to 49,152 ids with
+SmolLM2's chat template, not SmolLM2's; the JSON says so), for smoke tests and for measuring
+before the real weights are there. A real chat model can end its completions (EOS) before
+--max-tokens, the random rungs practically never do: every rung records ours' measured mean
+completion length and EOS rate (`shape`), and the floor uses the measured length c.
 
 At each rung the comparison of `bench_vs_mlx_lm_lora.py` runs, through its own functions
 (`run_ours`, `run_lora`): same model, prompts, LoRA r8/s20, Adam 1e-5, temperature 0.8, the
@@ -67,6 +79,7 @@ from ppo.platform.blas import ensure_fast_blas  # noqa: E402
 
 ensure_fast_blas()
 
+from benchmarks import smollm2  # noqa: E402
 from benchmarks.common import BENCH_MODEL  # noqa: E402
 
 RUNGS = {
@@ -74,9 +87,20 @@ RUNGS = {
     "80m": {"hidden": 768, "layers": 8, "vocab": 32768, "heads": 12, "seed": 0},
     "250m": {"hidden": 1024, "layers": 8, "vocab": 151936, "heads": 16, "seed": 0},
 }
+# Rungs on a real model folder (not built here): name -> (folder, the command that writes it).
+REAL_RUNGS = {"smollm2": (smollm2.smollm2_dir, smollm2.FETCH_COMMAND)}
 # (iterations measured, warm-up) per rung when --iters / --warmup are not given: sized so a
-# rung (ours + mlx-lm-lora twice) stays within a few minutes on the 2-core CPU.
-DEFAULT_ITERS = {"toy": (8, 2), "80m": (3, 1), "250m": (2, 1)}
+# rung (ours + mlx-lm-lora twice) stays within a few minutes on the 2-core CPU. smollm2 (an
+# estimate, not yet measured on a quiet machine): its floor at batch 8 and 64 full-length
+# tokens is 14-16 s a step (FLOOR_FORMULAS at B 25 GB/s, P 190 GFLOP/s; the 250m rung's: 17-19;
+# its prompts are longer: SmolLM2's default system turn, 58 tokens with the --random-weights
+# tokenizer against 13, likely fewer with the real one), so ours
+# about 30-40 s a step at the other rungs' 2-2.5x of the floor, ours on 2 processes about 60,
+# mlx-lm-lora about 60-75 (250m: 61-73); 3 steps of each of those four runs plus the decode
+# section (16 rollouts of 64 steps at 0.1-0.2 s) and the two floor measurements: about 13-17
+# minutes, 12-15 with --decode-reps 2 (the 250m rung, so run, took 19); less where the real
+# model stops at EOS early.
+DEFAULT_ITERS = {"toy": (8, 2), "80m": (3, 1), "250m": (2, 1), "smollm2": (2, 1)}
 LORA_SETUP = "python3 -m venv /tmp/lora-venv && /tmp/lora-venv/bin/pip install mlx-lm-lora==5.10.2 'mlx[cpu]'"
 FLOAT32_BYTES = 4
 
@@ -92,18 +116,32 @@ FLOOR_FORMULAS = {
 
 
 def model_counts(config: dict) -> dict:
-    """Parameters, matmul weights and bytes per forward of a qwen3 config.json (see the docstring)."""
+    """Parameters, matmul weights and bytes per forward of a qwen3 or llama config.json (see
+    the docstring). As mlx-lm reads them: KV heads default to the heads, head_dim to hidden /
+    heads, tie_word_embeddings to true; qwen3 has a q_norm and k_norm per layer, llama none
+    but optional biases (attention_bias, mlp_bias; counted as parameters, not matmul weights)."""
+    model_type = config.get("model_type")
+    if model_type not in ("qwen3", "llama"):
+        raise ValueError(f"model_counts: model_type {model_type!r} is not counted (qwen3, llama)")
     h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or h // heads
     inter = config["intermediate_size"]
     tied = config.get("tie_word_embeddings", True)
     attention_linear = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h  # q, k, v, o
     mlp_linear = 3 * h * inter  # gate, up, down
-    per_layer_norms = 2 * h + 2 * head_dim  # input and post-attention RMSNorm, q_norm and k_norm
+    per_layer_extra = 2 * h  # input and post-attention RMSNorm
+    if model_type == "qwen3":
+        per_layer_extra += 2 * head_dim  # q_norm and k_norm
+    else:
+        if config.get("attention_bias", False):
+            per_layer_extra += heads * head_dim + 2 * kv_heads * head_dim + h
+        if config.get("mlp_bias", False):
+            per_layer_extra += 2 * inter + h
     body_linear = layers * (attention_linear + mlp_linear)
     head = h * vocab
-    parameters = vocab * h + layers * (attention_linear + mlp_linear + per_layer_norms) + h + (0 if tied else head)
+    parameters = vocab * h + layers * (attention_linear + mlp_linear + per_layer_extra) + h + (0 if tied else head)
     return {
         "parameters": parameters,
         "matmul_parameters": body_linear + head,  # N_m
@@ -269,34 +307,68 @@ def decode_comparison(model, tokenizer, *, batch: int, max_tokens: int, reps: in
     }
 
 
-def run_decode_only(name: str, args, tmp: Path) -> dict:
-    """`--decode-only`: the rung's decode section alone (no step, no anchor, no floor)."""
-    from mlx_lm import load
+def real_rung_problem(name: str, random_weights: bool) -> str | None:
+    """One line saying why rung `name` cannot run (its real folder missing and no
+    --random-weights), or None."""
+    if name not in REAL_RUNGS or random_weights:
+        return None
+    folder, fetch = REAL_RUNGS[name]
+    why = smollm2.missing(folder())
+    return None if why is None else f"bench_ladder: rung {name}: {why}: run {fetch} first (or pass --random-weights)"
 
-    from benchmarks.common import build_bench_model
 
-    model, tokenizer = load(str(build_bench_model(tmp / name / "model", **RUNGS[name])))
-    return {"decode": decode_comparison(model, tokenizer, batch=args.batch_size, max_tokens=args.max_tokens,
-                                        reps=args.decode_reps)}
+def rung_model(name: str, args, rung_dir: Path) -> tuple[Path, dict]:
+    """The rung's model folder and what it is: built here (random weights) or a real folder."""
+    if name in RUNGS:
+        from benchmarks.common import build_bench_model
+
+        return build_bench_model(rung_dir / "model", **RUNGS[name]), {"weights": "random", **RUNGS[name]}
+    if args.random_weights:
+        return smollm2.build_random_llama(rung_dir / "model"), {"weights": "random", "note": smollm2.RANDOM_WEIGHTS_NOTE}
+    problem = real_rung_problem(name, False)
+    if problem:
+        raise SystemExit(problem)
+    folder, fetch = REAL_RUNGS[name]
+    return folder(), {"weights": f"real: {smollm2.FOLDER_NAME}", "path": str(folder()), "written_by": fetch}
 
 
-def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
+def load_float32(model_dir: Path):
+    """mlx_lm.load, refusing weights that are not float32 (the floor counts 4 bytes a weight)."""
     from mlx.utils import tree_flatten
     from mlx_lm import load
 
+    model, tokenizer = load(str(model_dir))
+    dtypes = {str(v.dtype) for _, v in tree_flatten(model.parameters())}
+    if dtypes != {"mlx.core.float32"}:
+        raise SystemExit(f"bench_ladder: {model_dir} holds {sorted(dtypes)} weights; the ladder runs float32")
+    return model, tokenizer
+
+
+def run_decode_only(name: str, args, tmp: Path) -> dict:
+    """`--decode-only`: the rung's decode section alone (no step, no anchor, no floor)."""
+    model_dir, build = rung_model(name, args, tmp / name)
+    model, tokenizer = load_float32(model_dir)
+    return {"model": build, "decode": decode_comparison(model, tokenizer, batch=args.batch_size,
+                                                         max_tokens=args.max_tokens, reps=args.decode_reps)}
+
+
+def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
+    import numpy as np
+    from mlx.utils import tree_flatten
+
     from benchmarks.bench_vs_mlx_lm_lora import run_lora, run_ours
-    from benchmarks.common import build_bench_model
+    from benchmarks.common import metrics_rows
 
     iters, warmup = DEFAULT_ITERS[name]
     iters = args.iters if args.iters is not None else iters
     warmup = args.warmup if args.warmup is not None else warmup
     started = time.perf_counter()
     rung_dir = tmp / name
-    model_dir = build_bench_model(rung_dir / "model", **RUNGS[name])
+    model_dir, build = rung_model(name, args, rung_dir)
     config = json.loads((model_dir / "config.json").read_text())
     counts = model_counts(config)
     rows = 2 * args.batch_size
-    model, tokenizer = load(str(model_dir))
+    model, tokenizer = load_float32(model_dir)
     loaded = sum(v.size for _, v in tree_flatten(model.parameters()))
     prompt_tokens = mean_prompt_tokens(tokenizer)
     # the model-shaped matmul: the scoring batch's positions through the MLP's up projection
@@ -327,7 +399,13 @@ def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
 
     bandwidth = max(before["bandwidth"]["used_gbs"], after["bandwidth"]["used_gbs"])
     peak = max(before["matmul"]["used_gflops"], after["matmul"]["used_gflops"])
-    shape = {"mean_prompt_tokens": prompt_tokens,
+    ours_rows = metrics_rows(rung_dir / "ours", skip=warmup)
+    completions = {  # ours' measured iterations: a real model can stop at EOS before --max-tokens
+        "mean_completion_tokens_per_iter": [r["completions/mean_length"] for r in ours_rows],
+        "eos_rate_per_iter": [r["completions/eos_rate"] for r in ours_rows],
+        "eos_rate": float(np.mean([r["completions/eos_rate"] for r in ours_rows])),
+    }
+    shape = {"mean_prompt_tokens": prompt_tokens, **completions,
              **judge_shape(model, tokenizer, model_dir, args.batch_size, ours["mean_completion_tokens"])}
     del model
     floor = floors(counts, rows=rows, prompt_tokens=prompt_tokens,
@@ -342,9 +420,9 @@ def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
         return None if s is None else s / ours["seconds_per_iter"]
 
     return {
-        "model": {"build": RUNGS[name], "config": {k: config[k] for k in (
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-            "intermediate_size", "vocab_size", "tie_word_embeddings")},
+        "model": {"build": build, "config": {k: config.get(k) for k in (
+            "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "intermediate_size", "vocab_size", "tie_word_embeddings")},
                   **counts, "parameters_loaded": loaded},
         "iters_measured": iters, "warmup": warmup,
         "shape": {"rows": rows, "decode_steps": args.max_tokens, "mean_completion_tokens": ours["mean_completion_tokens"],
@@ -392,8 +470,12 @@ def markdown_table(result: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=["toy", "80m"],
-                        help="model sizes to run (250m: about 2 minutes per iteration of the anchor here)")
+    parser.add_argument("--rungs", nargs="+", choices=[*RUNGS, *REAL_RUNGS], default=["toy", "80m"],
+                        help="model sizes to run (250m: about 2 minutes per iteration of the anchor here; "
+                             "smollm2: the real SmolLM2-135M-Instruct, after ppo-fetch smollm2)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="smollm2: a random-weight Llama of its exact shape instead of the fetched model "
+                             "(tokenizer not SmolLM2's; benchmarks/smollm2.py)")
     parser.add_argument("--iters", type=int, default=None, help=f"measured iterations (default per rung: {DEFAULT_ITERS})")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -413,6 +495,10 @@ def main(argv=None) -> dict:
             merged["rungs"].update(json.loads(path.read_text())["rungs"])
         print(markdown_table(merged))
         return merged
+
+    for name in args.rungs:  # before any rung runs: a missing folder is one line, at once
+        if problem := real_rung_problem(name, args.random_weights):
+            raise SystemExit(problem)
 
     import mlx.core as mx
 

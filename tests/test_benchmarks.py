@@ -211,6 +211,65 @@ def test_ladder_counts_parameters_from_the_config(tiny_model_dir):
     assert model_counts(config)["parameters"] == sum(v.size for _, v in tree_flatten(model.parameters()))
 
 
+def test_ladder_counts_a_llama_config(tmp_path):
+    """model_counts on SmolLM2-135M's llama config.json (no head_dim key, no q/k norms, tied)
+    gives the figures worked out by hand, and on llama-shaped tiny models (grouped KV heads;
+    KV heads absent, biases and an untied head) the parameter count mlx-lm loads."""
+    import json
+
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+
+    from benchmarks.bench_ladder import model_counts
+    from benchmarks.smollm2 import SMOLLM2_CONFIG, SMOLLM2_PARAMETERS, build_random_llama
+
+    assert "head_dim" not in SMOLLM2_CONFIG and SMOLLM2_CONFIG["model_type"] == "llama"
+    counts = model_counts(SMOLLM2_CONFIG)
+    attention = 576 * 576 + 2 * 576 * 192 + 576 * 576  # q, k, v (3 KV heads of 576 / 9 = 64), o
+    mlp = 3 * 576 * 1536
+    assert counts["body_matmul_parameters"] == 30 * (attention + mlp) == 106_168_320
+    assert counts["lm_head_parameters"] == 576 * 49152 == 28_311_552
+    assert counts["matmul_parameters"] == 106_168_320 + 28_311_552
+    assert counts["parameters"] == 49152 * 576 + 30 * (attention + mlp + 2 * 576) + 576 == SMOLLM2_PARAMETERS
+    assert counts["weight_bytes"] == 4 * SMOLLM2_PARAMETERS
+    assert counts["attention_flops_per_pair"] == 4 * 30 * 9 * 64
+
+    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=512)
+    for i, changes in enumerate([{"num_key_value_heads": 2},
+                                 {"num_key_value_heads": None, "attention_bias": True, "mlp_bias": True,
+                                  "tie_word_embeddings": False}]):
+        folder = build_random_llama(tmp_path / str(i), **small, **changes)
+        config = json.loads((folder / "config.json").read_text())
+        model, _ = load(str(folder))
+        assert type(model).__module__ == "mlx_lm.models.llama"
+        assert model_counts(config)["parameters"] == sum(v.size for _, v in tree_flatten(model.parameters()))
+    with pytest.raises(ValueError, match="not counted"):
+        model_counts({**SMOLLM2_CONFIG, "model_type": "gpt2"})
+
+
+def test_bench_ladder_smollm2_without_its_folder_says_fetch_first(tmp_path):
+    """The smollm2 rung reads the folder ppo-fetch writes; without it the ladder stops at once
+    (before any rung, even one listed first) with one line naming the command."""
+    import os
+
+    env = {**os.environ, "PPO_CACHE": str(tmp_path / "empty-cache")}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_ladder.py"), "--rungs", "toy", "smollm2",
+                           "--lora-python", str(tmp_path / "no-venv")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert lines[-1] == (f"bench_ladder: rung smollm2: {tmp_path / 'empty-cache' / 'models' / 'SmolLM2-135M-Instruct'} "
+                         "not found: run ppo-fetch smollm2 first (or pass --random-weights)"), proc.stderr
+    assert not any("[bench_ladder]" in line for line in lines)  # no rung started
+
+    from benchmarks.smollm2 import missing
+
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert missing(folder) == f"{folder} has no tokenizer.json, tokenizer_config.json, *.safetensors"
+
+
 def test_ladder_floor_arithmetic():
     """floors() on round numbers, each phase worked out by hand from FLOOR_FORMULAS."""
     from benchmarks.bench_ladder import floors
@@ -262,6 +321,38 @@ def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
     row = markdown_table(result).splitlines()[-1]
     assert row.startswith("| toy (4.2M) |") and "n/m / n/m" in row  # the anchor: not measured
     assert rung["ours_more_processes"] == {} and "| n/m |" in row  # --processes 1: no 2-process run
+
+
+@pytest.mark.slow
+def test_bench_ladder_smollm2_rung_reads_the_fetched_folder(tmp_path):
+    """The smollm2 rung on the folder ppo-fetch writes (here a llama-shaped tiny stand-in at
+    $PPO_CACHE, the anchor's venv missing): ours and the floor measured on that folder, the
+    counts matching what mlx-lm loads, the completions' length and EOS rate recorded."""
+    import os
+
+    from benchmarks.smollm2 import FOLDER_NAME, build_random_llama
+
+    folder = build_random_llama(tmp_path / "cache" / "models" / FOLDER_NAME, hidden_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, vocab_size=512)
+    missing = tmp_path / "no-venv" / "python"
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_ladder.py"), "--rungs", "smollm2", "--iters", "1",
+                           "--warmup", "0", "--batch-size", "2", "--max-tokens", "8", "--decode-reps", "1",
+                           "--processes", "1", "--lora-python", str(missing)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PPO_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from benchmarks.run_all import last_json_object
+
+    rung = last_json_object(proc.stdout)["rungs"]["smollm2"]
+    assert rung["model"]["build"]["path"] == str(folder) and rung["model"]["build"]["weights"].startswith("real")
+    assert rung["model"]["config"]["model_type"] == "llama" and rung["model"]["config"]["head_dim"] is None
+    assert rung["model"]["parameters"] == rung["model"]["parameters_loaded"]
+    assert rung["mlx_lm_lora_5_10_2"]["as_shipped"]["not_measured"].startswith("not measured:")
+    shape = rung["shape"]
+    assert len(shape["eos_rate_per_iter"]) == len(shape["mean_completion_tokens_per_iter"]) == 1
+    assert 0 <= shape["eos_rate"] <= 1 and 0 < shape["mean_completion_tokens"] <= 8
+    assert set(rung["ours_over_floor"]) == {"rollout", "judge", "score", "update", "step"}
+    assert rung["decode"]["same_tokens_as_mlx_lm"] is True
 
 
 def test_run_all_runs_every_benchmark_script():
