@@ -179,5 +179,13 @@ def doctor_main() -> None:
     sys.exit(main())
 
 
+def fetch_main() -> None:
+    """`ppo-fetch smollm2 | --gguf FILE`: a GGUF model imported into an mlx-lm folder in the cache."""
+    ensure_fast_blas()
+    from ppo.models.fetch import main
+
+    sys.exit(main())
+
+
 if __name__ == "__main__":
     train_main()
