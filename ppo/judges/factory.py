@@ -38,13 +38,14 @@ def same_model(a: str | None, b: str | None) -> bool:
 
 
 def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path: str | None = None,
-                tokenizer=None, world=None) -> JudgePipeline:
+                tokenizer=None, world=None, dtype: str | None = None) -> JudgePipeline:
     """The judge the trainer calls: ``judge(pairs, step=None, phase="train") -> Verdicts``.
 
     Records go to ``run_dir/judgments.jsonl`` (none when run_dir is None); records already
     there (a resumed run) pre-fill the cache. ``base``: a loaded model that computes
     ``base_path`` unchanged with its adapters off (``ppo.train.models.frozen_base``); an LLM judge
-    of that same model shares its weights instead of loading a copy.
+    of that same model shares its weights instead of loading a copy. ``dtype``: the run's
+    ``model.dtype``, which an LLM judge loading its own model is cast to as well.
     """
     from hydra.utils import get_class, instantiate
 
@@ -54,6 +55,8 @@ def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path:
     wrapper = {k: cfg.pop(k, default) for k, default in WRAPPER_DEFAULTS.items()}
     order, tie_threshold = check_wrapper_options(wrapper["order"], wrapper["tie_threshold"])
     target = cfg["_target_"]
+    if dtype is not None and target == LLM_TARGET:
+        cfg.setdefault("dtype", dtype)  # a judge config's own judge.dtype wins
     distributed = world is not None and world.size > 1
     if distributed and target == HUMAN_TARGET:
         raise ConfigError(f"judge=human cannot run on {world.size} processes (one person, one terminal): "

@@ -154,7 +154,9 @@ class LLMJudge:
 
     ``model``: hub id or local folder (``judge.model``); ``system``: the rubric
     (``judge.system``, empty = :data:`ppo.judges.prompting.DEFAULT_RUBRIC`); ``labels``: the
-    two single-token answers for "first" and "second"; ``batch_size``: rows per forward.
+    two single-token answers for "first" and "second"; ``batch_size``: rows per forward;
+    ``dtype``: a ``model.dtype`` choice the judge's own model is cast to (the trainer passes
+    its ``model.dtype``: ppo.judges.factory.build_judge); a preloaded model keeps its own.
     """
 
     kind = "llm"
@@ -168,6 +170,7 @@ class LLMJudge:
         trust_remote_code: bool = False,
         preloaded: tuple | None = None,
         model_context: Callable | None = None,
+        dtype: str = "auto",
     ):
         self.system = rubric(system)
         self.labels = check_labels(labels)
@@ -178,13 +181,17 @@ class LLMJudge:
         if preloaded is not None:
             self.model, self.tokenizer = preloaded
         else:
-            from ppo.train.models import load_model
+            from ppo.train.models import DTYPES, load_model, quantized_cpu_warning
 
+            if dtype != "auto" and dtype not in DTYPES:
+                raise ConfigError(f"invalid judge.dtype={dtype!r}: choose auto, float32, bfloat16 or float16 (default: model.dtype)")
             try:
-                self.model, self.tokenizer = load_model(model, trust_remote_code)
+                self.model, self.tokenizer = load_model(model, trust_remote_code, dtype)
             except ConfigError as err:
                 raise ConfigError(f"judge.model={model}: {err}") from None
             self.model.eval()
+            quantized_cpu_warning([self.model], f"judge.model={model} loads with quantized layers",
+                                  "a float (unquantized) checkpoint of the judge")
         self.context = model_context or (lambda m: contextlib.nullcontext(m))
         self.label_ids = label_token_ids(self.tokenizer, self.labels)
         self._special = special_pattern(_special_strings(self.tokenizer))

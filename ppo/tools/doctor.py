@@ -1,4 +1,4 @@
-"""Environment check: which BLAS MLX uses, how fast its CPU matmul and exp are.
+"""Environment check: which BLAS MLX uses, how fast its CPU matmul and exp are, and what each dtype costs.
 
     python -m ppo.tools.doctor [--size N] [--repeats R]
 
@@ -24,6 +24,12 @@ from ppo.platform.blas import (
 )
 
 SLOW_RATIO = 0.7
+
+# The dtype table's transformer-shaped matmul, (rows x K) @ (K x N): a small model's MLP width, at a
+# batch's worth of tokens (256 rows) and at decode (16 rows).
+DTYPE_MATMUL_K, DTYPE_MATMUL_N, DTYPE_MATMUL_ROWS = 576, 1536, (256, 16)
+# Seconds the dtype table may spend in all, shared by its cells (each gets at least one timed call).
+DTYPE_BUDGET_S = 0.6
 
 
 def _gflops(n: int, seconds: float) -> float:
@@ -80,6 +86,63 @@ def exp_ns_per_element(n: int = 1 << 20, repeats: int = 5) -> tuple[float, float
     per = 1e9 / n
     return (_time_median(lambda: mx.eval(mx.exp(x, stream=mx.cpu)), repeats) * per,
             _time_median(lambda: np.exp(xn), repeats) * per)
+
+
+def _time_within(fn, budget: float) -> float:
+    """Median wall time of fn() after one warm-up call, over as many calls as fit in `budget`
+    seconds: a fast kernel is timed several times; one slower than `budget` is timed by that
+    first call alone (warming up matters for BLAS's threads, and float32 is the fast one)."""
+    t0 = time.perf_counter()
+    fn()
+    warm_up = time.perf_counter() - t0
+    if warm_up >= budget:
+        return warm_up
+    times, deadline = [], time.perf_counter() + max(budget - warm_up, 0.0)
+    while not times or (time.perf_counter() + times[-1] < deadline and len(times) < 20):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def dtype_matmul_report(budget: float = DTYPE_BUDGET_S) -> dict:
+    """GFLOP/s of the dtype table's matmul in float32, bfloat16, float16 and 4-bit (mx.quantized_matmul,
+    groups of 64 and 32; activations and scales in the dtype model.dtype=auto runs, float32 on the CPU),
+    and each one's slowdown against float32, on MLX's default device: why model.dtype=auto is float32 on
+    the CPU, and what a quantized base costs there (ppo/train/config.py, model.dtype)."""
+    import mlx.core as mx
+
+    from ppo.train.models import dtype_name, resolve_dtype
+
+    started = time.perf_counter()
+    auto = resolve_dtype("auto")
+    quantized_dtype = auto or mx.float16  # on a GPU, a half-precision checkpoint's scales
+    k, n = DTYPE_MATMUL_K, DTYPE_MATMUL_N
+    weight = mx.random.normal((n, k), key=mx.random.key(0)) / k**0.5
+    share = budget / (2 * len(DTYPE_MATMUL_ROWS) + 3 * len(DTYPE_MATMUL_ROWS))
+    report = {"device": str(mx.default_device()), "shape": f"rows x {k} @ {k} x {n}",
+              "model_dtype_auto": dtype_name(auto) if auto is not None else "the checkpoint's own",
+              "4bit_activations_and_scales": dtype_name(quantized_dtype)}
+    for rows in DTYPE_MATMUL_ROWS:
+        x = mx.random.normal((rows, k), key=mx.random.key(1))
+        cells = {name: (lambda d=dtype: (x.astype(d), weight.astype(d)))() for name, dtype in
+                 (("float32", mx.float32), ("bfloat16", mx.bfloat16), ("float16", mx.float16))}
+        timings = {}
+        for name, (a, b) in cells.items():
+            mx.eval(a, b)
+            timings[name] = _time_within(lambda: mx.eval(a @ b.T), share)
+        a = x.astype(quantized_dtype)
+        for group in (64, 32):
+            w, scales, biases = mx.quantize(weight.astype(quantized_dtype), group_size=group, bits=4)
+            mx.eval(a, w, scales, biases)
+            timings[f"4bit_g{group}"] = _time_within(lambda: mx.eval(mx.quantized_matmul(
+                a, w, scales, biases, transpose=True, group_size=group, bits=4)), share)
+        flops = 2.0 * rows * k * n
+        report[f"rows_{rows}"] = {name: {"ms": round(t * 1e3, 2), "gflops": round(flops / max(t, 1e-12) / 1e9, 2),
+                                         "x_slower_than_float32": round(t / max(timings["float32"], 1e-12), 1)}
+                                  for name, t in timings.items()}
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    return report
 
 
 def numpy_blas() -> str:
@@ -162,6 +225,8 @@ def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
         # Informational: no setting changes it (see README, "Where the step's time goes").
         "mlx_exp_ns_per_element": round(mlx_exp_ns, 2),
         "numpy_exp_ns_per_element": round(np_exp_ns, 2),
+        # What each model.dtype (and a 4-bit base) costs here; model.dtype=auto picks float32 on the CPU.
+        "dtype_matmul": dtype_matmul_report(),
         "numpy_version": np.__version__,
         "numpy_blas": numpy_blas(),
         "warnings": warnings,

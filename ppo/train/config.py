@@ -28,6 +28,10 @@ from ppo.errors import ConfigError
 from ppo.train.data import DEFAULT_CHAT_TEMPLATE_KWARGS
 
 
+# The choices of model.dtype (ppo.train.models.resolve_dtype maps them to MLX dtypes).
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass
 class ModelConfig:
     # The policy: an mlx-lm hub id or local folder. Set by the model group (model=demo) or directly.
@@ -44,6 +48,14 @@ class ModelConfig:
     quantize_group_size: int = 64
     # Passed to mlx-lm's loader for models whose tokenizer runs custom code.
     trust_remote_code: bool = False
+    # auto | float32 | bfloat16 | float16: the float dtype of the policy, every loaded reference and an LLM judge that
+    # loads its own model (cast after loading, before quantization and adapters; quantized weights stay quantized,
+    # their scales and biases follow; LoRA / DoRA layers are float32 as mlx-lm makes them). auto: float32 on the CPU
+    # backend, the checkpoint's own dtype on a GPU (Metal, CUDA). Why: MLX's CPU matmul is fast only in float32
+    # (BLAS). A 576x1536 matmul on a 2-core x86 CPU: 256 rows 14 ms in float32, 323 ms bfloat16 (23x), 603 ms float16
+    # (43x), 963 ms 4-bit (69x); 16 rows 10 ms float32, 44 ms float16, 132 ms 4-bit; so a float16 checkpoint took
+    # minutes per step. A half-precision checkpoint takes twice its memory in float32. `ppo-doctor` measures these.
+    dtype: str = "auto"
 
 
 @dataclass
@@ -375,6 +387,8 @@ def validate(cfg) -> None:
     _check(train.max_seq_length > gen.max_completion_length, "generation.max_completion_length", gen.max_completion_length,
            f"must be below train.max_seq_length={train.max_seq_length} so a prompt fits: lower it or raise train.max_seq_length")
     _check(cfg.model.quantize in ("none", "4", "8"), "model.quantize", cfg.model.quantize, "choose none, 4 or 8")
+    _check(cfg.model.dtype in MODEL_DTYPES, "model.dtype", cfg.model.dtype,
+           "choose auto, float32, bfloat16 or float16 (auto: float32 on the CPU, the checkpoint's own on a GPU)")
     _check(cfg.model.quantize == "none" or cfg.model.quantize_group_size in (32, 64, 128), "model.quantize_group_size",
            cfg.model.quantize_group_size, "MLX quantizes in groups of 32, 64 or 128")
     _check(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "must be >= 0, e.g. 0.01")

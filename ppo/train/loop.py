@@ -33,7 +33,7 @@ from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
 from ppo.train.distributed import World, check_batch, reduce_metrics
 from ppo.train.evaluation import evaluate, evaluation_enabled
-from ppo.train.models import check_reference_fits, frozen_base, load_policy_and_reference
+from ppo.train.models import check_reference_fits, float_dtype, frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
 from ppo.train.progress import Progress
 from ppo.train.step import Sampling, make_loss_fn, mean_dicts, train_step
@@ -193,6 +193,8 @@ class Session:
     sampling: Sampling
     reader: CompletionReader
     evaluating: bool
+    # The float dtype the policy's base computes in (model.dtype resolved), recorded in summary.json.
+    model_dtype: str | None = None
 
 
 def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
@@ -207,7 +209,7 @@ def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
         grad_checkpoint(policy.layers[0])
     splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - cfg.generation.max_completion_length)
     judge = build_judge(cfg.judge, run_dir=run_dir, seed=cfg.seed, tokenizer=tokenizer, base_path=cfg.model.path,
-                        base=frozen_base(policy, reference, cfg.model, cfg.finetune), world=world)
+                        base=frozen_base(policy, reference, cfg.model, cfg.finetune), world=world, dtype=cfg.model.dtype)
     lr_schedule = learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs)
     return Session(
         cfg=cfg, run_dir=run_dir, world=world, fingerprint=fingerprint, policy=policy, reference=reference,
@@ -218,6 +220,7 @@ def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
         sampling=Sampling.from_config(cfg.generation, tokenizer),
         reader=CompletionReader.for_judge(judge, tokenizer),  # what the judge reads of a completion
         evaluating=evaluation_enabled(judge, train_cfg, len(splits.eval)),
+        model_dtype=float_dtype(policy),
     )
 
 
@@ -363,7 +366,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
         run.judge.close()
         progress.close()
         try:
-            summary = write_summary(run_dir, started, state, status, step, run.splits, world)
+            summary = write_summary(run_dir, started, state, status, step, run.splits, world, run.model_dtype)
         except OSError as err:
             # Not raised from here: it would hide the error that ended the run, if any.
             summary_error, summary = err, {"status": status, "step": step}
@@ -378,7 +381,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
 
 
 def write_summary(run_dir: Path, started: float, state: RunState, status: str, step: int, splits,
-                  world: World) -> dict:
+                  world: World, model_dtype: str | None = None) -> dict:
     from ppo.train.provenance import provenance
 
     rows = read_jsonl(run_dir / METRICS_FILE)
@@ -391,6 +394,7 @@ def write_summary(run_dir: Path, started: float, state: RunState, status: str, s
         "skipped_rows": splits.skipped_rows,
         "truncated_prompts": splits.truncated_prompts,
         "wall_seconds": time.perf_counter() - started,
+        "model_dtype": model_dtype,  # what the policy computed in (model.dtype resolved on this backend)
         **({"world_size": world.size, "ranks_in_sync": state.ranks_in_sync} if world.size > 1 else {}),
         **provenance(),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,8 +20,68 @@ from mlx.utils import tree_flatten, tree_unflatten
 from ppo.errors import ConfigError
 from ppo.io import ADAPTER_CONFIG_FILE, ADAPTER_FILE
 
-def load_model(path: str, trust_remote_code: bool = False):
-    """mlx_lm.load on a local folder or a hub id, with a one-line error when it fails."""
+log = logging.getLogger(__name__)
+
+# model.dtype's fixed choices; `auto` is resolved per backend (resolve_dtype).
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+# What a quantized base costs on the CPU, said once per run (the measurements: ppo/train/config.py, model.dtype).
+QUANTIZED_CPU_COST = ("runs about 10-100x slower than float32 on the CPU (4-bit, a 576x1536 matmul at 16 and 256 rows "
+                      "on a 2-core x86 CPU; `ppo-doctor` measures this machine)")
+
+
+def on_cpu() -> bool:
+    """Whether MLX computes on its CPU backend: no Metal or CUDA GPU, or the default device set to the CPU."""
+    return mx.default_device().type == mx.DeviceType.cpu
+
+
+def resolve_dtype(name: str = "auto"):
+    """The MLX dtype `model.dtype=name` casts to; None keeps the checkpoint's own (auto on a GPU)."""
+    if name == "auto":
+        return mx.float32 if on_cpu() else None
+    return DTYPES[name]
+
+
+def dtype_name(dtype) -> str:
+    """'float32' for mx.float32."""
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def cast_model(model: nn.Module, name: str = "auto") -> None:
+    """Cast the floating-point parameters to `model.dtype=name` (mlx's default predicate: quantized
+    uint32 weights stay, their scales and biases follow), materialized so the old copies are freed."""
+    dtype = resolve_dtype(name)
+    floats = [v.dtype for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)]
+    if dtype is not None and any(d != dtype for d in floats):  # a model already in it is left as it is
+        model.set_dtype(dtype)
+        mx.eval(model.parameters())
+
+
+def float_dtype(model: nn.Module) -> str | None:
+    """The floating-point dtype holding most of the base's parameter values ('float32'; adapter layers'
+    own weights, float32 as mlx-lm makes them, left out), None if none."""
+    own = {f"{name}.{key}" for name, _ in _adapter_modules(model) for key in ("lora_a", "lora_b", "m")}
+    counts: dict = {}
+    for name, value in tree_flatten(model.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating) and name not in own:
+            counts[value.dtype] = counts.get(value.dtype, 0) + value.size
+    return dtype_name(max(counts, key=counts.get)) if counts else None
+
+
+def is_quantized(model) -> bool:
+    return isinstance(model, nn.Module) and any(
+        isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+
+
+def quantized_cpu_warning(models: list, setting: str, avoid: str) -> None:
+    """One warning when any of `models` computes with quantized layers on the CPU; none on a GPU."""
+    if on_cpu() and any(is_quantized(m) for m in models):
+        log.warning("%s: a quantized base %s; %s avoids it", setting, QUANTIZED_CPU_COST, avoid)
+
+
+def load_model(path: str, trust_remote_code: bool = False, dtype: str | None = None):
+    """mlx_lm.load on a local folder or a hub id, with a one-line error when it fails; `dtype`:
+    a model.dtype choice to cast to (`cast_model`), None keeps the checkpoint's dtype."""
     from mlx_lm import load
 
     local = Path(path).expanduser()
@@ -31,10 +92,13 @@ def load_model(path: str, trust_remote_code: bool = False):
             "or give a local mlx-lm model folder or a hub id (org/name)"
         )
     try:
-        return load(str(local) if looks_local else path, trust_remote_code=trust_remote_code)
+        model, tokenizer = load(str(local) if looks_local else path, trust_remote_code=trust_remote_code)
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"could not load model {path}: {first_line}") from err
+    if dtype is not None:
+        cast_model(model, dtype)
+    return model, tokenizer
 
 
 def lora_parameters(ft) -> dict:
@@ -195,7 +259,7 @@ class StartingAdapters:
 
 
 def load_frozen(path: str, model_cfg, like_trainable: bool = False) -> nn.Module:
-    model, _ = load_model(path, model_cfg.trust_remote_code)
+    model, _ = load_model(path, model_cfg.trust_remote_code, getattr(model_cfg, "dtype", "auto"))
     quantize_base(model, model_cfg, trainable=like_trainable)
     model.freeze()
     model.eval()
@@ -215,8 +279,11 @@ def load_policy_and_reference(model_cfg, ft):
     adapter, and the reference is that same model, frozen. LoRA / DoRA train the adapter's
     own layers on from its values (the reference: `StartingAdapters`); full fine-tuning
     trains the base with the adapter fused into it (the reference: a fused frozen copy).
+
+    Every loaded model is cast to `model.dtype` first (`cast_model`), so that quantization
+    and the adapters (float32, as mlx-lm makes them) come after it.
     """
-    policy, tokenizer = load_model(model_cfg.path, model_cfg.trust_remote_code)
+    policy, tokenizer = load_model(model_cfg.path, model_cfg.trust_remote_code, getattr(model_cfg, "dtype", "auto"))
     quantize_base(policy, model_cfg, trainable=ft.type == "full")
     start = getattr(model_cfg, "adapter_path", "") or ""
     if start and ft.type != "full":
@@ -237,7 +304,20 @@ def load_policy_and_reference(model_cfg, ft):
             reference.freeze()
     elif start:
         reference = StartingAdapters(policy)
+    warn_quantized_base(policy, reference, model_cfg)
     return policy, reference, tokenizer
+
+
+def warn_quantized_base(policy: nn.Module, reference, model_cfg) -> None:
+    """The run's one warning when the policy or a loaded reference computes quantized on the CPU
+    (a full fine-tune's policy is dequantized: it computes in float)."""
+    if model_cfg.quantize != "none":
+        quantized_cpu_warning([policy, reference], f"model.quantize={model_cfg.quantize}",
+                              "model.quantize=none with a float checkpoint")
+        return
+    key = "path" if is_quantized(policy) else "reference_path"
+    quantized_cpu_warning([policy, reference], f"model.{key}={getattr(model_cfg, key)} loads with quantized layers",
+                          "a float (unquantized) checkpoint of the model")
 
 
 def check_reference_fits(policy: nn.Module, reference: nn.Module | None, model_cfg) -> None:
