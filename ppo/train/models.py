@@ -79,6 +79,19 @@ def quantized_cpu_warning(models: list, setting: str, avoid: str) -> None:
         log.warning("%s: a quantized base %s; %s avoids it", setting, QUANTIZED_CPU_COST, avoid)
 
 
+def missing_model_fix(folder: Path) -> str:
+    """What builds or fetches a missing model folder: the cache's own models name their command."""
+    from ppo import resources
+    from ppo.models.fetch import PRESETS
+
+    models = resources.cache_dir() / "models"
+    commands = {"demo": "python -m ppo.demo_model"} | {p.folder: f"ppo-fetch {name}" for name, p in PRESETS.items()}
+    for name, command in commands.items():
+        if folder.expanduser().resolve() == (models / name).resolve():
+            return f"run `{command}` first (it writes that folder)"
+    return "give a local mlx-lm model folder or a hub id (org/name); `ppo-fetch --gguf FILE` imports a GGUF file"
+
+
 def load_model(path: str, trust_remote_code: bool = False, dtype: str | None = None):
     """mlx_lm.load on a local folder or a hub id, with a one-line error when it fails; `dtype`:
     a model.dtype choice to cast to (`cast_model`), None keeps the checkpoint's dtype."""
@@ -87,10 +100,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: str | None = N
     local = Path(path).expanduser()
     looks_local = path.startswith((".", "/", "~")) or local.exists() or path.count("/") != 1
     if looks_local and not local.is_dir():
-        raise ConfigError(
-            f"model path {path} does not exist: build the demo model with `python -m ppo.demo.tiny {path}`, "
-            "or give a local mlx-lm model folder or a hub id (org/name)"
-        )
+        raise ConfigError(f"model path {path} does not exist: {missing_model_fix(local)}")
     try:
         model, tokenizer = load(str(local) if looks_local else path, trust_remote_code=trust_remote_code)
     except Exception as err:
