@@ -21,6 +21,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
+from conftest import run_cli, small_run_overrides  # noqa: E402
 from ppo.errors import ConfigError  # noqa: E402
 from ppo.models.gguf import import_gguf  # noqa: E402
 
@@ -315,6 +316,24 @@ def test_chat_template_and_special_tokens_are_kept(source, imported):
     assert wrapper.decode([1, 2], skip_special_tokens=True) == ""
 
 
+def test_tokenizer_agrees_with_transformers_gguf_conversion(source, files, imported):
+    """A second opinion: transformers' own GGUF tokenizer conversion (a private module, hence the skip)."""
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+    except ImportError:
+        pytest.skip("this transformers has no transformers.integrations.gguf.gguf_tokenizer_mapping")
+    from tokenizers import Tokenizer
+
+    _, metadata = mx.load(str(files["q4_1"][0]), return_metadata=True)
+    theirs, _ = convert_gguf_tokenizer("llama", {
+        "tokenizer_type": metadata["tokenizer.ggml.model"], "pre_tokenizer_type": metadata["tokenizer.ggml.pre"],
+        "tokens": metadata["tokenizer.ggml.tokens"], "merges": metadata["tokenizer.ggml.merges"],
+        "token_type": metadata["tokenizer.ggml.token_type"].tolist()})
+    ours = Tokenizer.from_file(str(imported / "tokenizer.json"))
+    for text in TEXTS:
+        assert ours.encode(text).ids == theirs.encode(text).ids, text
+
+
 def test_imported_folder_generates_with_mlx_lm(imported, tmp_path, files):
     from mlx_lm import generate, load
 
@@ -323,6 +342,13 @@ def test_imported_folder_generates_with_mlx_lm(imported, tmp_path, files):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
         text = generate(model, tokenizer, prompt, max_tokens=6)
         assert isinstance(text, str)
+
+
+@pytest.mark.slow
+def test_ppo_train_takes_the_imported_folder(imported, prompts_file, tmp_path):
+    done = run_cli(small_run_overrides(imported, prompts_file, **{"train.iters": 2, "hydra.run.dir": str(tmp_path / "run")}))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "summary.json").is_file()
 
 
 # --- refusals ---------------------------------------------------------------------------------

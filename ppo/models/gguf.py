@@ -11,7 +11,8 @@ What is where, and why:
   very values llama.cpp computes). Those six block types are all this importer takes; any other
   one is a one-line `ConfigError` naming it. Measured with gguf-py's reference dequantizer on
   MLX 0.32.4: Q5_0, Q5_1, Q3_K, Q5_K and the IQ types make `mx.load` refuse the whole file, and
-  its Q4_K decoding is wrong (errors as large as the weights), so K-quant files are refused too.
+  its Q4_K decoding disagrees with gguf-py's (on random blocks, errors of the size of the
+  values themselves), so K-quant files are refused too.
 - The block types are read from the file's header here (`read_tensor_types`), not from `mx.load`:
   it fails on the first type it cannot read with a message that names neither tensor nor type,
   and gguf-py's `GGUFReader` spends 6 s parsing SmolLM2's 49152 vocabulary strings to tell us.
@@ -29,12 +30,16 @@ What is where, and why:
   `d * q + m`. Kept quantized, they are cast to `dtype` (float16 to float32 is exact).
 - The tokenizer is rebuilt here with the `tokenizers` library from the metadata (byte-level BPE
   from `tokenizer.ggml.tokens` and `merges`; control tokens (token_type 3) as special added tokens,
-  user-defined ones (4) as plain added tokens; ByteLevel decoder), not with transformers'
-  `convert_gguf_tokenizer`: transformers has no entry for llama.cpp's `smollm` pre-tokenizer and
-  falls back to GPT-2's split, which keeps " 2" together where SmolLM2's own tokenizer splits every
-  digit off first (`Digits(individual_digits=True)` before `ByteLevel`), and its GGUF reader needs
-  PyTorch. The pre-tokenizers known here are in `PRE_TOKENIZERS`; another one, or a sentencepiece
-  vocabulary (`tokenizer.ggml.model` = llama), is a one-line `ConfigError`.
+  user-defined ones (4) as plain added tokens; ByteLevel decoder; for llama.cpp's `smollm`
+  pre-tokenizer SmolLM2's own: `Digits(individual_digits=True)` then `ByteLevel`). Not with
+  transformers' `convert_gguf_tokenizer`, although it runs without PyTorch when handed the metadata
+  and gives SmolLM2's GGUF the same ids on every text tried (digits, spaces, unicode, ChatML):
+  it is a private module that moved between releases (`integrations/ggml.py` in 4.x,
+  `integrations/gguf/` in 5.x), its own GGUF reader imports PyTorch, and it has no entry for
+  `smollm`, so its tokenizer.json splits as GPT-2 does, without SmolLM2's digit step (the same ids
+  only because SmolLM2's vocabulary has no token joining a digit to anything). The pre-tokenizers
+  known here are in `PRE_TOKENIZERS`; another one, or a sentencepiece vocabulary
+  (`tokenizer.ggml.model` = llama), is a one-line `ConfigError`.
 - The folder is written to a hidden temporary folder beside `out_dir` and renamed into place
   last, so a killed import never leaves a half folder. `gguf_import.json` in it records the
   source file's sha256 and the options (how `ppo-fetch` knows a cached import is complete).
@@ -399,9 +404,8 @@ def tokenizer_files(metadata: dict, config: dict) -> tuple[object, dict, dict]:
     """(tokenizer, tokenizer_config.json, special_tokens_map.json); sets the ids in `config`."""
     tokenizer, special = build_tokenizer(metadata)
     named = {key: special[key] for key in ("bos_token", "eos_token", "pad_token", "unk_token")}
-    for key, token in named.items():
-        config[f"{key}_id"] = tokenizer.token_to_id(token) if token is not None else None
-    config.pop("unk_token_id")
+    for key in ("bos_token", "eos_token", "pad_token"):
+        config[f"{key}_id"] = tokenizer.token_to_id(named[key]) if named[key] is not None else None
     extra = [t for t in special["control"] if t not in named.values()]
     added = {str(tokenizer.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
                                              "single_word": False, "special": kind == "control"}
