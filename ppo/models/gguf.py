@@ -449,6 +449,11 @@ def _remove_stale_temporaries(out: Path) -> None:
             pass
 
 
+def occupied(out: Path) -> bool:
+    """Something is at `out` that an import must not replace (an empty folder it may)."""
+    return out.exists() and (not out.is_dir() or any(out.iterdir()))
+
+
 def write_folder_atomically(out: Path, write: Callable[[Path], None]) -> Path:
     """`write(tmp)` fills a hidden folder beside `out`, which is renamed to `out` when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -458,10 +463,10 @@ def write_folder_atomically(out: Path, write: Callable[[Path], None]) -> Path:
     tmp.mkdir()
     try:
         write(tmp)
-        os.rename(tmp, out)  # atomic; fails when another folder took the name meanwhile
+        os.rename(tmp, out)  # atomic; replaces an empty folder, fails on a full one (another import's)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if out.exists():
+        if occupied(out):
             raise ConfigError(f"{out} already exists: remove it or choose another output folder") from None
         raise ConfigError(f"could not write {out} ({err.strerror or err}): free space or choose another folder") from None
     except BaseException:
@@ -488,7 +493,7 @@ def import_gguf(gguf_path, out_dir, dequantize: bool = True, dtype: str = "float
         raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if not src.is_file():
         raise ConfigError(f"GGUF file {src} does not exist: give the path of a .gguf file")
-    if out.exists():
+    if occupied(out):
         raise ConfigError(f"{out} already exists: remove it or choose another output folder")
     tensors = read_tensor_types(src)
     _check_block_types(src, tensors)
