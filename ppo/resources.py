@@ -65,6 +65,7 @@ def install_problems() -> list[str]:
         problems.append(f"configs not found (looked for {conf}/train.yaml): {fix}")
     elif not (conf / "experiment").is_dir() or not any((conf / "experiment").glob("*.yaml")):
         problems.append(f"experiment files not found (looked in {conf}/experiment): {fix}")
-    if not asset("demo_prompts.jsonl").is_file():
-        problems.append(f"demo prompts not found (looked for {asset('demo_prompts.jsonl')}): {fix}")
+    for name in ("demo_prompts.jsonl", "instruction_prompts.jsonl"):
+        if not asset(name).is_file():
+            problems.append(f"prompts {name} not found (looked for {asset(name)}): {fix}")
     return problems

@@ -67,3 +67,11 @@ def test_real_smollm2_trains_and_its_adapter_loads(tmp_path):
                                 str(run_dir), "--prompt", "Describe a rainy Monday morning.", "--max-tokens", "8"],
                                capture_output=True, text=True, timeout=600)
     assert generated.returncode == 0, generated.stderr[-2000:]
+
+
+def test_doctor_names_missing_instruction_prompts(monkeypatch, tmp_path):
+    assert resources.install_problems() == []
+    real_asset = resources.asset
+    monkeypatch.setattr(resources, "asset", lambda name: tmp_path / name if name == "instruction_prompts.jsonl" else real_asset(name))
+    (problem,) = resources.install_problems()
+    assert "instruction_prompts.jsonl not found" in problem and "reinstall" in problem
