@@ -364,6 +364,7 @@ def run_rung(name: str, args, tmp: Path, blas: str | None) -> dict:
     warmup = args.warmup if args.warmup is not None else warmup
     started = time.perf_counter()
     rung_dir = tmp / name
+    rung_dir.mkdir(parents=True, exist_ok=True)  # a real rung reads its model elsewhere: nothing else creates it
     model_dir, build = rung_model(name, args, rung_dir)
     config = json.loads((model_dir / "config.json").read_text())
     counts = model_counts(config)
