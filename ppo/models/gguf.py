@@ -47,7 +47,6 @@ What is where, and why:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import mmap
@@ -59,6 +58,7 @@ from pathlib import Path
 from typing import Callable
 
 from ppo.errors import ConfigError
+from ppo.io import file_sha256
 
 IMPORT_RECORD = "gguf_import.json"
 IMPORTER_VERSION = 1
@@ -183,14 +183,6 @@ def _tensor_infos(buf, path: Path) -> dict[str, tuple[int, tuple[int, ...]]]:
         pos += 12  # the type and the data offset
         tensors[name] = (kind, tuple(reversed(dims)))  # GGUF lists the fastest-varying dimension first
     return tensors
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_block_types(path: Path, tensors: dict) -> None:
