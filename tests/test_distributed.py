@@ -33,7 +33,7 @@ def rank_pids(run_dir: Path) -> dict[int, int]:
     {} without /proc). Where ppo-train re-executes itself with OpenBLAS preloaded, only once it has."""
     from ppo.platform import blas
 
-    reexecs = sys.platform.startswith("linux") and not os.environ.get(blas.ENV_DISABLE) and blas.find_fast_blas()
+    reexecs = sys.platform.startswith("linux") and not blas._env_flag(blas.ENV_DISABLE) and blas.find_fast_blas()
     found = {}
     for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not proc.name.isdigit():
