@@ -33,15 +33,19 @@ PAIRS = [Pair("q", "a" * n, "b" * m, prompt_id=f"q{i}") for i, (n, m) in enumera
 
 def test_both_orders_remove_a_known_position_bias():
     fixed = JudgePipeline(BiasedJudge(), order="fixed")(PAIRS)
-    both = JudgePipeline(BiasedJudge(), order="both")(PAIRS)
+    both = JudgePipeline(BiasedJudge(), order="both", on_order_disagreement="average")(PAIRS)
     assert fixed.diagnostics["judge/first_position_win_rate"] == 0.8  # unbiased: 0.5
     assert fixed.p[1] > 0.5  # ...and wins a pair it should lose
     unbiased = 1.0 / (1.0 + np.exp(-0.5 * np.array([len(x.a) - len(x.b) for x in PAIRS])))
     # averaging p_ab and 1 - p_ba keeps the winner of the unbiased judge everywhere
     assert np.array_equal(both.p > 0.5, unbiased > 0.5) and both.p[2] == pytest.approx(0.5)
-    reverse = JudgePipeline(BiasedJudge(), order="both")([Pair(x.prompt, x.b, x.a, prompt_id=x.prompt_id) for x in PAIRS])
+    reverse = JudgePipeline(BiasedJudge(), order="both", on_order_disagreement="average")(
+        [Pair(x.prompt, x.b, x.a, prompt_id=x.prompt_id) for x in PAIRS])
     assert np.array_equal(both.p, 1.0 - reverse.p)
     assert both.diagnostics["judge/order_agreement"] < 1.0  # the bias made the orders disagree sometimes
+    # The default (on_order_disagreement=tie): the pairs whose orders disagree are ties, the rest as averaged.
+    tie = JudgePipeline(BiasedJudge(), order="both")(PAIRS).p
+    assert tie.tolist() == [0.5, 0.5, 0.5, both.p[3], both.p[4]]
     assert math.isnan(fixed.diagnostics["judge/order_agreement"])
 
 

@@ -1,7 +1,8 @@
 """Build the configured judge: instantiate ``judge._target_`` and wrap it in the pipeline.
 
 The judge config node is an untyped dict, so the wrapper's own keys (``order``,
-``tie_threshold``, ``include_reasoning``, ``reasoning_markers``; defaults: JudgePipeline's) are popped here before ``_target_`` is instantiated, and validated with
+``tie_threshold``, ``on_order_disagreement``, ``include_reasoning``, ``reasoning_markers``;
+defaults: JudgePipeline's) are popped here before ``_target_`` is instantiated, and validated with
 one-line errors. When ``judge.model`` is the policy's base model, an LLM judge is handed
 the policy itself (read with its adapters switched off) instead of loading a second copy.
 """
@@ -22,7 +23,7 @@ from ppo.judges.record import GatheredJudgmentLog, JudgmentLog
 # The pipeline's own keys of a judge config, with JudgePipeline's defaults (one source;
 # conf/judge_pipeline.yaml declares the same keys for Hydra, checked by tests/test_configs.py).
 WRAPPER_DEFAULTS = {k: p.default for k, p in inspect.signature(JudgePipeline).parameters.items()
-                    if k in ("order", "tie_threshold", "include_reasoning", "reasoning_markers")}
+                    if k in ("order", "tie_threshold", "on_order_disagreement", "include_reasoning", "reasoning_markers")}
 LLM_TARGET = "ppo.judges.llm.LLMJudge"
 HUMAN_TARGET = "ppo.judges.human.HumanJudge"
 
@@ -53,7 +54,8 @@ def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path:
     if "_target_" not in cfg:
         raise ConfigError("invalid judge: a judge config names its class with _target_, e.g. judge=rule")
     wrapper = {k: cfg.pop(k, default) for k, default in WRAPPER_DEFAULTS.items()}
-    order, tie_threshold = check_wrapper_options(wrapper["order"], wrapper["tie_threshold"])
+    order, tie_threshold, on_order_disagreement = check_wrapper_options(
+        wrapper["order"], wrapper["tie_threshold"], wrapper["on_order_disagreement"])
     target = cfg["_target_"]
     if dtype is not None and target == LLM_TARGET:
         cfg.setdefault("dtype", dtype)  # a judge config's own judge.dtype wins
@@ -82,5 +84,6 @@ def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path:
         log = GatheredJudgmentLog(Path(run_dir) / JUDGMENTS_FILE, world)
     else:
         log = JudgmentLog(Path(run_dir) / JUDGMENTS_FILE)
-    return JudgePipeline(inner, order=order, tie_threshold=tie_threshold, include_reasoning=wrapper["include_reasoning"],
-                         reasoning_markers=wrapper["reasoning_markers"], seed=seed, log=log)
+    return JudgePipeline(inner, order=order, tie_threshold=tie_threshold, on_order_disagreement=on_order_disagreement,
+                         include_reasoning=wrapper["include_reasoning"], reasoning_markers=wrapper["reasoning_markers"],
+                         seed=seed, log=log)

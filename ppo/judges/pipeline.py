@@ -9,6 +9,17 @@ for a rule, an LLM, a server and a person, so no judge implements them itself.
   (averaging the one valid order would let the bias back in). ``random`` shows each pair
   once, flipped by a hash of (seed, pair), so the flip survives a resume. ``fixed`` shows
   it as given.
+- ``on_order_disagreement`` (under ``both``): the two orders disagree when, read for the same
+  answer A (p_ab and 1 - p_ba), one is strictly above 0.5 and the other strictly below: both
+  orders picked the answer in the same position, so the verdict follows where an answer is
+  shown, not what it says. ``tie`` (default) makes such a pair a tie, p = 0.5 exactly (zero advantage,
+  half a win in evaluation); its record says ``"order_disagreement": true`` and keeps the
+  average as ``p_raw``. ``average`` keeps the average as the verdict (the rule before this
+  option). One order at exactly 0.5 is not a disagreement (that order abstains and the average
+  leans to the other), and ``judge/order_agreement`` (same side of 0.5 in both orders, both
+  0.5 included) does not count it as agreeing either. Rule judges never disagree with
+  themselves, so the option changes nothing for them. The whole run's order agreement,
+  first-position win rate and tie rate go into summary.json (``reliability``).
 - Cache: a pair already judged (same prompt, completions and finish flags) is answered
   from memory, under ``both`` also when seen the other way round. The records of a
   resumed run directory are loaded back, so a person is never asked twice. Invalid
@@ -38,6 +49,11 @@ from ppo.judges.base import Pair, Verdicts
 from ppo.judges.record import JudgmentLog, mirror, pair_key, read_judgments, record_key, verdict_of
 
 ORDERS = ("both", "random", "fixed")
+ON_ORDER_DISAGREEMENT = ("tie", "average")
+# The judge-reliability verdict (the summary's judge/guessing, ppo-report): a judge whose two
+# orders agree on fewer than this share of the pairs decides by position about as often as by
+# the answers; two fair coins agree on half the pairs, so 0.6 is a coin plus a small margin.
+GUESSING_AGREEMENT = 0.6
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class Judged:
     orders: tuple[str, ...]  # "ab": A shown first; "ba": B shown first
     p_shown: tuple[float, ...]  # raw P(first shown is better), one per order
     latency_s: float
+    disagreed: bool = False  # both orders decided, for different answers (a tie under on_order_disagreement=tie)
 
     def p_for_a(self) -> list[float]:
         return [p if o == "ab" else 1.0 - p for o, p in zip(self.orders, self.p_shown)]
@@ -62,22 +79,81 @@ def swap(pair: Pair) -> Pair:
     return Pair(pair.prompt, pair.b, pair.a, pair.b_finished, pair.a_finished, pair.prompt_id)
 
 
-def check_wrapper_options(order, tie_threshold) -> tuple[str, float]:
+def check_wrapper_options(order, tie_threshold, on_order_disagreement="tie") -> tuple[str, float, str]:
     if order not in ORDERS:
         raise ConfigError(f"invalid judge.order={order!r}: choose both, random or fixed")
     if isinstance(tie_threshold, bool) or not isinstance(tie_threshold, (int, float)) or not 0.0 <= tie_threshold < 1.0:
         raise ConfigError(f"invalid judge.tie_threshold={tie_threshold!r}: must be a number in [0, 1), e.g. 0.1")
-    return order, float(tie_threshold)
+    if on_order_disagreement not in ON_ORDER_DISAGREEMENT:
+        raise ConfigError(f"invalid judge.on_order_disagreement={on_order_disagreement!r}: choose tie or average")
+    return order, float(tie_threshold), on_order_disagreement
+
+
+def orders_disagree(p_for_a) -> bool:
+    """Both orders decided, for different answers: one p (read for A) above 0.5, the other below."""
+    return len(p_for_a) == 2 and (p_for_a[0] - 0.5) * (p_for_a[1] - 0.5) < 0.0
+
+
+def _rate(values) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def reliability(records: list[dict], kind: str | None = None, order_mode: str | None = None) -> dict:
+    """How far the judge of a run can be trusted, from its judgments.jsonl records (the summary's
+    ``judge`` part, read by ppo-report).
+
+    Counted over the pairs the judge actually answered (``cached`` records repeat an answer and
+    are left out, so a resumed run counts what a straight run counts), of this judge ``kind`` and
+    ``order_mode`` when given. ``judge/order_agreement``: pairs shown in both orders whose two
+    answers fall on the same side of 0.5; ``judge/order_disagreement_rate``: pairs whose orders
+    picked different answers (a tie under on_order_disagreement=tie); ``judge/first_position_win_rate``:
+    answers that favoured the completion shown first (half for 0.5) with its 95% Wilson interval
+    over the answers (no bias: 0.5); ``judge/tie_rate``: valid verdicts of exactly 0.5.
+    ``judge/guessing``: the two orders agree on fewer than GUESSING_AGREEMENT of the pairs (None
+    when no pair was shown both ways), and ``judge/verdict`` says it in words."""
+    from ppo.metrics import wilson_interval
+
+    mine = [r for r in records if not r.get("cached") and (kind is None or r.get("judge") == kind)
+            and (order_mode is None or r.get("order_mode") == order_mode)]
+    valid = [r for r in mine if r.get("p") is not None]
+    shown = [float(x) for r in valid for x in r.get("p_shown") or [] if x is not None]
+    first = [1.0 if x > 0.5 else 0.0 if x < 0.5 else 0.5 for x in shown]
+    both = [[x if o == "ab" else 1.0 - x for o, x in zip(r["orders"], r["p_shown"])] for r in valid
+            if len(r.get("orders") or []) == 2 and None not in r["p_shown"]]
+    agreement = _rate([np.sign(a - 0.5) == np.sign(b - 0.5) for a, b in both])
+    first_rate = _rate(first)
+    interval = wilson_interval(first_rate, len(first))
+    guessing = None if agreement is None else agreement < GUESSING_AGREEMENT
+    if guessing is None:
+        verdict = "not measured: no pair was judged in both orders (judge.order=both measures it)"
+    elif guessing:
+        verdict = (f"guessing: its two orders agree on {agreement:.0%} of {len(both)} pairs (below {GUESSING_AGREEMENT:.0%}; "
+                   "two coins agree on half), so its verdicts follow the answer's position, not its content")
+    else:
+        verdict = f"consistent: its two orders agree on {agreement:.0%} of {len(both)} pairs"
+    return {
+        "judge/pairs": len(mine),
+        "judge/order_agreement": agreement,
+        "judge/order_disagreement_rate": _rate([orders_disagree(x) for x in both]),
+        "judge/first_position_win_rate": first_rate,
+        "judge/first_position_win_rate_low": interval[0] if interval else None,
+        "judge/first_position_win_rate_high": interval[1] if interval else None,
+        "judge/tie_rate": _rate([r["p"] == 0.5 for r in valid]),
+        "judge/invalid_rate": _rate([r.get("p") is None for r in mine]),
+        "judge/guessing": guessing,
+        "judge/verdict": verdict,
+    }
 
 
 class JudgePipeline:
     """``pipeline(pairs, step=None, phase="train") -> Verdicts`` around any inner judge."""
 
-    def __init__(self, inner, *, order: str = "both", tie_threshold: float = 0.0, include_reasoning: bool = False,
-                 reasoning_markers: list | None = None, seed: int = 0, log: JudgmentLog | None = None,
-                 kind: str | None = None):
+    def __init__(self, inner, *, order: str = "both", tie_threshold: float = 0.0, on_order_disagreement: str = "tie",
+                 include_reasoning: bool = False, reasoning_markers: list | None = None, seed: int = 0,
+                 log: JudgmentLog | None = None, kind: str | None = None):
         self.inner = inner
-        self.order, self.tie_threshold = check_wrapper_options(order, tie_threshold)
+        self.order, self.tie_threshold, self.on_order_disagreement = check_wrapper_options(
+            order, tie_threshold, on_order_disagreement)
         # What the judge reads of a completion; applied by the trainer, which holds the
         # sampled token ids, when it builds the pairs (ppo.train.completions.CompletionReader).
         self.include_reasoning = include_reasoning
@@ -91,13 +167,19 @@ class JudgePipeline:
             self.preload(log.path)
 
     def preload(self, path: Path) -> int:
-        """Load valid records of this judge kind and order mode into the cache (resume)."""
+        """Load valid records of this judge kind and order mode into the cache (resume).
+
+        The raw answers are kept and the verdict is worked out again under this pipeline's
+        rules (``_finish``, bit for bit the same for the same settings), so a record written
+        under another ``on_order_disagreement`` is never replayed under the wrong rule."""
         loaded = 0
         for r in read_judgments(path):
             if r.get("p") is None or r.get("judge") != self.kind or r.get("order_mode") != self.order:
                 continue
             p_shown = tuple(math.nan if v is None else v for v in r["p_shown"])
-            self.cache[record_key(r)] = Judged(r["p"], r.get("p_raw", r["p"]), tuple(r["orders"]), p_shown, 0.0)
+            if any(math.isnan(x) for x in p_shown):
+                continue
+            self.cache[record_key(r)] = self._finish(tuple(r["orders"]), p_shown, 0.0)
             loaded += 1
         return loaded
 
@@ -128,8 +210,11 @@ class JudgePipeline:
         s = sum((x - 0.5) if o == "ab" else -(x - 0.5) for o, x in zip(orders, p_shown)) / len(orders)
         w = 0.5 + abs(s)
         p_raw = w if s >= 0 else 1.0 - w
-        p = 0.5 if 2.0 * abs(s) <= self.tie_threshold else p_raw
-        return Judged(p, p_raw, tuple(orders), tuple(float(x) for x in p_shown), latency)
+        # Symmetric in A and B (p_for_a of the mirror is 1 - each), so mirroring keeps p = 1 - p exact.
+        disagreed = orders_disagree([x if o == "ab" else 1.0 - x for o, x in zip(orders, p_shown)])
+        tie = 2.0 * abs(s) <= self.tie_threshold or (disagreed and self.on_order_disagreement == "tie")
+        p = 0.5 if tie else p_raw
+        return Judged(p, p_raw, tuple(orders), tuple(float(x) for x in p_shown), latency, disagreed)
 
     def __call__(self, pairs: list[Pair], step: int | None = None, phase: str = "train") -> Verdicts:
         started = time.perf_counter()
@@ -227,6 +312,8 @@ class JudgePipeline:
                 "orders": list(r.orders), "p_shown": list(r.p_shown), "p": r.p, "p_raw": r.p_raw,
                 "verdict": verdict_of(r.p), "latency_s": 0.0 if cached[i] else r.latency_s, "cached": cached[i],
                 "judge": self.kind, "order_mode": self.order, "time": time.time(),
+                **({"order_disagreement": r.disagreed, "on_order_disagreement": self.on_order_disagreement}
+                   if len(r.orders) == 2 else {}),
             })
         self.log.write(lines)
 

@@ -11,6 +11,11 @@ one configuration, and every number of a configuration reads `mean ± half-width
   evaluation pair of every seed (never zero width);
 - the final KL and clip_fraction (last 20% of steps): the mean, ± the t-interval over seeds.
 
+Judge reliability (the summary's `judge` part, `ppo.judges.pipeline.reliability`): per run, how
+often the judge's two orders agree, how often the answer shown first wins (95% Wilson interval;
+0.5 is no bias) and the tie rate; a judge whose orders agree on fewer than GUESSING_AGREEMENT of
+the pairs is reported as guessing, on top of the report, since its win rates measure nothing.
+
 It writes into SWEEP_DIR (or --out):
 
 - `report.md`: the verdict, one row per configuration, one row per run, the runs that did not finish;
@@ -49,6 +54,7 @@ from ppo.errors import ReportError
 from ppo.health import CLIP_FRACTION_HIGH, CLIP_FRACTION_IDLE
 from ppo.health import verdict as health_verdict
 from ppo.io import CHECKPOINTS_DIR, METRICS_FILE, PREVIOUS_PREFIX, SUMMARY_FILE, atomic_write_text, read_json, read_jsonl
+from ppo.judges.pipeline import GUESSING_AGREEMENT
 from ppo.metrics import t_half_width, wilson_interval
 from ppo.tools.sweep import OPTIMIZATION_RESULTS, objective_value
 
@@ -93,6 +99,7 @@ class Run:
     pairs: float | None = None  # judged pairs of the last evaluation
     trial: int | None = None  # Hydra's job number in a multirun (an Optuna trial's number)
     objectives: dict = field(default_factory=dict)  # a search's objective values (key -> value or None)
+    judge: dict = field(default_factory=dict)  # the summary's judge reliability (judge/... keys), {} if none
     # Every config key except the seed and bookkeeping (NOT_CONFIGURATION), flattened: runs with
     # the same key are seeds of one configuration.
     configuration: tuple = ()
@@ -192,6 +199,8 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     elif run.rows:
         run.status = "running-or-killed"
 
+    judge = (summary or {}).get("judge")
+    run.judge = judge if isinstance(judge, dict) else {}
     eval_ = (summary or {}).get("eval") or {}
     run.final_win_rate = _finite(eval_.get("eval/win_rate"))
     run.pairs = _finite(eval_.get("eval/pairs"))
@@ -821,6 +830,51 @@ def _win_rate_text(run: Run) -> str:
     return f"{run.final_win_rate:.3f}" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
 
 
+def _judge_markdown(runs: list[Run]) -> tuple[list[str], list[str]]:
+    """(the plain line on top, the "Judge reliability" section) from the runs' summaries."""
+    judged = sorted((r for r in runs if r.judge), key=lambda r: r.name)
+    if not judged:
+        return [], []
+    guessing = [r for r in judged if r.judge.get("judge/guessing") is True]
+    measured = [r for r in judged if r.judge.get("judge/guessing") is not None]
+    if guessing:
+        which = "the run" if len(judged) == 1 else f"{len(guessing)} of {len(judged)} runs"
+        top = [f"**Judge:** guessing in {which}: its two orders agree on fewer than {GUESSING_AGREEMENT:.0%} of the "
+               "pairs, so its verdicts follow where an answer is shown, not what it says; the win rates of "
+               + ("this run" if len(judged) == 1 else "those runs") + " measure nothing.", ""]
+    elif measured:
+        top = [f"**Judge:** consistent in {'the run' if len(judged) == 1 else f'all {len(measured)} measured runs'} "
+               f"(its two orders agree on at least {GUESSING_AGREEMENT:.0%} of the pairs).", ""]
+    else:
+        top = []
+
+    def rate(r: Run, key: str) -> str:
+        return _fmt(_finite(r.judge.get(key)), "{:.2f}")
+
+    def first(r: Run) -> str:
+        low, high = _finite(r.judge.get("judge/first_position_win_rate_low")), _finite(r.judge.get("judge/first_position_win_rate_high"))
+        return rate(r, "judge/first_position_win_rate") + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
+
+    lines = ["", "## Judge reliability", "",
+             "Per run, over the pairs its judge answered (train and evaluation). Order agreement: pairs shown in both orders "
+             "whose two answers pick the same completion (two coins agree on half); disagreement: pairs whose orders pick "
+             "different completions (a tie under `judge.on_order_disagreement=tie`); first-position win rate: answers that "
+             "favour the completion shown first (0.5: no position bias; 95% Wilson interval). "
+             f"Guessing: order agreement below {GUESSING_AGREEMENT:.0%}.", "",
+             "| run | judge | order (on disagreement) | pairs | order agreement | order disagreement | first-position win rate (95%) "
+             "| tie rate | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in judged:
+        j = r.judge
+        order = f"{j.get('judge/order', '-')}" + (f" ({j['judge/on_order_disagreement']})" if j.get("judge/order") == "both" else "")
+        verdict = str(j.get("judge/verdict") or "-")
+        verdict = f"**{verdict.split(':')[0]}**:{verdict.split(':', 1)[1]}" if ":" in verdict else verdict
+        lines.append(f"| `{r.name}` | {j.get('judge/kind', '-')} | {order} | {_fmt(j.get('judge/pairs'))} "
+                     f"| {rate(r, 'judge/order_agreement')} | {rate(r, 'judge/order_disagreement_rate')} | {first(r)} "
+                     f"| {rate(r, 'judge/tie_rate')} | {verdict} |")
+    return top, lines
+
+
 def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Path, search: Search | None = None,
               wandb_folder: Path | None = None) -> str:
     cells = configurations(runs)
@@ -833,6 +887,8 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
              f"Folder: `{sweep_dir}`  ",
              f"Runs: {len(runs)} (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + f"); "
              f"configurations: {len(cells)}", ""]
+    judge_top, judge_section = _judge_markdown(runs)
+    lines += judge_top
     lines += [f"**Best configuration:** {verdict_text(v, markdown=True)}", ""]
     if v.best is not None:
         b = v.best
@@ -878,6 +934,7 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
             f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'} | {_fmt(r.seed)} "
             f"| {_win_rate_text(r)} | {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
             f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {_fmt(r.eos_rate, '{:.2f}')} ({_fmt(r.ref_eos_rate, '{:.2f}')}) | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")
+    lines += judge_section
     unfinished = [r for r in runs if r.status != "finished"]
     if unfinished:
         lines += ["", "## Runs that did not finish", ""]

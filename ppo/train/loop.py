@@ -25,8 +25,11 @@ from omegaconf import OmegaConf
 from ppo.errors import (ConfigError, JudgeQuit, JudgeUnavailable, RunFolderWriteError, TrainingAborted,
                         TrainingDiverged, TrainingInterrupted, TrainingStopped)
 from ppo.health import HealthMonitor
-from ppo.io import METRICS_FILE, SUMMARY_FILE, atomic_write_json, is_write_error, read_jsonl, write_error_reason
+from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, SUMMARY_FILE, atomic_write_json, is_write_error, read_jsonl,
+                    write_error_reason)
 from ppo.judges import build_judge
+from ppo.judges.pipeline import reliability
+from ppo.judges.record import read_judgments
 from ppo.train import checkpoint, run_folder
 from ppo.train.completions import CompletionReader
 from ppo.train.config import validate
@@ -366,7 +369,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
         run.judge.close()
         progress.close()
         try:
-            summary = write_summary(run_dir, started, state, status, step, run.splits, world, run.model_dtype)
+            summary = write_summary(run_dir, started, state, status, step, run.splits, world, run.model_dtype, run.judge)
         except OSError as err:
             # Not raised from here: it would hide the error that ended the run, if any.
             summary_error, summary = err, {"status": status, "step": step}
@@ -380,8 +383,19 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
     return summary
 
 
+def judge_summary(run_dir: Path, judge) -> dict:
+    """The whole run's judge reliability (order agreement, first-position win rate with its
+    interval, tie rate, the "guessing" verdict: `ppo.judges.pipeline.reliability`), from
+    judgments.jsonl, which holds every rank's records; {} without a judge."""
+    if judge is None:
+        return {}
+    records = read_judgments(run_dir / JUDGMENTS_FILE) if (run_dir / JUDGMENTS_FILE).exists() else []
+    return {"judge/kind": judge.kind, "judge/order": judge.order, "judge/on_order_disagreement": judge.on_order_disagreement,
+            **reliability(records, kind=judge.kind, order_mode=judge.order)}
+
+
 def write_summary(run_dir: Path, started: float, state: RunState, status: str, step: int, splits,
-                  world: World, model_dtype: str | None = None) -> dict:
+                  world: World, model_dtype: str | None = None, judge=None) -> dict:
     from ppo.train.provenance import provenance
 
     rows = read_jsonl(run_dir / METRICS_FILE)
@@ -391,6 +405,7 @@ def write_summary(run_dir: Path, started: float, state: RunState, status: str, s
         "final": rows[-1] if rows else {},
         "eval": state.last_eval,
         "best_eval_win_rate": state.best_win_rate,
+        "judge": judge_summary(run_dir, judge) if world.is_main else {},
         "skipped_rows": splits.skipped_rows,
         "truncated_prompts": splits.truncated_prompts,
         "wall_seconds": time.perf_counter() - started,
