@@ -92,7 +92,9 @@ def test_eps_beta_sweep_then_report_then_resume(tmp_path, tiny_model_dir, prompt
     assert report_main([str(sweep_dir)]) == 0
     assert "best configuration: epsilon=" in capsys.readouterr().out
     report = (sweep_dir / "report.md").read_text()
-    assert sum(line.startswith("| `beta=") for line in report.splitlines()) == 4
+    runs_part, reliability_part = report.split("## Judge reliability")
+    assert sum(line.startswith("| `beta=") for line in runs_part.splitlines()) == 4  # one row per run
+    assert sum(line.startswith("| `beta=") for line in reliability_part.splitlines()) == 4  # and its judge
     assert all((sweep_dir / f"heatmap_{m}.png").exists() for m in ("win_rate", "clip_fraction", "kl"))
     # `wandb leet SWEEP_DIR/wandb` browses the sweep side by side: a link per run's offline log
     links = sorted((sweep_dir / "wandb").iterdir())
