@@ -181,9 +181,10 @@ class LLMJudge:
         if preloaded is not None:
             self.model, self.tokenizer = preloaded
         else:
-            from ppo.train.models import DTYPES, load_model, quantized_cpu_warning
+            from ppo.train.config import MODEL_DTYPES
+            from ppo.train.models import load_model, quantized_cpu_warning
 
-            if dtype != "auto" and dtype not in DTYPES:
+            if dtype not in MODEL_DTYPES:
                 raise ConfigError(f"invalid judge.dtype={dtype!r}: choose auto, float32, bfloat16 or float16 (default: model.dtype)")
             try:
                 self.model, self.tokenizer = load_model(model, trust_remote_code, dtype)

@@ -19,11 +19,12 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ppo.errors import ConfigError
 from ppo.io import ADAPTER_CONFIG_FILE, ADAPTER_FILE
+from ppo.train.config import MODEL_DTYPES
 
 log = logging.getLogger(__name__)
 
-# model.dtype's fixed choices; `auto` is resolved per backend (resolve_dtype).
-DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+# model.dtype's fixed choices (the schema's MODEL_DTYPES less `auto`, which resolve_dtype resolves per backend).
+DTYPES = {name: getattr(mx, name) for name in MODEL_DTYPES if name != "auto"}
 
 # What a quantized base costs on the CPU, said once per run (the measurements: ppo/train/config.py, model.dtype).
 QUANTIZED_CPU_COST = ("runs about 10-100x slower than float32 on the CPU (4-bit, a 576x1536 matmul at 16 and 256 rows "
