@@ -60,3 +60,43 @@ def test_equal_lengths_leave_only_the_shrunk_raw_rate():
 
 def test_nothing_to_fit():
     assert length_controlled_win_rate([], [], []) is None
+
+
+def test_chosen_longer_rate_counts_decided_pairs_only():
+    from ppo.train.step import chosen_longer_rate
+
+    first, second = np.array([5, 9, 4, 7]), np.array([3, 9, 8, 1])
+    first_is_chosen = np.array([True, True, True, False])
+    # pair 0: chosen 5 > 3 (1); pair 1: equal (0.5); pair 2: chosen 4 < 8 (0); pair 3 not decided
+    decided = np.array([True, True, True, False])
+    assert chosen_longer_rate(first, second, first_is_chosen, decided) == pytest.approx(0.5)
+    assert chosen_longer_rate(first, second, first_is_chosen, np.array([True, False, False, False])) == 1.0
+    assert math.isnan(chosen_longer_rate(first, second, first_is_chosen, np.zeros(4, bool)))
+
+
+@pytest.mark.slow
+def test_a_length_judges_run_logs_its_length_bias(tiny_model_dir, prompts_file, tmp_path):
+    """judge=length with a far target prefers the longer answer: the run says so at every step
+    (judge/chosen_longer_rate) and every evaluation carries the length-controlled win rate."""
+    import json
+
+    from conftest import run_cli, small_run_overrides
+
+    run_dir = tmp_path / "run"
+    overrides = small_run_overrides(tiny_model_dir, prompts_file, **{
+        "train.iters": 4, "train.batch_size": 4, "generation.max_completion_length": 24, "data.max_eval_prompts": 8,
+        "train.progress": "true"}) + ["judge=length", "judge.target_words=1000", "judge.require_ending=false",
+                                       f"hydra.run.dir={run_dir}"]
+    result = run_cli(overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    longer = [r["judge/chosen_longer_rate"] for r in rows if r.get("judge/chosen_longer_rate") is not None]
+    # the tiny model mostly runs to the length cap (equal lengths count 0.5); where lengths differ, the
+    # judge that counts words picked the longer one
+    assert len(longer) == 4 and all(0.5 <= v <= 1 for v in longer) and max(longer) > 0.5
+    evals = [r for r in rows if "eval/win_rate" in r]
+    assert evals
+    for r in evals:
+        assert r["eval/win_rate_lc_low"] <= r["eval/win_rate_lc"] <= r["eval/win_rate_lc_high"]
+        assert r["eval/length_ratio"] == pytest.approx(r["eval/mean_length"] / r["eval/ref_mean_length"])
+    assert "length_controlled=" in result.stdout and "length-controlled win rate:" in result.stdout

@@ -57,7 +57,9 @@ def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, pr
     summary = {k: v for k, v in record["summary"].items() if not k.startswith("_")}
     # The lean summary: the answer of the run, each number once (not ~100 last values).
     assert set(summary) == {"status", "step", "eval/win_rate", "eval/win_rate_low", "eval/win_rate_high", "eval/pairs",
+                            "eval/win_rate_lc", "eval/win_rate_lc_low", "eval/win_rate_lc_high", "eval/length_ratio",
                             "kl", "clip_fraction", "clip_fraction/health", "wall_seconds"}
+    assert summary["eval/win_rate_lc_low"] <= summary["eval/win_rate_lc"] <= summary["eval/win_rate_lc_high"]
     assert summary["kl"] == pytest.approx(last["kl"]) and summary["eval/win_rate"] == pytest.approx(last["eval/win_rate"])
     assert summary["eval/win_rate_low"] < summary["eval/win_rate_high"]  # Wilson: never zero width
     assert summary["status"] == "finished" and summary["clip_fraction/health"]

@@ -43,6 +43,11 @@ def print_outcome(summary: dict, run_dir: str) -> None:
               f"completions ending by themselves: {num(ev.get('eval/eos_rate'), '.2f')} "
               f"(reference {num(ev.get('eval/ref_eos_rate'), '.2f')}); KL to the reference: {kl_text(final.get('kl'))}; "
               f"judge/invalid_rate: {num(final.get('judge/invalid_rate'), '.2f')}")
+        controlled = ev.get("eval/win_rate_lc")
+        if isinstance(controlled, (int, float)):
+            print(f"length-controlled win rate: {num(controlled, '.3f')} (95% interval "
+                  f"{num(ev.get('eval/win_rate_lc_low'), '.2f')}-{num(ev.get('eval/win_rate_lc_high'), '.2f')}), "
+                  f"the win rate at equal lengths; policy/reference length: {num(ev.get('eval/length_ratio'), '.2f')}")
     try:
         write_report(Path(run_dir))
     except OSError as err:  # the run itself is complete; only its plots are missing

@@ -9,7 +9,9 @@ one configuration, and every number of a configuration reads `mean ± half-width
 - the final eval win rate: the mean over seeds, ± the 95% t-interval over seeds (two seeds or
   more; one seed: the Wilson half-width of its pairs), and the pooled Wilson interval of every
   evaluation pair of every seed (never zero width);
-- the final KL and clip_fraction (last 20% of steps): the mean, ± the t-interval over seeds.
+- the final KL and clip_fraction (last 20% of steps): the mean, ± the t-interval over seeds;
+- the final length-controlled win rate (`eval/win_rate_lc`, the win rate at equal lengths) and
+  the policy/reference length ratio, the mean ± the t-interval over seeds.
 
 Judge reliability (the summary's `judge` part, `ppo.judges.pipeline.reliability`): per run, how
 often the judge's two orders agree, how often the answer shown first wins (95% Wilson interval;
@@ -19,7 +21,7 @@ the pairs is reported as guessing, on top of the report, since its win rates mea
 It writes into SWEEP_DIR (or --out):
 
 - `report.md`: the verdict, one row per configuration, one row per run, the runs that did not finish;
-- `heatmap_win_rate.png`, `heatmap_clip_fraction.png`, `heatmap_kl.png`: epsilon x beta, each
+- `heatmap_win_rate.png`, `heatmap_win_rate_lc.png`, `heatmap_clip_fraction.png`, `heatmap_kl.png`: epsilon x beta, each
   cell `mean ± half-width (n seeds)` (drawn when the runs span more than one epsilon x beta cell);
 - `compare_runs.png`: one bar per run for the same three numbers (loss types, advantages);
 - `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run, or per
@@ -64,6 +66,8 @@ SKIP_DIRS = {".hydra", "wandb", CHECKPOINTS_DIR, "__pycache__"}
 REPORT_FILE = "report.md"
 HEATMAPS = {  # file stem -> (run attribute, title, number format, colour map)
     "heatmap_win_rate": ("final_win_rate", "Final eval win rate against the reference", "{:.2f}", "viridis"),
+    "heatmap_win_rate_lc": ("final_win_rate_lc", "Final length-controlled win rate (the win rate at equal lengths)",
+                            "{:.2f}", "viridis"),
     "heatmap_clip_fraction": ("clip_fraction", "Mean clip_fraction, last 20% of steps", "{:.2f}", "magma"),
     "heatmap_kl": ("final_kl", "Final KL to the reference (nats per sequence)", "{:.3f}", "cividis"),
 }
@@ -86,6 +90,10 @@ class Run:
     status: str = "not-started"
     rows: list = field(default_factory=list)
     final_win_rate: float | None = None
+    # the last evaluation's length-controlled win rate, its 95% interval, and policy/reference length
+    final_win_rate_lc: float | None = None
+    win_rate_lc_interval: tuple[float, float] | None = None
+    length_ratio: float | None = None
     best_win_rate: float | None = None
     clip_fraction: float | None = None
     ratio_spread: float | None = None  # max |ratio - 1| over the last 20% of steps
@@ -207,6 +215,12 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     if run.final_win_rate is None:
         run.final_win_rate = _last(run.rows, "eval/win_rate")
         run.pairs = _last(run.rows, "eval/pairs")
+    lc_source = eval_ if _finite(eval_.get("eval/win_rate_lc")) is not None else next(
+        (r for r in reversed(run.rows) if _finite(r.get("eval/win_rate_lc")) is not None), {})
+    run.final_win_rate_lc = _finite(lc_source.get("eval/win_rate_lc"))
+    low, high = _finite(lc_source.get("eval/win_rate_lc_low")), _finite(lc_source.get("eval/win_rate_lc_high"))
+    run.win_rate_lc_interval = (low, high) if low is not None and high is not None else None
+    run.length_ratio = _finite(lc_source.get("eval/length_ratio"))
     wins = [w for w in (_finite(r.get("eval/win_rate")) for r in run.rows) if w is not None]
     best = _finite((summary or {}).get("best_eval_win_rate"))
     run.best_win_rate = best if best is not None else (max(wins) if wins else None)
@@ -283,6 +297,8 @@ class Cell:
     used: list[Run] = field(default_factory=list)
     finished: bool = False
     win: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    win_lc: Stat = field(default_factory=lambda: Stat(None, None, 0))  # length-controlled
+    length_ratio: Stat = field(default_factory=lambda: Stat(None, None, 0))
     best_win: Stat = field(default_factory=lambda: Stat(None, None, 0))
     kl: Stat = field(default_factory=lambda: Stat(None, None, 0))
     clip: Stat = field(default_factory=lambda: Stat(None, None, 0))
@@ -298,6 +314,8 @@ class Cell:
         cell.used, cell.finished = (finished, True) if finished else (scored, False)
         cell.win = Stat.of([r.final_win_rate for r in cell.used])
         cell.best_win = Stat.of([r.best_win_rate for r in cell.used])
+        cell.win_lc = Stat.of([r.final_win_rate_lc for r in cell.used])
+        cell.length_ratio = Stat.of([r.length_ratio for r in cell.used])
         kl_runs = cell.used or [r for r in runs if r.status == "finished"] or runs
         cell.kl = Stat.of([r.final_kl for r in kl_runs])
         cell.clip = Stat.of([r.clip_fraction for r in kl_runs])
@@ -491,18 +509,21 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
     stats = {pos: Cell.of((), members) for pos, members in positions.items()}
     epsilons = sorted({e for e, _ in positions})
     betas = sorted({b for _, b in positions})
-    stat_of = {"final_win_rate": lambda c: c.win, "clip_fraction": lambda c: c.clip, "final_kl": lambda c: c.kl}[attr]
+    stat_of = {"final_win_rate": lambda c: c.win, "final_win_rate_lc": lambda c: c.win_lc, "clip_fraction": lambda c: c.clip,
+               "final_kl": lambda c: c.kl}[attr]
     grid = np.full((len(epsilons), len(betas)), np.nan)
     for (e, b), cell in stats.items():
         if stat_of(cell).mean is not None:
             grid[epsilons.index(e), betas.index(b)] = stat_of(cell).mean
+    if attr == "final_win_rate_lc" and not np.isfinite(grid).any():
+        return None  # runs from before the length-controlled win rate was logged
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(2.3 * len(betas) + 3.2, 1.5 * len(epsilons) + 2.2), dpi=120)
     colormap = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
     finite = grid[np.isfinite(grid)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if attr in ("clip_fraction", "final_win_rate"):  # rates: the same colours in every report
+    if attr in ("clip_fraction", "final_win_rate", "final_win_rate_lc"):  # rates: the same colours in every report
         vmin, vmax = 0.0, 1.0
     if vmin == vmax:
         vmin, vmax = vmin - 0.5, vmax + 0.5
@@ -830,6 +851,14 @@ def _win_rate_text(run: Run) -> str:
     return f"{run.final_win_rate:.3f}" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
 
 
+def _win_rate_lc_text(run: Run) -> str:
+    """`0.512 (0.38-0.64)`: the final length-controlled win rate and its 95% interval."""
+    if run.final_win_rate_lc is None:
+        return "-"
+    interval = run.win_rate_lc_interval
+    return f"{run.final_win_rate_lc:.3f}" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+
+
 def _judge_markdown(runs: list[Run]) -> tuple[list[str], list[str]]:
     """(the plain line on top, the "Judge reliability" section) from the runs' summaries."""
     judged = sorted((r for r in runs if r.judge), key=lambda r: r.name)
@@ -910,29 +939,34 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
         "Health: the seed's rule on clip_fraction averaged over the last 20% of steps "
         f"(< {CLIP_FRACTION_IDLE:g}: not moving; > {CLIP_FRACTION_HIGH:g}: moving too far; else healthy; "
         "n/a for losses without a clip).", "",
+        "Length-controlled: the win rate the judge would give at equal lengths (a logistic fit of its verdicts on the "
+        "length difference, read at zero: AlpacaEval 2's model; README, \"Reading a win rate\"); length ratio: the "
+        "policy's mean completion length over the reference's. A win rate far above its length-controlled twin was won "
+        "by length.", "",
         "## Configurations", "",
-        "| configuration | final win rate (mean ± 95%, n seeds) | pooled pairs (95% Wilson) | top group | best win rate "
-        "| clip_fraction (last 20%) | final kl | health | runs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| configuration | final win rate (mean ± 95%, n seeds) | pooled pairs (95% Wilson) | top group | length-controlled "
+        "| length ratio | best win rate | clip_fraction (last 20%) | final kl | health | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ranked = rank(cells)
     for c in ranked + sorted((c for c in cells if c not in ranked), key=lambda c: c.label):
         health = ", ".join(sorted({r.health for r in (c.used or c.runs)}))
         unfinished = "" if c.finished or c.win.mean is None else " (unfinished)"
         lines.append(f"| {c.label} | {c.win_text()}{unfinished} | {c.pooled_text()} | {'yes' if id(c) in top else ''} "
-                     f"| {c.best_win.text()} | {c.clip.text()} | {c.kl.text()} | {health} | {len(c.runs)} |")
+                     f"| {c.win_lc.text()} | {c.length_ratio.text('{:.2f}')} | {c.best_win.text()} | {c.clip.text()} | {c.kl.text()} | {health} | {len(c.runs)} |")
     lines += [
         "", "## Runs", "",
-        "| run | epsilon | beta | loss_type | advantage | seed | final win rate (95% interval) | best win rate | clip_fraction (last 20%) "
-        "| final kl | health | EOS rate (reference) | steps | wall time (s) | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | epsilon | beta | loss_type | advantage | seed | final win rate (95% interval) | length-controlled (95%) "
+        "| length ratio | best win rate | clip_fraction (last 20%) | final kl | health | EOS rate (reference) | steps "
+        "| wall time (s) | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(runs, key=lambda r: r.name):
         steps = f"{r.steps}/{r.iters}" if r.iters else str(r.steps)
         status = r.status + (f": {r.error}" if r.error else "")
         lines.append(
             f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'} | {_fmt(r.seed)} "
-            f"| {_win_rate_text(r)} | {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
+            f"| {_win_rate_text(r)} | {_win_rate_lc_text(r)} | {_fmt(r.length_ratio, '{:.2f}')} | {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
             f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {_fmt(r.eos_rate, '{:.2f}')} ({_fmt(r.ref_eos_rate, '{:.2f}')}) | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")
     lines += judge_section
     unfinished = [r for r in runs if r.status != "finished"]

@@ -10,6 +10,11 @@ across-seed interval) carry the training noise that no number of draws removes.
 The judge pipeline handles answer order (`judge.order=both` by default judges each pair
 both ways, so position bias cannot move the win rate). A tie (p = 0.5) counts as half a
 win; a pair the judge could not decide is left out and counted.
+
+Length: `eval/length_ratio` is the policy's mean completion length over the reference's (in
+tokens), and `eval/win_rate_lc` the length-controlled win rate, the win rate the judge would
+give at equal lengths (`ppo.metrics.length_controlled_win_rate`, AlpacaEval 2's model), with its
+95% interval and `eval/length_coefficient`, how strongly the verdicts followed length.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 
 import numpy as np
 
+from ppo.metrics import length_controlled_win_rate
 from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
 from ppo.train.distributed import SINGLE_PROCESS, World
@@ -78,10 +84,18 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
     valid = ~np.isnan(p)
     wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
     low, high = win_rate_interval(wins)
+    ours_length = np.asarray(merged["ours_length"], dtype=np.float64)
+    theirs_length = np.asarray(merged["theirs_length"], dtype=np.float64)
+    controlled = length_controlled_win_rate(wins, ours_length[valid], theirs_length[valid]) or {}
     return {
         "eval/win_rate": float(wins.mean()) if len(wins) else math.nan,
         "eval/win_rate_low": low,
         "eval/win_rate_high": high,
+        "eval/win_rate_lc": controlled.get("win_rate_lc", math.nan),
+        "eval/win_rate_lc_low": controlled.get("win_rate_lc_low", math.nan),
+        "eval/win_rate_lc_high": controlled.get("win_rate_lc_high", math.nan),
+        "eval/length_coefficient": controlled.get("length_coefficient", math.nan),
+        "eval/length_ratio": float(ours_length.mean() / theirs_length.mean()) if theirs_length.mean() else math.nan,
         "eval/pairs": int(valid.sum()),
         "eval/eos_rate": float(np.mean(merged["ours_finished"])),
         "eval/ref_eos_rate": float(np.mean(merged["theirs_finished"])),

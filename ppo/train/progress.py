@@ -45,12 +45,20 @@ def _duration(seconds: float) -> str:
 
 
 def format_stats(metrics: dict) -> str:
-    """The metrics part of a line (also the bar's text): loss, clip_fraction, kl, eval win rate."""
+    """The metrics part of a line (also the bar's text): loss, clip_fraction, kl, eval win rate,
+    its length-controlled twin and the policy-over-reference length ratio."""
     parts = [f"{label}={spec.format(v)}" for key, label, spec in FIELDS if (v := _finite(metrics, key)) is not None]
     win = _finite(metrics, "eval/win_rate")
     if win is not None:
         interval = wilson_interval(win, _finite(metrics, "eval/pairs"))
         parts.append(f"eval_win_rate={win:.3f}" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else ""))
+    controlled = _finite(metrics, "eval/win_rate_lc")
+    if controlled is not None:
+        low, high = _finite(metrics, "eval/win_rate_lc_low"), _finite(metrics, "eval/win_rate_lc_high")
+        parts.append(f"length_controlled={controlled:.3f}" + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else ""))
+    ratio = _finite(metrics, "eval/length_ratio")
+    if ratio is not None:
+        parts.append(f"length_ratio={ratio:.2f}")
     return "  ".join(parts)
 
 

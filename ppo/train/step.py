@@ -90,6 +90,19 @@ def judge_metrics(diagnostics: dict) -> dict:
     return {k: v for k, v in diagnostics.items() if k.startswith("judge/") and k != "judge/cache_hit_rate"}
 
 
+def chosen_longer_rate(first_lengths: np.ndarray, second_lengths: np.ndarray, first_is_chosen: np.ndarray,
+                       decided: np.ndarray) -> float:
+    """How often the judge chose the longer completion, over the pairs it decided (not ties): 1
+    when the chosen one has more tokens, 0 when fewer, 0.5 when both are as long. 0.5 on average
+    is a judge blind to length; near 1 a judge that mostly rewards length. NaN when no pair was
+    decided."""
+    if not decided.any():
+        return math.nan
+    chosen = np.where(first_is_chosen, first_lengths, second_lengths)[decided]
+    rejected = np.where(first_is_chosen, second_lengths, first_lengths)[decided]
+    return float(np.mean(np.sign(chosen - rejected) * 0.5 + 0.5))
+
+
 def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, prompts: list[Prompt], *, step: int,
             sampling: Sampling, loss_cfg, dropout: float = 0.0, sample_fn: Callable = sample_pairs,
             token_logps_fn: Callable = token_logps, reader: CompletionReader | None = None,
@@ -150,6 +163,7 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
         "completions/mean_length": lengths.mean(),
         "completions/eos_rate": np.mean(first.finished + second.finished),
         **judge_metrics(verdicts.diagnostics),
+        "judge/chosen_longer_rate": chosen_longer_rate(lengths[:n], lengths[n:], first_is_chosen, valid & (confidence > 0)),
         "tokens_per_second": (first.num_tokens + second.num_tokens) / max(rollout_seconds, 1e-9),
         "timing/rollout_seconds": rollout_seconds,
         "timing/judge_seconds": judge_seconds,

@@ -159,13 +159,15 @@ def clip_health(rows: list[dict]) -> tuple[float | None, str]:
 
 def lean_summary(summary: dict, rows: list[dict]) -> dict:
     """What a W&B run table should show of a finished run, each number once: the final eval
-    win rate with its (Wilson) interval, the final KL, clip_fraction's health, the status."""
+    win rate with its (Wilson) interval, the length-controlled one and the length ratio, the final KL, clip_fraction's health, the status."""
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
     clip_fraction, health = clip_health(rows)
     interval = wilson_interval(ev.get("eval/win_rate"), ev.get("eval/pairs")) or (None, None)
     values = {"status": summary.get("status"), "step": summary.get("step"),
               "eval/win_rate": ev.get("eval/win_rate"), "eval/win_rate_low": interval[0],
               "eval/win_rate_high": interval[1], "eval/pairs": ev.get("eval/pairs"),
+              **{k: ev.get(k) for k in ("eval/win_rate_lc", "eval/win_rate_lc_low", "eval/win_rate_lc_high",
+                                        "eval/length_ratio")},
               "kl": final.get("kl"), "clip_fraction": clip_fraction, "clip_fraction/health": health,
               "wall_seconds": summary.get("wall_seconds")}
     return {k: v for k, v in values.items() if v is not None}

@@ -263,5 +263,34 @@ def main() -> None:
     print("fingerprint:", json.dumps(fingerprint))
 
 
+def add_new_keys() -> None:
+    """`python tests/golden/record.py --add-new-keys`: a metric added since the recording joins the
+    recorded rows with this machine's value, while every recorded value stays as it was. Refused
+    when the recorded values no longer match (to the tolerance): then the change altered what a run
+    computes, and that needs a reason, not a re-recording. Each addition is listed under
+    `keys_added` with this machine's fingerprint."""
+    fingerprint = rounding_fingerprint()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model, prompts = build_inputs(root)
+        for name in GOLDEN_RUNS:
+            result = run_golden(name, model, prompts, root / name)
+            if result.returncode != 0:
+                sys.exit(result.stderr[-3000:])
+            record = json.loads((HERE / name / "golden.json").read_text())
+            rows = comparable_rows(root / name / "metrics.jsonl")
+            recorded = [{k: v for k, v in got.items() if k in want} for got, want in zip(rows, record["metrics"])]
+            problems = compare_golden(recorded, record["metrics"], exact=False)
+            if problems or len(rows) != len(record["metrics"]):
+                sys.exit(f"{name}: the recorded metrics no longer match, so no key is added:\n" + "\n".join(problems[:20]))
+            added = sorted({k for got, want in zip(rows, record["metrics"]) for k in got if k not in want})
+            for got, want in zip(rows, record["metrics"]):
+                want.update({k: got[k] for k in added if k in got})
+            if added:
+                record.setdefault("keys_added", []).append({"keys": added, "fingerprint": fingerprint})
+                (HERE / name / "golden.json").write_text(json.dumps(record, indent=1) + "\n")
+            print(f"{name}: added {added or 'nothing'}")
+
+
 if __name__ == "__main__":
-    main()
+    add_new_keys() if sys.argv[1:] == ["--add-new-keys"] else main()
