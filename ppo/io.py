@@ -19,6 +19,13 @@ from pathlib import Path
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 JUDGMENTS_FILE = "judgments.jsonl"
+# A held-out evaluation judge's records (eval_judge=NAME): judgments_eval_NAME.jsonl.
+EVAL_JUDGMENTS_FILES = "judgments_eval_*.jsonl"
+
+
+def eval_judgments_file(name: str) -> str:
+    return EVAL_JUDGMENTS_FILES.replace("*", name)
+
 # What was sampled, what the judge read and decided (ppo/train/samples.py).
 SAMPLES_FILE = "samples.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
@@ -38,7 +45,7 @@ HYDRA_DIR = ".hydra"
 PREVIOUS_PREFIX = "previous-"
 # What a run leaves in its folder (globs), i.e. what belongs to one run and must never be
 # mixed with another's. Hydra's train.log is left out: it is held open by this process.
-RUN_OUTPUTS = (HYDRA_DIR, METRICS_FILE, SUMMARY_FILE, JUDGMENTS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR, ADAPTER_FILE,
+RUN_OUTPUTS = (HYDRA_DIR, METRICS_FILE, SUMMARY_FILE, JUDGMENTS_FILE, EVAL_JUDGMENTS_FILES, SAMPLES_FILE, CHECKPOINTS_DIR, ADAPTER_FILE,
                ADAPTER_CONFIG_FILE, "wandb", "report.md", "*.png", "reproduce.json")
 
 

@@ -20,6 +20,11 @@ EVAL_EOS_RATE = "eval/eos_rate"
 EVAL_REF_EOS_RATE = "eval/ref_eos_rate"
 
 
+def held_out_names(metrics: dict) -> list[str]:
+    """The held-out evaluation judges whose win rate `metrics` holds (eval/NAME/win_rate), sorted."""
+    return sorted(k.split("/")[1] for k in metrics if k.count("/") == 2 and k.startswith("eval/") and k.endswith("/win_rate"))
+
+
 def comparable(row: dict) -> dict:
     """A metrics.jsonl row without the keys that measure the machine."""
     return {k: v for k, v in row.items() if not k.startswith(MEASUREMENT_PREFIXES)}

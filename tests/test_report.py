@@ -58,7 +58,7 @@ def test_report_rows_figures_and_best(sweep, capsys):
     assert "| not moving |" in by_name["beta=0.5,epsilon=0.1"]
     assert "| moving too far |" in by_name["beta=0.1,epsilon=0.3"]  # last 20% of steps: 0.5, 0.5
     assert "running-or-killed" in by_name["beta=0.5,epsilon=0.3"]
-    assert "| 0.650 | - | - | 0.700 |" in by_name["beta=0.1,epsilon=0.3"]  # final, length-controlled, length ratio, best
+    assert "| 0.650 | - | - | - | 0.700 |" in by_name["beta=0.1,epsilon=0.3"]  # final, length-controlled, length ratio, held-out, best
     for stem in ("heatmap_win_rate", "heatmap_clip_fraction", "heatmap_kl", "curves_win_rate", "curves_kl", "curves_clip_fraction"):
         png = sweep / f"{stem}.png"
         assert png.exists() and png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000, stem

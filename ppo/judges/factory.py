@@ -39,10 +39,10 @@ def same_model(a: str | None, b: str | None) -> bool:
 
 
 def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path: str | None = None,
-                tokenizer=None, world=None, dtype: str | None = None) -> JudgePipeline:
+                tokenizer=None, world=None, dtype: str | None = None, log_file: str = JUDGMENTS_FILE) -> JudgePipeline:
     """The judge the trainer calls: ``judge(pairs, step=None, phase="train") -> Verdicts``.
 
-    Records go to ``run_dir/judgments.jsonl`` (none when run_dir is None); records already
+    Records go to ``run_dir/log_file`` (judgments.jsonl; none when run_dir is None); records already
     there (a resumed run) pre-fill the cache. ``base``: a loaded model that computes
     ``base_path`` unchanged with its adapters off (``ppo.train.models.frozen_base``); an LLM judge
     of that same model shares its weights instead of loading a copy. ``dtype``: the run's
@@ -81,9 +81,9 @@ def build_judge(judge_cfg, *, run_dir=None, seed: int = 0, base=None, base_path:
     if run_dir is None:
         log = None
     elif distributed:  # every rank's records, written by rank 0 only
-        log = GatheredJudgmentLog(Path(run_dir) / JUDGMENTS_FILE, world)
+        log = GatheredJudgmentLog(Path(run_dir) / log_file, world)
     else:
-        log = JudgmentLog(Path(run_dir) / JUDGMENTS_FILE)
+        log = JudgmentLog(Path(run_dir) / log_file)
     return JudgePipeline(inner, order=order, tie_threshold=tie_threshold, on_order_disagreement=on_order_disagreement,
                          include_reasoning=wrapper["include_reasoning"], reasoning_markers=wrapper["reasoning_markers"],
                          seed=seed, log=log)

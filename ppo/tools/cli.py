@@ -27,7 +27,7 @@ def print_outcome(summary: dict, run_dir: str) -> None:
     """The end of a single run: eval win rate against the reference, EOS, KL, and the plots."""
     from pathlib import Path
 
-    from ppo.metrics import wilson_interval
+    from ppo.metrics import held_out_names, wilson_interval
     from ppo.tools.report import write_report
 
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
@@ -43,6 +43,10 @@ def print_outcome(summary: dict, run_dir: str) -> None:
               f"completions ending by themselves: {num(ev.get('eval/eos_rate'), '.2f')} "
               f"(reference {num(ev.get('eval/ref_eos_rate'), '.2f')}); KL to the reference: {kl_text(final.get('kl'))}; "
               f"judge/invalid_rate: {num(final.get('judge/invalid_rate'), '.2f')}")
+        for name in held_out_names(ev):
+            rate, low, high = (ev.get(f"eval/{name}/win_rate{s}") for s in ("", "_low", "_high"))
+            print(f"eval win rate under the held-out judge {name} (never trained against): {num(rate, '.3f')} "
+                  f"(95% interval {num(low, '.2f')}-{num(high, '.2f')}, {ev.get(f'eval/{name}/pairs')} pairs)")
         controlled = ev.get("eval/win_rate_lc")
         if isinstance(controlled, (int, float)):
             print(f"length-controlled win rate: {num(controlled, '.3f')} (95% interval "

@@ -57,7 +57,7 @@ from ppo.health import CLIP_FRACTION_HIGH, CLIP_FRACTION_IDLE
 from ppo.health import verdict as health_verdict
 from ppo.io import CHECKPOINTS_DIR, METRICS_FILE, PREVIOUS_PREFIX, SUMMARY_FILE, atomic_write_text, read_json, read_jsonl
 from ppo.judges.pipeline import GUESSING_AGREEMENT
-from ppo.metrics import t_half_width, wilson_interval
+from ppo.metrics import held_out_names, t_half_width, wilson_interval
 from ppo.tools.sweep import OPTIMIZATION_RESULTS, objective_value
 
 LAST_FRACTION = 0.2  # clip_fraction is averaged over this last share of the steps
@@ -94,6 +94,8 @@ class Run:
     final_win_rate_lc: float | None = None
     win_rate_lc_interval: tuple[float, float] | None = None
     length_ratio: float | None = None
+    # held-out evaluation judges (eval_judge=NAME): NAME -> (win rate, 95% low, 95% high)
+    held_out: dict = field(default_factory=dict)
     best_win_rate: float | None = None
     clip_fraction: float | None = None
     ratio_spread: float | None = None  # max |ratio - 1| over the last 20% of steps
@@ -116,6 +118,15 @@ class Run:
     def interval(self) -> tuple[float, float] | None:
         """95% Wilson interval of the final eval win rate."""
         return wilson_interval(self.final_win_rate, self.pairs)
+
+    @property
+    def gamed_judges(self) -> list[str]:
+        """Held-out judges this run's training-judge win rate beats beyond both 95% intervals (its
+        Wilson low above the held-out judge's high): the policy pleases the judge it trained
+        against more than one it never saw, the mark of judge gaming."""
+        interval = self.interval
+        return [name for name, (_, _, high) in sorted(self.held_out.items())
+                if interval is not None and high is not None and interval[0] > high]
 
     @property
     def health(self) -> str:
@@ -221,6 +232,9 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     low, high = _finite(lc_source.get("eval/win_rate_lc_low")), _finite(lc_source.get("eval/win_rate_lc_high"))
     run.win_rate_lc_interval = (low, high) if low is not None and high is not None else None
     run.length_ratio = _finite(lc_source.get("eval/length_ratio"))
+    held_source = eval_ if held_out_names(eval_) else next((r for r in reversed(run.rows) if held_out_names(r)), {})
+    run.held_out = {name: tuple(_finite(held_source.get(f"eval/{name}/win_rate{s}")) for s in ("", "_low", "_high"))
+                    for name in held_out_names(held_source)}
     wins = [w for w in (_finite(r.get("eval/win_rate")) for r in run.rows) if w is not None]
     best = _finite((summary or {}).get("best_eval_win_rate"))
     run.best_win_rate = best if best is not None else (max(wins) if wins else None)
@@ -851,6 +865,33 @@ def _win_rate_text(run: Run) -> str:
     return f"{run.final_win_rate:.3f}" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
 
 
+def _held_out_text(run: Run) -> str:
+    """`length 0.512 (0.38-0.64)` per held-out judge, `judge gaming?` when beaten beyond both intervals."""
+    if not run.held_out:
+        return "-"
+    gamed = set(run.gamed_judges)
+    parts = []
+    for name, (rate, low, high) in sorted(run.held_out.items()):
+        text = f"{name} {_fmt(rate, '{:.3f}')}" + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
+        parts.append(text + (" **judge gaming?**" if name in gamed else ""))
+    return "; ".join(parts)
+
+
+def _gaming_markdown(runs: list[Run]) -> list[str]:
+    """The plain line on top when a run won against its training judge beyond what a held-out judge gives it."""
+    held = [r for r in runs if r.held_out]
+    if not held:
+        return []
+    gamed = [r for r in held if r.gamed_judges]
+    if not gamed:
+        return [f"**Held-out judge:** no sign of judge gaming in {'the run' if len(held) == 1 else f'{len(held)} runs'} "
+                "(the training judge's win rate does not beat the held-out judge's beyond both 95% intervals).", ""]
+    which = "the run" if len(held) == 1 else f"{len(gamed)} of {len(held)} runs (" + ", ".join(f"`{r.name}`" for r in gamed) + ")"
+    return [f"**Judge gaming?** in {which}: the win rate under the training judge beats the held-out judge's "
+            "beyond both 95% intervals, so the policy pleases the judge it trained against more than one it never "
+            "saw; read its samples before trusting the training judge's win rate.", ""]
+
+
 def _win_rate_lc_text(run: Run) -> str:
     """`0.512 (0.38-0.64)`: the final length-controlled win rate and its 95% interval."""
     if run.final_win_rate_lc is None:
@@ -918,6 +959,7 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
              f"configurations: {len(cells)}", ""]
     judge_top, judge_section = _judge_markdown(runs)
     lines += judge_top
+    lines += _gaming_markdown(runs)
     lines += [f"**Best configuration:** {verdict_text(v, markdown=True)}", ""]
     if v.best is not None:
         b = v.best
@@ -957,16 +999,17 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
     lines += [
         "", "## Runs", "",
         "| run | epsilon | beta | loss_type | advantage | seed | final win rate (95% interval) | length-controlled (95%) "
-        "| length ratio | best win rate | clip_fraction (last 20%) | final kl | health | EOS rate (reference) | steps "
-        "| wall time (s) | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| length ratio | held-out judge win rate (95%) | best win rate | clip_fraction (last 20%) | final kl | health "
+        "| EOS rate (reference) | steps | wall time (s) | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(runs, key=lambda r: r.name):
         steps = f"{r.steps}/{r.iters}" if r.iters else str(r.steps)
         status = r.status + (f": {r.error}" if r.error else "")
         lines.append(
             f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'} | {_fmt(r.seed)} "
-            f"| {_win_rate_text(r)} | {_win_rate_lc_text(r)} | {_fmt(r.length_ratio, '{:.2f}')} | {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
+            f"| {_win_rate_text(r)} | {_win_rate_lc_text(r)} | {_fmt(r.length_ratio, '{:.2f}')} | {_held_out_text(r)} "
+            f"| {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
             f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {_fmt(r.eos_rate, '{:.2f}')} ({_fmt(r.ref_eos_rate, '{:.2f}')}) | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")
     lines += judge_section
     unfinished = [r for r in runs if r.status != "finished"]

@@ -240,6 +240,11 @@ class PPOConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # The judge group's node: `_target_` names any class taking list[Pair] (validated by the judge itself).
     judge: Any = field(default_factory=dict)
+    # A held-out evaluation judge (the eval_judge group; null: the training judge only). It judges
+    # the same evaluation pairs, never the training ones, so a policy cannot have learnt to please
+    # it: its win rate (eval/NAME/win_rate, NAME = its `name` key) beside eval/win_rate tells
+    # learning from judge gaming. Its records go to judgments_eval_NAME.jsonl.
+    eval_judge: Any = None
     # Seeds MLX at every step from (seed, step), the data order and the judge's order draws.
     seed: int = 0
     # Names the study: the multirun folder and a W&B tag (experiment files set it).
@@ -409,3 +414,14 @@ def validate(cfg) -> None:
     judge = cfg.judge
     _check(isinstance(judge, dict) or OmegaConf.is_dict(judge), "judge", judge, "pick a judge group, e.g. judge=rule")
     _check("_target_" in judge, "judge._target_", None, "a judge config names its class with _target_, e.g. judge=rule")
+    held_out = cfg.get("eval_judge")
+    if held_out is not None:
+        _check(OmegaConf.is_dict(held_out) or isinstance(held_out, dict), "eval_judge", held_out,
+               "pick an evaluation judge group, e.g. eval_judge=length, or eval_judge=null for none")
+        _check("_target_" in held_out, "eval_judge._target_", None,
+               "an evaluation judge config names its class with _target_, e.g. eval_judge=sentiment")
+        name = held_out.get("name")
+        _check(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name or "") is not None, "eval_judge.name",
+               name, "name the evaluation judge with letters, digits, - or _ (its metrics are eval/NAME/win_rate)")
+        _check(held_out["_target_"] != "ppo.judges.human.HumanJudge", "eval_judge", "human",
+               "a person cannot be the held-out judge of every evaluation; use judge=human train.human_eval=true")

@@ -15,16 +15,20 @@ Length: `eval/length_ratio` is the policy's mean completion length over the refe
 tokens), and `eval/win_rate_lc` the length-controlled win rate, the win rate the judge would
 give at equal lengths (`ppo.metrics.length_controlled_win_rate`, AlpacaEval 2's model), with its
 95% interval and `eval/length_coefficient`, how strongly the verdicts followed length.
+
+A held-out judge (`eval_judge=NAME`, never trained against) judges the same pairs: its
+`eval/NAME/win_rate` beside the training judge's `eval/win_rate` tells learning from gaming.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from ppo.metrics import length_controlled_win_rate
+from ppo.metrics import length_controlled_win_rate, wilson_interval
 from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
 from ppo.train.distributed import SINGLE_PROCESS, World
@@ -61,9 +65,20 @@ def win_rate_interval(wins: np.ndarray) -> tuple[float, float]:
     return (max(0.0, mean - half), min(1.0, mean + half))
 
 
+@dataclass(frozen=True)
+class HeldOutJudge:
+    """An evaluation-only judge (eval_judge=NAME): it judges the same pairs as the training judge,
+    reading the completions its own way, and its win rate is logged as eval/NAME/win_rate."""
+
+    name: str
+    judge: object
+    reader: CompletionReader
+
+
 def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None = None,
              world: World = SINGLE_PROCESS, reader: CompletionReader | None = None,
-             samples_out: list | None = None, samples_per_prompt: int = 1) -> dict:
+             samples_out: list | None = None, samples_per_prompt: int = 1,
+             held_out: tuple[HeldOutJudge, ...] = ()) -> dict:
     """eval/win_rate of the policy against the reference on held-out prompts.
 
     With more than one process each rank evaluates its own share of `prompts` and the
@@ -71,9 +86,10 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
     `reader`: what the judge reads of a completion (default: the answer without its
     reasoning block). With a `samples_out` list, one samples.jsonl row per pair (every
     rank's, gathered) is appended to it (a: the policy, b: the reference).
-    `samples_per_prompt`: draws per prompt; every draw's pair counts in eval/pairs."""
+    `samples_per_prompt`: draws per prompt; every draw's pair counts in eval/pairs.
+    `held_out`: judges that judge the same pairs for evaluation only (`held_out_metrics`)."""
     local = _judge_share(policy, reference, tokenizer, judge, world.split_evenly(prompts), gen_cfg, step,
-                         reader, samples_per_prompt) if prompts else {}
+                         reader, samples_per_prompt, held_out) if prompts else {}
     parts = world.gather_objects(local)
     if not any(parts):
         return {}
@@ -101,11 +117,31 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
         "eval/ref_eos_rate": float(np.mean(merged["theirs_finished"])),
         "eval/mean_length": float(np.mean(merged["ours_length"])),
         "eval/ref_mean_length": float(np.mean(merged["theirs_length"])),
+        **{k: v for h in held_out for k, v in held_out_metrics(h.name, merged[f"p/{h.name}"], ours_length,
+                                                                  theirs_length).items()},
     }
 
 
+def held_out_metrics(name: str, p: list, ours_length: np.ndarray, theirs_length: np.ndarray) -> dict:
+    """eval/NAME/win_rate of a held-out judge with its 95% Wilson interval, its pairs, and its
+    length-controlled win rate. The interval is Wilson's (what a person reads everywhere), not the
+    normal approximation that eval/win_rate_low/high keep for the golden runs."""
+    scores = np.asarray([np.nan if x is None else x for x in p], dtype=np.float64)
+    valid = ~np.isnan(scores)
+    wins = np.where(scores[valid] > 0.5, 1.0, np.where(scores[valid] < 0.5, 0.0, 0.5))
+    rate = float(wins.mean()) if len(wins) else math.nan
+    low, high = wilson_interval(rate, len(wins)) or (math.nan, math.nan)
+    controlled = length_controlled_win_rate(wins, ours_length[valid], theirs_length[valid]) or {}
+    return {f"eval/{name}/win_rate": rate, f"eval/{name}/win_rate_low": low, f"eval/{name}/win_rate_high": high,
+            f"eval/{name}/pairs": int(valid.sum()),
+            f"eval/{name}/win_rate_lc": controlled.get("win_rate_lc", math.nan),
+            f"eval/{name}/win_rate_lc_low": controlled.get("win_rate_lc_low", math.nan),
+            f"eval/{name}/win_rate_lc_high": controlled.get("win_rate_lc_high", math.nan)}
+
+
 def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg, step: int | None,
-                 reader: CompletionReader | None = None, samples_per_prompt: int = 1) -> dict:
+                 reader: CompletionReader | None = None, samples_per_prompt: int = 1,
+                 held_out: tuple[HeldOutJudge, ...] = ()) -> dict:
     """Sample policy and reference on `prompts` and judge them, `samples_per_prompt` times:
     per-pair lists (JSON-ready, so ranks can gather them), draw after draw.
 
@@ -123,7 +159,8 @@ def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen
     ids = [list(p.tokens) for p in prompts]
     policy.eval()
     reader = reader or CompletionReader(tokenizer)
-    out: dict = {k: [] for k in ("p", "ours_finished", "theirs_finished", "ours_length", "theirs_length", "samples")}
+    out: dict = {k: [] for k in ("p", "ours_finished", "theirs_finished", "ours_length", "theirs_length", "samples",
+                                 *(f"p/{h.name}" for h in held_out))}
     for _ in range(samples_per_prompt):
         ours = sample(policy, ids, **kwargs)
         with reference_model(policy, reference) as ref:
@@ -133,6 +170,12 @@ def _judge_share(policy, reference, tokenizer, judge, prompts: list[Prompt], gen
         pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(prompts, ours_text, theirs_text, ours.finished, theirs.finished)]
         p = np.asarray(judge(pairs, step=step, phase="eval").p, dtype=np.float64)
         out["p"] += [None if np.isnan(x) else float(x) for x in p]
+        for h in held_out:  # the same pairs, after the training judge (its random draws come first)
+            held_pairs = [Pair(p_.text, a, b, fa, fb, p_.id) for p_, a, b, fa, fb in zip(
+                prompts, h.reader.texts(ids, ours.token_ids), h.reader.texts(ids, theirs.token_ids), ours.finished,
+                theirs.finished)]
+            out[f"p/{h.name}"] += [None if np.isnan(x) else float(x)
+                                   for x in np.asarray(h.judge(held_pairs, step=step, phase="eval").p, dtype=np.float64)]
         out["ours_finished"] += [bool(f) for f in ours.finished]
         out["theirs_finished"] += [bool(f) for f in theirs.finished]
         out["ours_length"] += [len(t) for t in ours.token_ids]

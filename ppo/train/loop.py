@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from ppo.errors import (ConfigError, JudgeQuit, JudgeUnavailable, RunFolderWriteError, TrainingAborted,
                         TrainingDiverged, TrainingInterrupted, TrainingStopped)
 from ppo.health import HealthMonitor
-from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, SUMMARY_FILE, atomic_write_json, is_write_error, read_jsonl,
+from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, eval_judgments_file, SUMMARY_FILE, atomic_write_json, is_write_error, read_jsonl,
                     write_error_reason)
 from ppo.judges import build_judge
 from ppo.judges.pipeline import reliability
@@ -35,7 +35,7 @@ from ppo.train.completions import CompletionReader
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
 from ppo.train.distributed import World, check_batch, reduce_metrics
-from ppo.train.evaluation import evaluate, evaluation_enabled
+from ppo.train.evaluation import HeldOutJudge, evaluate, evaluation_enabled
 from ppo.train.models import check_reference_fits, float_dtype, frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
 from ppo.train.progress import Progress
@@ -198,6 +198,8 @@ class Session:
     evaluating: bool
     # The float dtype the policy's base computes in (model.dtype resolved), recorded in summary.json.
     model_dtype: str | None = None
+    # Evaluation-only judges (eval_judge): the same evaluation pairs, eval/NAME/win_rate.
+    held_out: tuple = ()
 
 
 def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
@@ -211,8 +213,10 @@ def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
 
         grad_checkpoint(policy.layers[0])
     splits = load_prompts(cfg.data, tokenizer, cfg.seed, train_cfg.max_seq_length - cfg.generation.max_completion_length)
+    base = frozen_base(policy, reference, cfg.model, cfg.finetune)
     judge = build_judge(cfg.judge, run_dir=run_dir, seed=cfg.seed, tokenizer=tokenizer, base_path=cfg.model.path,
-                        base=frozen_base(policy, reference, cfg.model, cfg.finetune), world=world, dtype=cfg.model.dtype)
+                        base=base, world=world, dtype=cfg.model.dtype)
+    held_out = build_held_out_judges(cfg, run_dir, world, tokenizer, base)
     lr_schedule = learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs)
     return Session(
         cfg=cfg, run_dir=run_dir, world=world, fingerprint=fingerprint, policy=policy, reference=reference,
@@ -224,7 +228,20 @@ def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
         reader=CompletionReader.for_judge(judge, tokenizer),  # what the judge reads of a completion
         evaluating=evaluation_enabled(judge, train_cfg, len(splits.eval)),
         model_dtype=float_dtype(policy),
+        held_out=held_out,
     )
+
+
+def build_held_out_judges(cfg, run_dir: Path, world: World, tokenizer, base) -> tuple[HeldOutJudge, ...]:
+    """The eval_judge group's judge (none when eval_judge is null), recording into
+    judgments_eval_NAME.jsonl; its `name` key names its metrics and is not the judge's own."""
+    if cfg.get("eval_judge") is None:
+        return ()
+    judge_cfg = OmegaConf.to_container(cfg.eval_judge, resolve=True)
+    name = judge_cfg.pop("name")
+    judge = build_judge(judge_cfg, run_dir=run_dir, seed=cfg.seed, tokenizer=tokenizer, base_path=cfg.model.path,
+                        base=base, world=world, dtype=cfg.model.dtype, log_file=eval_judgments_file(name))
+    return (HeldOutJudge(name, judge, CompletionReader.for_judge(judge, tokenizer)),)
 
 
 def resume(run: Session) -> tuple[int, RunState, checkpoint.TrainerState | None]:
@@ -278,8 +295,10 @@ def run_evaluation(run: Session, state: RunState, step: int, tracker) -> None:
     rows: list[dict] = []
     state.record_eval(evaluate(run.policy, run.reference, run.tokenizer, run.judge, run.splits.eval,
                                run.cfg.generation, step=step, world=run.world, reader=run.reader, samples_out=rows,
-                               samples_per_prompt=run.cfg.train.eval_samples_per_prompt))
+                               samples_per_prompt=run.cfg.train.eval_samples_per_prompt, held_out=run.held_out))
     run.judge.flush()
+    for held_out in run.held_out:
+        held_out.judge.flush()
     tracker.log_samples(step, rows)
 
 
@@ -367,6 +386,8 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
         raise TrainingStopped(f"{err}; checkpoint of step {step} saved, resume with train.resume=auto") from None
     finally:
         run.judge.close()
+        for held_out in run.held_out:
+            held_out.judge.close()
         progress.close()
         try:
             summary = write_summary(run_dir, started, state, status, step, run.splits, world, run.model_dtype, run.judge)

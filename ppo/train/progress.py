@@ -21,7 +21,7 @@ import sys
 import time
 
 from ppo import console
-from ppo.metrics import wilson_interval
+from ppo.metrics import held_out_names, wilson_interval
 
 log = logging.getLogger("ppo.progress")
 
@@ -56,6 +56,10 @@ def format_stats(metrics: dict) -> str:
     if controlled is not None:
         low, high = _finite(metrics, "eval/win_rate_lc_low"), _finite(metrics, "eval/win_rate_lc_high")
         parts.append(f"length_controlled={controlled:.3f}" + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else ""))
+    for name in held_out_names(metrics):  # eval_judge=NAME: the judge the policy never trained against
+        rate, low, high = (_finite(metrics, f"eval/{name}/win_rate{s}") for s in ("", "_low", "_high"))
+        if rate is not None:
+            parts.append(f"eval_win_rate[{name}]={rate:.3f}" + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else ""))
     ratio = _finite(metrics, "eval/length_ratio")
     if ratio is not None:
         parts.append(f"length_ratio={ratio:.2f}")

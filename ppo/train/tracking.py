@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from ppo.io import METRICS_FILE, atomic_write_text, read_jsonl
-from ppo.metrics import wilson_interval
+from ppo.metrics import held_out_names, wilson_interval
 from ppo.train.samples import SamplesFile
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ def lean_summary(summary: dict, rows: list[dict]) -> dict:
               "eval/win_rate_high": interval[1], "eval/pairs": ev.get("eval/pairs"),
               **{k: ev.get(k) for k in ("eval/win_rate_lc", "eval/win_rate_lc_low", "eval/win_rate_lc_high",
                                         "eval/length_ratio")},
+              # a held-out judge's eval/NAME/* (eval_judge=NAME)
+              **{k: v for name in held_out_names(ev) for k, v in ev.items() if k.startswith(f"eval/{name}/")},
               "kl": final.get("kl"), "clip_fraction": clip_fraction, "clip_fraction/health": health,
               "wall_seconds": summary.get("wall_seconds")}
     return {k: v for k, v in values.items() if v is not None}
