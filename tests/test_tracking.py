@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, small_run_overrides
+from ppo.metrics import wilson_interval
 from ppo.train.tracking import MetricsFile
 
 
@@ -48,38 +49,56 @@ def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, pr
     overrides += ["hydra.job.config.override_dirname.exclude_keys=[hydra.run.dir,model.path,data.path,train.iters,"
                   "train.batch_size,generation.max_completion_length,train.steps_per_eval,train.progress,"
                   "data.max_eval_prompts,logger]"]
-    result = run_cli(overrides, env={"WANDB_MODE": "offline"})
+    result = run_cli(overrides + ["train.progress=true"], env={"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
     record = _wandb_inspect(run_dir)
     assert record["state"] == "finished" and record["project"] == "ppo-mlx"
     assert record["config"]["loss"]["beta"] == 0.05
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     summary = {k: v for k, v in record["summary"].items() if not k.startswith("_")}
-    # The lean summary: the answer of the run, each number once (not ~100 last values).
-    assert set(summary) == {"status", "step", "eval/win_rate", "eval/win_rate_low", "eval/win_rate_high", "eval/pairs",
-                            "eval/win_rate_lc", "eval/win_rate_lc_low", "eval/win_rate_lc_high", "eval/length_ratio",
-                            "kl", "clip_fraction", "clip_fraction/health", "wall_seconds"}
+    # wandb's default summary, the last value of every logged key (the runs table sorts by any of them) ...
+    assert set(last) <= set(summary)
+    for key in ("kl_penalty", "rewards/margins", "loss", "learning_rate"):
+        assert summary[key] == pytest.approx(last[key]), key
+    # ... with the curated keys on top: the Wilson interval, length control, clip_fraction's health, the status.
+    assert {"status", "step", "eval/win_rate", "eval/win_rate_low", "eval/win_rate_high", "eval/pairs", "eval/win_rate_lc",
+            "eval/win_rate_lc_low", "eval/win_rate_lc_high", "eval/length_ratio", "kl", "clip_fraction",
+            "clip_fraction/health", "wall_seconds"} <= set(summary)
     assert summary["eval/win_rate_lc_low"] <= summary["eval/win_rate_lc"] <= summary["eval/win_rate_lc_high"]
     assert summary["kl"] == pytest.approx(last["kl"]) and summary["eval/win_rate"] == pytest.approx(last["eval/win_rate"])
+    wilson = wilson_interval(last["eval/win_rate"], last["eval/pairs"])
+    assert (summary["eval/win_rate_low"], summary["eval/win_rate_high"]) == pytest.approx(wilson)  # the curated key wins
     assert summary["eval/win_rate_low"] < summary["eval/win_rate_high"]  # Wilson: never zero width
     assert summary["status"] == "finished" and summary["clip_fraction/health"]
+    # The Logs tab (the terminal's lines) and the system charts are on by default.
+    records = wandb_records(run_dir)
+    console = "".join(r["output_raw"]["line"] for r in records if r.get("type") == "output_raw")
+    assert "step 4/4" in console
+    assert any(r.get("type") == "stats" for r in records)
+    # An offline run ends with the one line that uploads it.
+    (hint,) = [line for line in (result.stdout + result.stderr).splitlines() if "wandb sync" in line]
+    sync_dir = Path(hint.split("wandb sync ", 1)[1])
+    assert sync_dir.parent == run_dir / "wandb" and sync_dir.name.startswith("offline-run-") and sync_dir.is_dir()
     run = wandb_run_record(run_dir)
     assert run["display_name"] == "loss.beta=0.05" and "default" in run["tags"]  # a name always, the experiment as a tag
     assert "run_group" not in run  # a single run belongs to no sweep
 
     # Every evaluation (steps 2 and 4) logs its judged pairs as a `samples` table.
-    tables = [r["artifact"] for r in wandb_records(run_dir) if r.get("type") == "artifact" and r["artifact"]["type"] == "run_table"]
+    tables = [r["artifact"] for r in records if r.get("type") == "artifact" and r["artifact"]["type"] == "run_table"]
     assert len(tables) == 2 and all(t["name"].endswith("-samples") for t in tables)
     table_files = sorted((run_dir / "wandb").glob("offline-run-*/files/media/table/samples_*.table.json"))
     assert len(table_files) == 2
     table = json.loads(table_files[-1].read_text())
-    # The rows of samples.jsonl's evaluation lines (a: the policy, b: the reference).
-    assert table["columns"] == ["step", "phase", "prompt_id", "prompt", "a", "b", "a_judged", "b_judged", "a_finished",
-                                "b_finished", "p", "verdict"]
+    # The rows of samples.jsonl's evaluation lines, their sides named: `a` is the policy, `b` the reference.
+    assert table["columns"] == ["step", "phase", "prompt_id", "prompt", "policy", "reference", "policy_judged",
+                                "reference_judged", "policy_finished", "reference_finished", "p_policy", "verdict"]
     assert len(table["data"]) == 4  # data.max_eval_prompts
-    assert {row[11] for row in table["data"]} <= {"a", "b", "tie", "invalid"} and {row[1] for row in table["data"]} == {"eval"}
-    file_rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert [r["prompt_id"] for r in file_rows if r["phase"] == "eval" and r["step"] == 4] == [row[2] for row in table["data"]]
+    assert {row[11] for row in table["data"]} <= {"policy", "reference", "tie", "invalid"}
+    assert {row[1] for row in table["data"]} == {"eval"}
+    file_rows = [r for line in (run_dir / "samples.jsonl").read_text().splitlines()
+                 if (r := json.loads(line))["phase"] == "eval" and r["step"] == 4]
+    assert [(r["prompt_id"], r["a"], r["b"], r["p"]) for r in file_rows] == [(row[2], row[4], row[5], row[10])
+                                                                             for row in table["data"]]
 
 
 @pytest.mark.slow
@@ -134,14 +153,19 @@ def test_wandb_own_settings_are_respected_unless_the_config_sets_a_mode(tmp_path
 
 
 @pytest.mark.slow
-def test_adapters_logged_as_an_artifact_when_asked(tmp_path, tiny_model_dir, prompts_file):
+def test_adapters_logged_as_an_artifact_when_asked_and_logs_and_system_charts_turned_off(tmp_path, tiny_model_dir,
+                                                                                        prompts_file):
     run_dir = tmp_path / "run"
     overrides = small_run_overrides(tiny_model_dir, prompts_file, logger="wandb", **{"train.iters": 1}) + [
-        f"hydra.run.dir={run_dir}", "logger.wandb.log_adapters=true"]
+        f"hydra.run.dir={run_dir}", "logger.wandb.log_adapters=true", "train.progress=true",
+        "logger.wandb.console=off", "logger.wandb.system_metrics=false"]
     result = run_cli(overrides, env={"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
-    (model,) = [r["artifact"] for r in wandb_records(run_dir) if r.get("type") == "artifact" and r["artifact"]["type"] == "model"]
+    records = wandb_records(run_dir)
+    (model,) = [r["artifact"] for r in records if r.get("type") == "artifact" and r["artifact"]["type"] == "model"]
     assert sorted(c["path"] for c in model["manifest"]["contents"]) == ["adapter_config.json", "adapters.safetensors"]
+    assert "step 1/1" in result.stdout + result.stderr  # printed, but not captured:
+    assert not [r for r in records if r.get("type") in ("output_raw", "output", "stats")]
 
 
 def test_run_name_mode_and_lean_summary_rules(monkeypatch):
@@ -158,6 +182,24 @@ def test_run_name_mode_and_lean_summary_rules(monkeypatch):
     assert summary["clip_fraction"] == 0.5 and summary["clip_fraction/health"] == "moving too far"  # last 20%
     assert (round(summary["eval/win_rate_low"], 2), summary["eval/win_rate_high"]) == (0.51, 1.0)
     assert summary["kl"] == pytest.approx(1.0)
+
+
+def test_console_setting_and_table_columns():
+    from ppo.train.tracking import console_mode, table_row
+
+    assert [console_mode(v) for v in ("auto", "wrap", "off", False, True, "False")] == ["auto", "wrap", "off", "off",
+                                                                                        "auto", "off"]
+    with pytest.raises(ValueError, match="invalid logger.wandb.console='loud'"):
+        console_mode("loud")
+    row = {"step": 2, "phase": "eval", "a": "x", "b": "y", "a_judged": "x", "b_judged": "y", "a_finished": True,
+           "b_finished": False, "p": 0.0, "verdict": "b"}
+    assert table_row(row) == {"step": 2, "phase": "eval", "policy": "x", "reference": "y", "policy_judged": "x",
+                              "reference_judged": "y", "policy_finished": True, "reference_finished": False,
+                              "p_policy": 0.0, "verdict": "reference"}
+    # A training row pairs two samples of the policy, in the order the judge saw them.
+    assert table_row({**row, "phase": "train", "verdict": "a"}) == {
+        "step": 2, "phase": "train", "first": "x", "second": "y", "first_judged": "x", "second_judged": "y",
+        "first_finished": True, "second_finished": False, "p_first": 0.0, "verdict": "first"}
 
 
 def test_configuration_name_drops_the_seed_and_fits_wandb():

@@ -9,6 +9,12 @@ An unknown pair means the new run diverged from the recorded one. By default tha
 error naming the file (``on_missing: error``); ``on_missing: invalid`` answers NaN
 instead (excluded from the loss, never a win) and counts them in
 ``judge/replay_missing``.
+
+Evaluation follows the recorded run: a file with no evaluation records (a ``judge=human``
+run, which does not evaluate unless ``train.human_eval=true``) turns evaluation off here too
+(``recorded_evaluation``, read by ``ppo.train.evaluation.evaluation_enabled``, which says so in
+one line), so the replay asks only for pairs the file holds and reproduces the recorded run's
+metrics. A file with evaluation records (``train.human_eval=true``, or any other judge) evaluates.
 """
 
 from __future__ import annotations
@@ -36,9 +42,14 @@ class ReplayJudge:
             raise ConfigError(f"invalid judge.path={path!r}: give a recorded judgments.jsonl, e.g. judge.path=outputs/RUN/judgments.jsonl")
         self.path, self.on_missing = str(path), on_missing
         self.table: dict[tuple, float] = {}
+        phases = set()
         for r in read_judgments(path):
             p = r.get("p")
             self.table[record_key(r)] = math.nan if p is None else float(p)
+            phases.add(r.get("phase"))
+        # Whether the recorded run evaluated (its file holds evaluation pairs): the replay does as it did.
+        # None for an empty file: no recorded run to follow, the run's own setting decides.
+        self.recorded_evaluation = ("eval" in phases) if phases else None
         self.missing = 0
 
     def lookup(self, pair: Pair) -> float | None:

@@ -212,6 +212,11 @@ class WandbConfig:
     mode: Optional[str] = None
     # Log the final adapters as a W&B model artifact (they are always in the run folder).
     log_adapters: bool = False
+    # What wandb captures of the terminal into the run's Logs tab (files/output.log): auto (wandb's choice:
+    # wrap, which wraps sys.stdout/sys.stderr writes and leaves the terminal alone) | wrap | redirect | off.
+    console: str = "auto"
+    # Sample CPU, memory, disk and GPU use into the run's System charts; false: none.
+    system_metrics: bool = True
 
 
 @dataclass

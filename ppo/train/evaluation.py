@@ -41,9 +41,21 @@ log = logging.getLogger(__name__)
 
 
 def evaluation_enabled(judge, train_cfg, n_prompts: int) -> bool:
-    """False (said once) when a person judges and has not asked to judge evaluation pairs too:
-    each evaluation would put every held-out pair to them, on top of the training pairs."""
-    if getattr(judge, "kind", None) != "human" or train_cfg.human_eval or not n_prompts:
+    """Whether this run evaluates against the reference (when off, said once).
+
+    Off when a person judges and has not asked to judge evaluation pairs too: each evaluation
+    would put every held-out pair to them, on top of the training pairs. A judge that replays a
+    recorded run (`recorded_evaluation`: judge=replay) follows that run's setting, so replaying a
+    human-judged run asks only for pairs its judgments.jsonl holds."""
+    if not n_prompts:
+        return True
+    recorded = getattr(getattr(judge, "inner", judge), "recorded_evaluation", None)
+    if recorded is not None:
+        if not recorded:
+            log.info("judge=replay: evaluation against the reference is off, as in the recorded run (%s holds no "
+                     "evaluation pairs)", getattr(getattr(judge, "inner", judge), "path", "the recorded file"))
+        return bool(recorded)
+    if getattr(judge, "kind", None) != "human" or train_cfg.human_eval:
         return True
     log.info("judge=human: evaluation against the reference is off (it would ask you about %d more pairs per "
              "evaluation); set train.human_eval=true to judge them too", n_prompts)

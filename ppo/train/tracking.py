@@ -3,6 +3,12 @@
 The plain file needs no wandb to read: one JSON object per report step, each line
 written whole and flushed, so an interrupted run leaves only complete lines. A wandb
 failure never stops training: it is reported once and the local files go on.
+
+A W&B run is what its users expect: the summary is wandb's own (the last value of every
+logged key, as TRL users rely on) with the curated keys of `lean_summary` written on top;
+the terminal is captured into the Logs tab and system metrics are sampled unless
+`logger.wandb.console=off` / `logger.wandb.system_metrics=false`; the `samples` table names its
+columns for what they are (`table_row`); an offline run ends with its `wandb sync` line.
 """
 
 from __future__ import annotations
@@ -158,8 +164,10 @@ def clip_health(rows: list[dict]) -> tuple[float | None, str]:
 
 
 def lean_summary(summary: dict, rows: list[dict]) -> dict:
-    """What a W&B run table should show of a finished run, each number once: the final eval
-    win rate with its (Wilson) interval, the length-controlled one and the length ratio, the final KL, clip_fraction's health, the status."""
+    """The curated keys written over wandb's default summary (the last value of every logged
+    key) when a run finishes: the final eval win rate with its (Wilson) interval, the
+    length-controlled one and the length ratio, the final KL, clip_fraction over the last 20%
+    of steps and its health word, the status, the step and the wall time."""
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
     clip_fraction, health = clip_health(rows)
     interval = wilson_interval(ev.get("eval/win_rate"), ev.get("eval/pairs")) or (None, None)
@@ -173,6 +181,44 @@ def lean_summary(summary: dict, rows: list[dict]) -> dict:
               "kl": final.get("kl"), "clip_fraction": clip_fraction, "clip_fraction/health": health,
               "wall_seconds": summary.get("wall_seconds")}
     return {k: v for k, v in values.items() if v is not None}
+
+
+# logger.wandb.console: wandb's console capture methods ("auto" is wandb's choice: "wrap" today,
+# which wraps sys.stdout/sys.stderr writes and leaves the terminal itself alone).
+CONSOLE_MODES = ("auto", "wrap", "redirect", "off")
+
+
+def console_mode(configured) -> str:
+    """`logger.wandb.console` as a wandb.Settings value; true / false (YAML's on / off) mean auto / off."""
+    if isinstance(configured, bool) or str(configured).lower() in ("true", "false"):
+        return "auto" if str(configured).lower() == "true" else "off"
+    if configured not in CONSOLE_MODES:
+        raise ValueError(f"invalid logger.wandb.console={configured!r}: choose one of {', '.join(CONSOLE_MODES)}")
+    return configured
+
+
+# The samples table's columns, named for what they are. An evaluation row pairs the policy
+# (samples.jsonl's `a`) with the reference (`b`); a training row pairs two samples of the
+# policy in the order the judge was shown them, first (`a`) and second (`b`): neither is
+# "chosen" before the verdict, and a tie or an invalid verdict chooses nothing.
+SIDES = {"eval": ("policy", "reference"), "train": ("first", "second")}
+
+
+def table_row(row: dict) -> dict:
+    """A samples.jsonl row with its sides named (`policy`, `policy_judged`, `policy_finished`, ...,
+    `p_policy` = P(policy better), verdict `policy` | `reference` | `tie` | `invalid`)."""
+    a, b = SIDES.get(row.get("phase"), ("a", "b"))
+    names = {"a": a, "b": b, "a_judged": f"{a}_judged", "b_judged": f"{b}_judged", "a_finished": f"{a}_finished",
+             "b_finished": f"{b}_finished", "p": f"p_{a}"}
+    out = {names.get(k, k): v for k, v in row.items()}
+    if "verdict" in out:
+        out["verdict"] = {"a": a, "b": b}.get(out["verdict"], out["verdict"])
+    return out
+
+
+def offline_sync_hint(sync_dir) -> str:
+    """The one line that says how to upload an offline run."""
+    return f"W&B run saved offline; upload it with: wandb sync {sync_dir}"
 
 
 class WandbRun:
@@ -198,12 +244,14 @@ class WandbRun:
                 mode=wandb_mode(cfg.mode),
                 id=run_id,
                 resume="allow" if run_id else None,
-                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+                # The terminal into the Logs tab, CPU / memory / GPU charts: on unless turned off.
+                settings=wandb.Settings(console=console_mode(cfg.console), silent=True,
+                                        x_disable_stats=not cfg.system_metrics),
             )
             self._run.define_metric("step")
-            # Curves for every metric, but no automatic summary entry for each of ~100 keys:
-            # `finish` writes the lean summary (the answer of the run, each number once).
-            self._run.define_metric("*", step_metric="step", summary="none")
+            # Every metric's curve against `step`; wandb's default summary keeps each key's last
+            # value, and `finish` writes the curated keys (`lean_summary`) over it.
+            self._run.define_metric("*", step_metric="step")
         except Exception as err:  # tracking must never stop training
             self._warn(err)
 
@@ -232,6 +280,7 @@ class WandbRun:
         try:
             import wandb
 
+            rows = [table_row(row) for row in rows]
             columns = list(dict.fromkeys(k for row in rows for k in row))
             table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
             self._run.log({"step": step, key: table})
@@ -266,12 +315,18 @@ class WandbRun:
             self._warn(err)
 
     def finish(self, exit_code: int = 0) -> None:
+        """Close the run; an offline one ends with the `wandb sync` line that uploads it."""
         if self._run is None:
             return
         try:
+            offline = self._run.settings.mode in ("offline", "dryrun")
+            sync_dir = self._run.settings.sync_dir
             self._run.finish(exit_code=exit_code)
         except Exception as err:
             self._warn(err)
+            return
+        if offline and sync_dir:
+            log.info(offline_sync_hint(sync_dir))
 
 
 class Tracker:
@@ -295,7 +350,7 @@ class Tracker:
     def log_samples(self, step: int, rows: list[dict]) -> None:
         """Judged pairs (ppo.train.samples: prompt, completions, judged texts, verdict) into
         samples.jsonl; an evaluation's rows also as a `samples` wandb.Table at `step` (the same
-        rows, so the table and the file never disagree)."""
+        rows, their sides named policy / reference: `table_row`)."""
         self.samples.write(step, rows)
         evaluation = [{**row, "step": step} for row in rows if row.get("phase") == "eval"]
         if self.wandb and evaluation:
