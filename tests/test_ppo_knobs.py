@@ -261,3 +261,15 @@ def test_sigkill_then_resume_continues_the_same_beta_sequence(tmp_path, tiny_mod
     assert [comparable(r) for r in _rows(run_dir)] == [comparable(r) for r in _rows(knob_run)]
     assert [r["kl/beta"] for r in _rows(run_dir)] == [r["kl/beta"] for r in _rows(knob_run)]
     assert (run_dir / "adapters.safetensors").read_bytes() == (knob_run / "adapters.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_final_beta(knob_run, tmp_path):
+    from ppo.tools.report import write_report
+
+    path, runs, _ = write_report(knob_run, tmp_path / "report")
+    text = path.read_text()
+    final = _rows(knob_run)[-1]["kl/beta"]
+    assert "## Adaptive KL" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| `{runs[0].name}` | 0.1 |"))
+    assert f"| {final:.4g} | 0.001 |" in row
