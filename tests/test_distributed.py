@@ -105,6 +105,21 @@ def test_two_ranks_train_one_run(tmp_path, tiny_model_dir, prompts_file):
 
 
 @pytest.mark.slow
+def test_two_ranks_stay_in_step_with_minibatches_and_adaptive_kl(tmp_path, tiny_model_dir, prompts_file):
+    """ppo_form=token (4 shuffled minibatches per epoch) on 2 ranks of 4 pairs each: every rank takes the
+    same 8 optimizer steps per rollout on gradients averaged across ranks, and the same adaptive beta."""
+    run_dir = tmp_path / "run"
+    result = launch(overrides(tiny_model_dir, prompts_file, run_dir, **{"train.batch_size": 8}) + [
+        "ppo_form=token", "loss.kl_control=adaptive", "loss.kl_horizon=20", "train.learning_rate=1e-3"])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["ranks_in_sync"] is True
+    logged = rows(run_dir)
+    assert [r["step"] for r in logged] == [1, 2, 3, 4] and all("approx_kl" in r and "kl/beta" in r for r in logged)
+    assert logged[0]["kl/beta"] == 0.1 and logged[-1]["kl/beta"] != 0.1
+
+
+@pytest.mark.slow
 def test_batch_must_divide_over_the_ranks(tmp_path, tiny_model_dir, prompts_file):
     result = launch(overrides(tiny_model_dir, prompts_file, tmp_path / "run", **{"train.batch_size": 3}))
     out = result.stdout + result.stderr

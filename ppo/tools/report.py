@@ -945,6 +945,23 @@ def _judge_markdown(runs: list[Run]) -> tuple[list[str], list[str]]:
     return top, lines
 
 
+def _adaptive_kl_markdown(runs: list[Run]) -> list[str]:
+    """The "Adaptive KL" section: per run with loss.kl_control=adaptive (its rows log kl/beta), beta
+    at the start and at the last logged step, and the KL aimed at and reached; [] without such a run."""
+    adaptive = sorted((r for r in runs if _last(r.rows, "kl/beta") is not None), key=lambda r: r.name)
+    if not adaptive:
+        return []
+    lines = ["", "## Adaptive KL", "",
+             "Runs with `loss.kl_control=adaptive`: the KL weight beta, moved by the proportional controller from "
+             "`loss.beta` towards `loss.target_kl` (README, \"The loss\").", "",
+             "| run | beta at start | final beta | target kl | final kl |", "|---|---|---|---|---|"]
+    for r in adaptive:
+        target = _finite(dict(r.configuration).get("loss.target_kl"))
+        lines.append(f"| `{r.name}` | {_fmt(r.beta)} | {_fmt(_last(r.rows, 'kl/beta'))} | {_fmt(target)} "
+                     f"| {_fmt(r.final_kl, '{:.4g}')} |")
+    return lines
+
+
 def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Path, search: Search | None = None,
               wandb_folder: Path | None = None) -> str:
     cells = configurations(runs)
@@ -1012,6 +1029,7 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
             f"| {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
             f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {_fmt(r.eos_rate, '{:.2f}')} ({_fmt(r.ref_eos_rate, '{:.2f}')}) | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")
     lines += judge_section
+    lines += _adaptive_kl_markdown(runs)
     unfinished = [r for r in runs if r.status != "finished"]
     if unfinished:
         lines += ["", "## Runs that did not finish", ""]

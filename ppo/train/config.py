@@ -112,7 +112,8 @@ class LossConfig:
     dpo_cpo_loss_type: str = "sigmoid"
     # |logp - ref| is clamped here before exp(), so no ratio overflows at any length.
     max_log_ratio: float = 20.0
-    # The ppo_form group sets the next four together (seed: reference, 1, sum, k1; textbook: rollout, 2, mean, k3).
+    # The ppo_form group sets the next four together (seed: reference, 1, sum, k1; textbook: rollout, 2, mean, k3;
+    # token: textbook's with loss.ratio_level=token and loss.minibatches=4).
     # reference (the seed's) | rollout (the policy at sampling time: textbook PPO).
     ratio: str = MISSING
     # Optimizer updates per rollout batch.
@@ -121,6 +122,28 @@ class LossConfig:
     logprob_reduction: str = MISSING
     # k1 (the seed's logp - ref) | k3 (per token, exp(ref-logp) - (ref-logp) - 1).
     kl_estimator: str = MISSING
+    # sequence: one ratio per completion, from its summed or averaged log-probs (the seed's and textbook's forms) |
+    # token: one ratio per completion token against the same baseline (loss.ratio), clipped per token, the surrogate
+    # a token mean on each side of the pairs (ppo.train.loss.ppo_token_loss says why). ppo_form=token sets it.
+    # ppo_clip only (the DPO losses ignore it, as they ignore loss.ratio).
+    ratio_level: str = "sequence"
+    # Optimizer steps per epoch: each of the loss.ppo_epochs epochs shuffles the rollout's pairs (seeded by seed and
+    # step; chosen and rejected stay together) and takes one step on each of this many minibatches, so ratios leave 1
+    # within a rollout. 1: one step on the whole batch per epoch. At most the pairs of one micro-batch of one process
+    # (train.batch_size / processes). Above 1 the sampling-time log-probs are scored once more before the update.
+    minibatches: int = 1
+    # fixed: loss.beta throughout | adaptive: Ziegler et al. (2019)'s proportional controller moves beta, starting at
+    # loss.beta, so the step's kl approaches loss.target_kl; logged as kl/beta, kept in checkpoints. ppo_clip only.
+    kl_control: str = "fixed"
+    # kl_control=adaptive: the KL aimed at, in the units of the logged kl that beta multiplies (per token with
+    # logprob_reduction=mean, per sequence with sum). verl's default.
+    target_kl: float = 0.1
+    # kl_control=adaptive: after each step beta *= 1 + clip(kl / target_kl - 1, -0.2, 0.2) * n / kl_horizon, with n
+    # the step's completions (2 x train.batch_size x train.grad_accumulation_steps). TRL's and verl's default.
+    kl_horizon: float = 10000.0
+    # Advantage taken from each completion cut at generation.max_completion_length without its EOS (TRL's
+    # missing_eos_penalty): a truncated chosen gets a - penalty, a truncated rejected -a - penalty. 0: off. ppo_clip only.
+    missing_eos_penalty: float = 0.0
 
 
 @dataclass
@@ -359,7 +382,9 @@ def validate(cfg) -> None:
     """Check value ranges; raise ConfigError naming the key and the fix."""
     check_known_keys(cfg)
     for key, value in (("loss.epsilon", cfg.loss.epsilon), ("loss.beta", cfg.loss.beta), ("loss.delta", cfg.loss.delta),
-                       ("loss.max_log_ratio", cfg.loss.max_log_ratio), ("train.learning_rate", cfg.train.learning_rate),
+                       ("loss.max_log_ratio", cfg.loss.max_log_ratio), ("loss.target_kl", cfg.loss.target_kl),
+                       ("loss.kl_horizon", cfg.loss.kl_horizon), ("loss.missing_eos_penalty", cfg.loss.missing_eos_penalty),
+                       ("train.learning_rate", cfg.train.learning_rate),
                        ("train.weight_decay", cfg.train.weight_decay), ("train.min_learning_rate", cfg.train.min_learning_rate),
                        ("finetune.scale", cfg.finetune.scale), ("finetune.dropout", cfg.finetune.dropout),
                        ("generation.temperature", cfg.generation.temperature), ("generation.top_p", cfg.generation.top_p)):
@@ -382,6 +407,22 @@ def validate(cfg) -> None:
     _check(loss.kl_estimator in ("k1", "k3"), "loss.kl_estimator", loss.kl_estimator, "choose k1 or k3")
     _check(loss.max_log_ratio > 0, "loss.max_log_ratio", loss.max_log_ratio, "must be > 0, e.g. 20")
     _check(loss.type != "ipo" or loss.beta > 0, "loss.beta", loss.beta, "ipo divides by beta: use loss.beta > 0")
+    _check(loss.ratio_level in ("sequence", "token"), "loss.ratio_level", loss.ratio_level, "choose sequence or token")
+    _check(loss.minibatches >= 1, "loss.minibatches", loss.minibatches, "must be >= 1 (1: one step on the whole batch)")
+    _check(loss.minibatches <= train.batch_size, "loss.minibatches", loss.minibatches,
+           f"more minibatches than the {train.batch_size} pairs of a batch (train.batch_size): "
+           f"use loss.minibatches <= {train.batch_size} or raise train.batch_size")
+    _check(loss.kl_control in ("fixed", "adaptive"), "loss.kl_control", loss.kl_control, "choose fixed or adaptive")
+    _check(loss.kl_control == "fixed" or loss.type == "ppo_clip", "loss.kl_control", loss.kl_control,
+           f"adaptive moves the KL weight of ppo_clip; {loss.type}'s beta is not one: use loss.kl_control=fixed")
+    _check(loss.kl_control == "fixed" or loss.beta > 0, "loss.beta", loss.beta,
+           "the adaptive KL controller multiplies beta, so it must start > 0, e.g. loss.beta=0.1")
+    _check(loss.target_kl > 0, "loss.target_kl", loss.target_kl, "must be > 0, e.g. 0.1")
+    _check(loss.kl_horizon > 0, "loss.kl_horizon", loss.kl_horizon, "must be > 0, e.g. 10000")
+    _check(loss.missing_eos_penalty >= 0, "loss.missing_eos_penalty", loss.missing_eos_penalty,
+           "must be >= 0 (0: off), e.g. 1.0")
+    _check(loss.missing_eos_penalty == 0 or loss.type == "ppo_clip", "loss.missing_eos_penalty", loss.missing_eos_penalty,
+           f"the penalty lowers ppo_clip's advantage; {loss.type} has none: use loss.missing_eos_penalty=0")
     _check(gen.temperature > 0.0, "generation.temperature", gen.temperature, "must be > 0, e.g. generation.temperature=0.8")
     _check(gen.max_completion_length >= 1, "generation.max_completion_length", gen.max_completion_length, "must be >= 1")
     _check(0.0 < gen.top_p <= 1.0, "generation.top_p", gen.top_p, "must lie in (0, 1]")

@@ -220,7 +220,12 @@ def reduce_metrics(per_rank: list[dict]) -> dict:
     return out
 
 
-def check_batch(batch_size: int, world: World) -> None:
+def check_batch(batch_size: int, world: World, minibatches: int = 1) -> None:
     if batch_size % world.size:
         raise ConfigError(f"invalid train.batch_size={batch_size}: it is the global batch and must divide evenly over "
                           f"{world.size} processes, e.g. train.batch_size={max(world.size, batch_size // world.size * world.size)}")
+    per_rank = batch_size // world.size
+    if minibatches > per_rank:  # every rank takes every minibatch step, each on its own share of the pairs
+        raise ConfigError(f"invalid loss.minibatches={minibatches}: more minibatches than the {per_rank} pairs each of "
+                          f"{world.size} processes holds (train.batch_size={batch_size}): use loss.minibatches <= {per_rank} "
+                          f"or train.batch_size >= {minibatches * world.size}")

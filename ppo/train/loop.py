@@ -36,6 +36,7 @@ from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
 from ppo.train.distributed import World, check_batch, reduce_metrics
 from ppo.train.evaluation import HeldOutJudge, evaluate, evaluation_enabled
+from ppo.train.loss import adaptive_kl_beta
 from ppo.train.models import check_reference_fits, float_dtype, frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
 from ppo.train.progress import Progress
@@ -60,14 +61,18 @@ class RunState:
     health: HealthMonitor = field(default_factory=HealthMonitor)
     # With several processes: whether every rank ended with bit-identical weights (not checkpointed).
     ranks_in_sync: bool | None = None
+    # loss.kl_control=adaptive: the KL weight the next step uses (None with fixed). Checkpointed as a
+    # JSON float, which reads back bit for bit, so a resumed run continues the same beta sequence.
+    kl_beta: float | None = None
 
     def to_checkpoint(self) -> dict:
         return {"window": self.window, "last_eval": self.last_eval, "best_win_rate": self.best_win_rate,
-                "health": self.health.__dict__}
+                "health": self.health.__dict__, **({"kl_beta": self.kl_beta} if self.kl_beta is not None else {})}
 
     @classmethod
     def from_checkpoint(cls, extra: dict) -> "RunState":
-        return cls(extra["window"], extra["last_eval"], extra["best_win_rate"], HealthMonitor(**extra["health"]))
+        return cls(extra["window"], extra["last_eval"], extra["best_win_rate"], HealthMonitor(**extra["health"]),
+                   kl_beta=extra.get("kl_beta"))
 
     def record_eval(self, metrics: dict) -> None:
         self.last_eval = metrics
@@ -147,7 +152,7 @@ def train(cfg, run_dir: Path) -> dict:
     validate(cfg)
     train_cfg = cfg.train
     world = World.current(timeout=train_cfg.rank_timeout)  # one process unless launched by mlx.launch
-    check_batch(train_cfg.batch_size, world)
+    check_batch(train_cfg.batch_size, world, cfg.loss.minibatches)
     run_dir = Path(run_dir)
     with run_folder.claim(cfg, run_dir):
         try:
@@ -217,7 +222,7 @@ def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
     judge = build_judge(cfg.judge, run_dir=run_dir, seed=cfg.seed, tokenizer=tokenizer, base_path=cfg.model.path,
                         base=base, world=world, dtype=cfg.model.dtype)
     held_out = build_held_out_judges(cfg, run_dir, world, tokenizer, base)
-    lr_schedule = learning_rate_schedule(train_cfg, cfg.loss.ppo_epochs)
+    lr_schedule = learning_rate_schedule(train_cfg, updates_per_step(cfg.loss))
     return Session(
         cfg=cfg, run_dir=run_dir, world=world, fingerprint=fingerprint, policy=policy, reference=reference,
         tokenizer=tokenizer, splits=splits,
@@ -256,7 +261,10 @@ def resume(run: Session) -> tuple[int, RunState, checkpoint.TrainerState | None]
         log.info("resumed from %s (step %d)", resume_from, saved.step)
     start_step = saved.step if saved else 0
     run.world.check_same("checkpoints (a rank could not read the run folder's newest one)", str(start_step))
-    return start_step, (RunState.from_checkpoint(saved.extra) if saved else RunState()), saved
+    state = RunState.from_checkpoint(saved.extra) if saved else RunState()
+    if run.cfg.loss.kl_control == "adaptive" and state.kl_beta is None:
+        state.kl_beta = float(run.cfg.loss.beta)  # the controller starts at loss.beta
+    return start_step, state, saved
 
 
 def make_tracker(run: Session, saved) -> Tracker | SilentTracker:
@@ -267,9 +275,17 @@ def make_tracker(run: Session, saved) -> Tracker | SilentTracker:
                    resume_step=saved.step if saved else None, wandb_id=saved.wandb_id if saved else None)
 
 
-def collect_and_update(run: Session, step: int, tracker) -> dict:
-    """One training step on every rank: `train_step`, then the metrics reduced over the ranks."""
+def updates_per_step(loss_cfg) -> int:
+    """Optimizer updates per training step: loss.ppo_epochs x loss.minibatches."""
+    return loss_cfg.ppo_epochs * loss_cfg.minibatches
+
+
+def collect_and_update(run: Session, step: int, tracker, state: RunState | None = None) -> dict:
+    """One training step on every rank: `train_step`, then the metrics reduced over the ranks.
+    With loss.kl_control=adaptive the step uses `state.kl_beta` (logged as kl/beta), then the
+    controller sets the next step's from the step's kl, reduced alike on every rank."""
     cfg, world = run.cfg, run.world
+    beta = state.kl_beta if state is not None else None
     train_cfg = cfg.train
     rows = [] if step % train_cfg.steps_per_report == 0 or step == train_cfg.iters else None
     metrics = train_step(run.policy, run.reference, run.tokenizer, run.judge, run.optimizer, run.loss_and_grad,
@@ -277,13 +293,18 @@ def collect_and_update(run: Session, step: int, tracker) -> dict:
                          step=step, sampling=run.sampling, loss_cfg=cfg.loss,
                          grad_accumulation_steps=train_cfg.grad_accumulation_steps,
                          dropout=cfg.finetune.dropout, world=world, reader=run.reader, samples_out=rows,
-                         max_samples=train_cfg.samples_per_report)
+                         max_samples=train_cfg.samples_per_report, seed=cfg.seed, beta=beta)
     if world.size > 1:  # the time this rank waited for the others (the slowest rank's is logged)
         metrics["timing/collective_seconds"] = world.take_wait_seconds()
     metrics = reduce_metrics(world.gather_objects(metrics))
+    if beta is not None:
+        metrics["kl/beta"] = beta
+        state.kl_beta = adaptive_kl_beta(beta, metrics.get("kl", math.nan), target_kl=cfg.loss.target_kl,
+                                         horizon=cfg.loss.kl_horizon,
+                                         n_steps=2 * train_cfg.batch_size * train_cfg.grad_accumulation_steps)
     run.judge.flush()
     tracker.log_samples(step, rows or [])  # rank 0's pairs (other ranks' trackers write nothing)
-    metrics["learning_rate"] = learning_rate_at(run.lr_schedule, step * cfg.loss.ppo_epochs - 1)
+    metrics["learning_rate"] = learning_rate_at(run.lr_schedule, step * updates_per_step(cfg.loss) - 1)
     metrics["memory/peak_gb"] = mx.get_peak_memory() / 1e9
     return metrics
 
@@ -334,7 +355,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
             for step in range(start_step + 1, train_cfg.iters + 1):
                 mx.random.seed(step_seed(cfg.seed, step, world.rank))
                 position_at_step_start, updated = run.sampler.position, False
-                metrics = collect_and_update(run, step, tracker)
+                metrics = collect_and_update(run, step, tracker, state)
                 updated = True
                 if "clip_fraction" in metrics:
                     state.health.check(step, metrics)

@@ -26,7 +26,8 @@ from ppo.judges import Pair, advantages_from_verdicts
 from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
 from ppo.train.distributed import SINGLE_PROCESS, World
-from ppo.train.loss import dpo_loss, implicit_rewards, ppo_loss, sequence_kl
+from ppo.train.loss import (approx_kl, dpo_loss, implicit_rewards, logprob_gap_advantages, missing_eos_penalties,
+                            ppo_loss, ppo_token_loss, sequence_kl)
 from ppo.train.models import reference_model
 from ppo.train.rollout import sample_pairs
 from ppo.train.samples import sample_rows
@@ -45,6 +46,51 @@ class JudgedBatch:
     # None with loss.ratio=rollout: the first update's own log-probs are the sampling-time
     # ones (no update has happened since sampling, and without dropout train = eval mode),
     # so they are taken from that forward instead of a separate one.
+    # (2B, T) per-token log-probs at sampling time, scored before any update when the loss needs
+    # them (`needs_sampling_logps`: minibatches, where a later minibatch's first forward comes after
+    # an update, and token-level ratios); they then stand in for old_logps. None otherwise.
+    old_token_logps: mx.array | None = None
+    # loss.missing_eos_penalty of each kept pair's chosen / rejected completion (0 where it ended
+    # with its EOS); None when the penalty is off.
+    chosen_penalty: mx.array | None = None
+    rejected_penalty: mx.array | None = None
+    # The KL weight of this step (the adaptive controller's live beta); None: loss.beta.
+    beta: float | None = None
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.chosen.shape[0])
+
+    def select(self, pairs: np.ndarray) -> "JudgedBatch":
+        """The batch of the pairs `pairs` (indices into this batch's kept pairs), chosen and rejected
+        together: their 2k rows, chosen first, trimmed to the longest of them (right padding never
+        influences earlier positions, so the trim changes no log-prob but the rounding)."""
+        idx = mx.array(np.asarray(pairs, dtype=np.int32))
+        rows = mx.concatenate([self.chosen[idx], self.rejected[idx]])
+        b = self.batch
+        mask = b.completion_mask[rows]
+        prompt_lengths = b.prompt_lengths[rows]
+        completion_lengths = np.array(mask.sum(axis=1)).astype(np.int64)
+        width = int((np.array(prompt_lengths) + completion_lengths).max())
+        batch = ScoringBatch(b.input_ids[rows, :width], mask[:, :width], prompt_lengths, int(completion_lengths.max()))
+        k = len(pairs)
+
+        def take(x, per_token=True):
+            return None if x is None else (x[rows, :width] if per_token else x[rows])
+
+        def take_pairs(x):
+            return None if x is None else x[idx]
+
+        return JudgedBatch(
+            batch=batch, chosen=mx.arange(k), rejected=mx.arange(k) + k, advantages=self.advantages[idx],
+            ref_token_logps=take(self.ref_token_logps), old_logps=take(self.old_logps, per_token=False),
+            old_token_logps=take(self.old_token_logps), chosen_penalty=take_pairs(self.chosen_penalty),
+            rejected_penalty=take_pairs(self.rejected_penalty), beta=self.beta)
+
+
+def needs_sampling_logps(loss_cfg) -> bool:
+    """Whether `collect` scores the sampling-time per-token log-probs (JudgedBatch.old_token_logps)."""
+    return loss_cfg.minibatches > 1 or (loss_cfg.type == "ppo_clip" and loss_cfg.ratio_level == "token")
 
 
 @dataclass
@@ -141,20 +187,32 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
     n, keep = len(prompts), np.flatnonzero(valid)
     with reference_model(policy, reference) as ref:
         ref_token_logps = mx.stop_gradient(token_logps_fn(ref, batch))
-    old_logps = None
-    if loss_cfg.ratio == "rollout" and dropout > 0:  # else: see JudgedBatch
+    old_logps = old_token_logps = None
+    if needs_sampling_logps(loss_cfg):  # the policy is still in eval mode (no dropout): as sampled
+        old_token_logps = mx.stop_gradient(token_logps_fn(policy, batch))
+    elif loss_cfg.ratio == "rollout" and dropout > 0:  # else: see JudgedBatch
         old_logps = mx.stop_gradient(reduce_logps(token_logps_fn(policy, batch), batch.completion_mask,
                                                   loss_cfg.logprob_reduction))
-    mx.eval(ref_token_logps, old_logps)  # materialise now: the update must not see later weights
+    mx.eval(ref_token_logps, old_logps, old_token_logps)  # materialise now: the update must not see later weights
     judged = None
     if len(keep):  # pairs the judge could not decide are left out of the loss
+        chosen_rows = np.where(first_is_chosen, np.arange(n), np.arange(n) + n)[keep]
+        rejected_rows = np.where(first_is_chosen, np.arange(n) + n, np.arange(n))[keep]
+        penalties = (None, None)
+        if loss_cfg.missing_eos_penalty > 0:
+            finished = mx.array(np.array(first.finished + second.finished, dtype=np.float32))
+            penalties = missing_eos_penalties(loss_cfg.missing_eos_penalty, finished[mx.array(chosen_rows)],
+                                              finished[mx.array(rejected_rows)])
         judged = JudgedBatch(
             batch=batch,
-            chosen=mx.array(np.where(first_is_chosen, np.arange(n), np.arange(n) + n)[keep]),
-            rejected=mx.array(np.where(first_is_chosen, np.arange(n) + n, np.arange(n))[keep]),
+            chosen=mx.array(chosen_rows),
+            rejected=mx.array(rejected_rows),
             advantages=mx.array(confidence[keep]),
             ref_token_logps=ref_token_logps,
             old_logps=old_logps,
+            old_token_logps=old_token_logps,
+            chosen_penalty=penalties[0],
+            rejected_penalty=penalties[1],
         )
     lengths = np.array([len(t) for t in first.token_ids + second.token_ids])
     samples = sample_rows(step, "train", tokenizer, prompts, first, second, decoded_first, decoded_second,
@@ -183,28 +241,48 @@ def make_loss_fn(loss_cfg, token_logps_fn: Callable = token_logps):
         ref_logps = reduce_logps(judged.ref_token_logps, mask, reduction)
         c, r = judged.chosen, judged.rejected
         args = (logps[c], logps[r], ref_logps[c], ref_logps[r])
+        beta = loss_cfg.beta if judged.beta is None else judged.beta
         if loss_cfg.type == "ppo_clip":
             kl_per_sequence = None
-            if loss_cfg.kl_estimator != "k1":
+            if loss_cfg.kl_estimator != "k1" or loss_cfg.ratio_level == "token":
                 kl_all = sequence_kl(token_logps_, judged.ref_token_logps, mask, estimator=loss_cfg.kl_estimator, reduction=reduction)
                 kl_per_sequence = mx.concatenate([kl_all[c], kl_all[r]])
-            old = judged.old_logps
-            if old is None and loss_cfg.ratio == "rollout":
-                old = mx.stop_gradient(logps)
-            loss, metrics = ppo_loss(
-                *args,
-                epsilon=loss_cfg.epsilon,
-                beta=loss_cfg.beta,
-                advantages=judged.advantages if loss_cfg.advantage == "judge" else None,
-                old_chosen_logps=None if old is None else old[c],
-                old_rejected_logps=None if old is None else old[r],
-                kl_per_sequence=kl_per_sequence,
-                max_log_ratio=loss_cfg.max_log_ratio,
-            )
+            penalties = dict(chosen_penalty=judged.chosen_penalty, rejected_penalty=judged.rejected_penalty)
+            if loss_cfg.ratio_level == "token":
+                base = judged.ref_token_logps if loss_cfg.ratio == "reference" else judged.old_token_logps
+                advantages = (judged.advantages if loss_cfg.advantage == "judge"
+                              else logprob_gap_advantages(logps[c], logps[r]))
+                loss, metrics = ppo_token_loss(
+                    token_logps_[c], token_logps_[r], base[c], base[r], mask[c], mask[r],
+                    epsilon=loss_cfg.epsilon, beta=beta, advantages=advantages, kl_per_sequence=kl_per_sequence,
+                    max_log_ratio=loss_cfg.max_log_ratio, **penalties)
+            else:
+                old = None  # the sampling-time log-probs, the baseline of loss.ratio=rollout
+                if loss_cfg.ratio == "rollout":
+                    old = judged.old_logps
+                    if judged.old_token_logps is not None:
+                        old = reduce_logps(judged.old_token_logps, mask, reduction)
+                    if old is None:
+                        old = mx.stop_gradient(logps)
+                loss, metrics = ppo_loss(
+                    *args,
+                    epsilon=loss_cfg.epsilon,
+                    beta=beta,
+                    advantages=judged.advantages if loss_cfg.advantage == "judge" else None,
+                    old_chosen_logps=None if old is None else old[c],
+                    old_rejected_logps=None if old is None else old[r],
+                    kl_per_sequence=kl_per_sequence,
+                    max_log_ratio=loss_cfg.max_log_ratio,
+                    **penalties,
+                )
         else:
-            loss, metrics = dpo_loss(*args, beta=loss_cfg.beta, loss_type=loss_cfg.type, delta=loss_cfg.delta,
+            loss, metrics = dpo_loss(*args, beta=beta, loss_type=loss_cfg.type, delta=loss_cfg.delta,
                                      weights=judged.advantages)
-        metrics.update(implicit_rewards(*args, beta=loss_cfg.beta))
+        if judged.old_token_logps is not None:  # how far the update has moved the policy since sampling
+            rows = mx.concatenate([c, r])
+            metrics["approx_kl"] = approx_kl(token_logps_[rows], judged.old_token_logps[rows], mask[rows],
+                                             loss_cfg.max_log_ratio)
+        metrics.update(implicit_rewards(*args, beta=beta))
         return loss, ({"loss": loss, **metrics}, mx.stop_gradient(logps))
 
     return loss_fn
@@ -232,41 +310,65 @@ def check_finite_tree(what: str, tree) -> None:
 
 
 def update(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches: list[JudgedBatch], *,
-           epochs: int, rollout_ratio: bool, world: World = SINGLE_PROCESS) -> Updated:
-    """`epochs` optimizer steps, each on the mean gradient of the micro-batches (and of the
-    ranks, with more than one process: every rank applies the same averaged step).
+           epochs: int, rollout_ratio: bool, world: World = SINGLE_PROCESS, minibatches: int = 1,
+           shuffle_seed: tuple[int, ...] = (0,)) -> Updated:
+    """`epochs` x `minibatches` optimizer steps, each on the mean gradient of the micro-batches
+    (and of the ranks, with more than one process: every rank applies the same averaged step).
+
+    minibatches=1: every epoch is one step on all pairs. minibatches=M > 1: every epoch shuffles
+    each micro-batch's pairs (chosen and rejected together; numpy's generator seeded by
+    `shuffle_seed` + (epoch,), so a run and its resume shuffle alike), splits them into M nearly
+    equal parts (`np.array_split`), and takes M steps, step m on part m of every micro-batch. Every
+    rank takes all M steps: a rank whose part is empty (the judge decided fewer pairs than M)
+    contributes no gradient to that step but still joins its all-reduce.
 
     `loss_and_grad`: `nn.value_and_grad(policy, make_loss_fn(loss_cfg))`. With
-    `rollout_ratio` (loss.ratio=rollout) the first epoch's log-probs become the
-    sampling-time ones of the later epochs.
+    `rollout_ratio` (loss.ratio=rollout) and no sampling-time log-probs scored by `collect`,
+    the first epoch's log-probs become the sampling-time ones of the later epochs.
     """
     start = time.perf_counter()
     out = Updated()
     policy.train()
     # Every rank must reach the gradient all-reduce, even one whose judge decided no pair.
-    for _ in range(epochs if judged_batches or world.size > 1 else 0):
-        grads_sum = None
-        for judged in judged_batches:
-            (_, (loss_metrics, logps)), grads = loss_and_grad(policy, judged)
-            if rollout_ratio and judged.old_logps is None:
-                judged.old_logps = logps  # the first epoch's log-probs are the sampling-time ones
-            grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
-            mx.eval(grads_sum, loss_metrics)  # one graph per micro-batch keeps memory flat
-            out.loss_metrics.append({k: v.item() for k, v in loss_metrics.items()})
-        local = None if grads_sum is None else tree_map(lambda g: g / len(judged_batches), grads_sum)
-        grads = world.average_gradients(local, like=policy.trainable_parameters())
-        if grads is None:  # no rank had a judged pair: nothing to learn from this step
-            break
-        # Before the optimizer applies them, so the weights stay finite. On the averaged
-        # gradients, which every rank holds alike: all ranks stop at the same step.
-        for metrics in out.loss_metrics:
-            check_finite_metrics(metrics)
-        check_finite_tree("gradient", grads)
-        optimizer.update(policy, grads)
-        mx.eval(policy.trainable_parameters(), optimizer.state)  # the step is done before the next rollout
-        check_finite_tree("weight", policy.trainable_parameters())
+    for epoch in range(epochs if judged_batches or world.size > 1 else 0):
+        if minibatches == 1:
+            if not _optimizer_step(policy, optimizer, loss_and_grad, judged_batches, rollout_ratio, world, out):
+                break  # no rank had a judged pair: nothing to learn from this step
+            continue
+        rng = np.random.default_rng([*shuffle_seed, epoch])
+        parts = [np.array_split(rng.permutation(judged.num_pairs), minibatches) for judged in judged_batches]
+        for m in range(minibatches):
+            batches = [judged.select(p[m]) for judged, p in zip(judged_batches, parts) if len(p[m])]
+            _optimizer_step(policy, optimizer, loss_and_grad, batches, rollout_ratio, world, out)
     out.seconds = time.perf_counter() - start
     return out
+
+
+def _optimizer_step(policy: nn.Module, optimizer, loss_and_grad: Callable, judged_batches: list[JudgedBatch],
+                    rollout_ratio: bool, world: World, out: Updated) -> bool:
+    """One optimizer step on the mean gradient of `judged_batches` and of the ranks; False when no
+    rank had a pair (no step taken). The loss metrics of every forward are appended to `out`."""
+    grads_sum = None
+    for judged in judged_batches:
+        (_, (loss_metrics, logps)), grads = loss_and_grad(policy, judged)
+        if rollout_ratio and judged.old_logps is None and judged.old_token_logps is None:
+            judged.old_logps = logps  # the first epoch's log-probs are the sampling-time ones
+        grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
+        mx.eval(grads_sum, loss_metrics)  # one graph per micro-batch keeps memory flat
+        out.loss_metrics.append({k: v.item() for k, v in loss_metrics.items()})
+    local = None if grads_sum is None else tree_map(lambda g: g / len(judged_batches), grads_sum)
+    grads = world.average_gradients(local, like=policy.trainable_parameters())
+    if grads is None:
+        return False
+    # Before the optimizer applies them, so the weights stay finite. On the averaged
+    # gradients, which every rank holds alike: all ranks stop at the same step.
+    for metrics in out.loss_metrics:
+        check_finite_metrics(metrics)
+    check_finite_tree("gradient", grads)
+    optimizer.update(policy, grads)
+    mx.eval(policy.trainable_parameters(), optimizer.state)  # the step is done before the next rollout
+    check_finite_tree("weight", policy.trainable_parameters())
+    return True
 
 
 def mean_dicts(dicts: list[dict]) -> dict:
@@ -282,13 +384,16 @@ def train_step(policy: nn.Module, reference: nn.Module | None, tokenizer, judge,
                next_prompts: Callable[[], list[Prompt]], *, step: int, sampling: Sampling, loss_cfg,
                grad_accumulation_steps: int = 1, dropout: float = 0.0, world: World = SINGLE_PROCESS,
                sample_fn: Callable = sample_pairs, token_logps_fn: Callable = token_logps,
-               reader: CompletionReader | None = None, samples_out: list | None = None, max_samples: int = 0) -> dict:
+               reader: CompletionReader | None = None, samples_out: list | None = None, max_samples: int = 0,
+               seed: int = 0, beta: float | None = None) -> dict:
     """Collect `grad_accumulation_steps` micro-batches, update once on them; this rank's metrics.
 
     `next_prompts()` returns this rank's share of the next global batch. `sample_fn` and
     `token_logps_fn` go to `collect`; the loss's scorer is the one `loss_and_grad` was built
     with (`make_loss_fn(loss_cfg, token_logps_fn)`). With a `samples_out` list, samples.jsonl
-    rows of this rank's first `max_samples` pairs are appended to it."""
+    rows of this rank's first `max_samples` pairs are appended to it. `seed` (the run's) and `step`
+    seed the minibatch shuffle; `beta`: the KL weight of this step (the adaptive controller's), None
+    for loss.beta."""
     step_start = time.perf_counter()
     keep = max_samples if samples_out is not None else 0
     collected = []
@@ -300,8 +405,11 @@ def train_step(policy: nn.Module, reference: nn.Module | None, tokenizer, judge,
     if samples_out is not None:
         samples_out.extend(row for c in collected for row in c.samples)
     judged = [c.judged for c in collected if c.judged is not None]
+    for j in judged:
+        j.beta = beta
     updated = update(policy, optimizer, loss_and_grad, judged, epochs=loss_cfg.ppo_epochs,
-                     rollout_ratio=loss_cfg.ratio == "rollout", world=world)
+                     rollout_ratio=loss_cfg.ratio == "rollout", world=world, minibatches=loss_cfg.minibatches,
+                     shuffle_seed=(seed, step))
     metrics = mean_dicts([c.metrics for c in collected] + updated.loss_metrics)
     metrics["timing/update_seconds"] = updated.seconds
     metrics["timing/step_seconds"] = time.perf_counter() - step_start
