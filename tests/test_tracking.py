@@ -44,11 +44,12 @@ def wandb_run_record(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, prompts_file):
     run_dir = tmp_path / "run"
-    overrides = small_run_overrides(tiny_model_dir, prompts_file, logger="wandb") + [f"hydra.run.dir={run_dir}", "loss.beta=0.05"]
+    overrides = small_run_overrides(tiny_model_dir, prompts_file, logger="wandb") + [f"hydra.run.dir={run_dir}", "loss.beta=0.05",
+                                                                                    "eval_judge=length"]
     # only loss.beta names the run: the test's plumbing keys are kept out of the name
     overrides += ["hydra.job.config.override_dirname.exclude_keys=[hydra.run.dir,model.path,data.path,train.iters,"
                   "train.batch_size,generation.max_completion_length,train.steps_per_eval,train.progress,"
-                  "data.max_eval_prompts,logger]"]
+                  "data.max_eval_prompts,logger,eval_judge]"]
     result = run_cli(overrides + ["train.progress=true"], env={"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
     record = _wandb_inspect(run_dir)
@@ -65,6 +66,8 @@ def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, pr
             "eval/win_rate_lc_low", "eval/win_rate_lc_high", "eval/length_ratio", "kl", "clip_fraction",
             "clip_fraction/health", "wall_seconds"} <= set(summary)
     assert summary["eval/win_rate_lc_low"] <= summary["eval/win_rate_lc"] <= summary["eval/win_rate_lc_high"]
+    for key in ("win_rate", "win_rate_low", "win_rate_high", "pairs"):  # the held-out judge beside the training one
+        assert summary[f"eval/length/{key}"] == pytest.approx(last[f"eval/length/{key}"]), key
     assert summary["kl"] == pytest.approx(last["kl"]) and summary["eval/win_rate"] == pytest.approx(last["eval/win_rate"])
     wilson = wilson_interval(last["eval/win_rate"], last["eval/pairs"])
     assert (summary["eval/win_rate_low"], summary["eval/win_rate_high"]) == pytest.approx(wilson)  # the curated key wins
