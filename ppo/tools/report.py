@@ -13,6 +13,12 @@ one configuration, and every number of a configuration reads `mean ± half-width
 - the final length-controlled win rate (`eval/win_rate_lc`, the win rate at equal lengths) and
   the policy/reference length ratio, the mean ± the t-interval over seeds.
 
+An interval past its metric's range (VALID_RANGE: a rate in [0, 1], a KL never below 0) is cut
+to it and written `mean [low, high]`; bands and error bars are cut alike. Two seeds (a t
+multiplier of 12.7) are marked `too few` and said so on top, and so is a swept setting whose
+values gave identical runs to the last digit (`settings_without_effect`). KL labels name the
+runs' unit: per token (loss.logprob_reduction=mean) or per sequence (sum).
+
 Judge reliability (the summary's `judge` part, `ppo.judges.pipeline.reliability`): per run, how
 often the judge's two orders agree, how often the answer shown first wins (95% Wilson interval;
 0.5 is no bias) and the tie rate; a judge whose orders agree on fewer than GUESSING_AGREEMENT of
@@ -27,8 +33,9 @@ It writes into SWEEP_DIR (or --out):
 - `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run, or per
   configuration with a seed band (the t-interval over seeds) when a configuration has several
   seeds; a single seed's win rates carry 95% Wilson bands; rates on [0, 1];
-- for an Optuna search (hparams_search=...): a trial table and, for two objectives, the
-  Pareto front (`pareto_front.png`);
+- for an Optuna search (hparams_search=...): a trial table (a trial's seeds averaged, with 95%
+  intervals; trial numbers from the study stored in SWEEP_DIR/optuna.db) and, for two
+  objectives, the Pareto front with error bars (`pareto_front.png`);
 - `wandb/`: links to every run's offline W&B log, for `wandb leet SWEEP_DIR/wandb`.
 
 The verdict: one rule (BEST_RULE, `rank`) names the best configuration, and it is said to beat
