@@ -1169,6 +1169,7 @@ def settings_without_effect(cells: list[Cell]) -> list[str]:
     digit. One sentence per key: `epsilon 0.1 and 0.3 gave identical runs (...)`, with the other
     settings named when it held only for some of them."""
     runs_of = {id(c): {r.seed: r for r in c.runs if r.status == "finished" and r.rows} for c in cells}
+    prints = {id(r): _metrics_fingerprint(r) for seeds in runs_of.values() for r in seeds.values()}
     keys = sorted({k for c in cells for k, _ in c.configuration})
     varying = [k for k in keys if len({dict(c.configuration).get(k) for c in cells}) > 1]
     out = []
@@ -1187,7 +1188,7 @@ def settings_without_effect(cells: list[Cell]) -> list[str]:
                 for cls in classes:
                     a, b = runs_of[id(cls[0])], runs_of[id(c)]
                     seeds = set(a) & set(b)
-                    if seeds and all(_metrics_fingerprint(a[s]) == _metrics_fingerprint(b[s]) for s in seeds):
+                    if seeds and all(prints[id(a[s])] == prints[id(b[s])] for s in seeds):
                         cls.append(c)
                         break
                 else:
