@@ -13,11 +13,28 @@ LOSS = "loss"
 KL = "kl"
 CLIP_FRACTION = "clip_fraction"
 EVAL_WIN_RATE = "eval/win_rate"
+# One interval method per key name. metrics.jsonl and summary.json keep eval/win_rate_low/high as
+# the run wrote them, the 95% normal approximation of the per-pair scores (the golden runs compare
+# them digit for digit; it collapses to zero width at 0 or 1). What a person reads is the 95%
+# Wilson interval, computed from eval/win_rate and eval/pairs (`wilson_interval`): the console,
+# ppo-report and ppo-compare print it as words, and W&B's summary holds it as
+# eval/win_rate_wilson_low/high, so that W&B's eval/win_rate_low/high stay the logged normal
+# approximation. A held-out judge's eval/NAME/win_rate_low/high are Wilson's (they never had another).
 EVAL_WIN_RATE_LOW = "eval/win_rate_low"
 EVAL_WIN_RATE_HIGH = "eval/win_rate_high"
+EVAL_WIN_RATE_WILSON_LOW = "eval/win_rate_wilson_low"
+EVAL_WIN_RATE_WILSON_HIGH = "eval/win_rate_wilson_high"
 EVAL_PAIRS = "eval/pairs"
 EVAL_EOS_RATE = "eval/eos_rate"
 EVAL_REF_EOS_RATE = "eval/ref_eos_rate"
+
+
+def kl_unit(logprob_reduction: str | None) -> str:
+    """What the run's `kl` is measured over: "per token" when log-probs are averaged over the
+    completion's tokens (loss.logprob_reduction=mean: ppo_form=textbook), "per sequence" when
+    they are summed (sum: the seed's form), whatever the estimator (k1 or k3) sums or averages.
+    "" when unknown (a run folder without its config)."""
+    return {"mean": "per token", "sum": "per sequence"}.get(str(logprob_reduction), "")
 
 
 def held_out_names(metrics: dict) -> list[str]:

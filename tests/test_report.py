@@ -9,12 +9,13 @@ from ppo.tools.report import health_verdict, load_runs, main
 
 
 def make_run(root, name, epsilon, beta, win_rates, clips, kls, status="finished", loss_type="ppo_clip", pairs=None,
-             seed=0, logger="none"):
+             seed=0, logger="none", reduction="sum"):
     """A run folder as ppo-train leaves it: .hydra/config.yaml, metrics.jsonl, summary.json."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(
         f"loss:\n  type: {loss_type}\n  epsilon: {epsilon}\n  beta: {beta}\n  advantage: judge\n"
+        f"  logprob_reduction: {reduction}\n"
         f"seed: {seed}\ntrain:\n  iters: 10\n  progress: false\nmodel:\n  path: ${{ppo_cache:}}/models/demo\n"
         f"logger:\n  kind: {logger}\n")
     rows = []
@@ -157,7 +158,10 @@ def test_statistics_of_two_seeds_by_hand(tmp_path):
     assert cell.pairs == 200 and cell.pooled == pytest.approx((0.581633, 0.712713), abs=1e-6)
     # KL 0.2 and 0.4: mean 0.3, half 12.706 * 0.141421 / sqrt(2) = 1.2706
     assert cell.kl.mean == pytest.approx(0.3) and cell.kl.half == pytest.approx(1.2706, abs=1e-4)
-    assert cell.win_text() == "0.650 ± 0.635 (2 seeds)" and cell.kl.text("{:.2f}") == "0.30 ± 1.27 (2 seeds)"
+    # 0.650 ± 0.635 would reach 1.285 and KL 0.30 ± 1.27 below 0: each is cut to its metric's range,
+    # and two seeds (t multiplier 12.7) are marked too few
+    assert cell.win_text() == "0.650 [0.015, 1.000] (2 seeds: too few)"
+    assert cell.kl.text("{:.2f}") == "0.30 [0.00, 1.57] (2 seeds: too few)"
     # the verdict's interval: the union of the t-interval (0.0147-1.2853, clipped to 1) and the pooled Wilson
     assert cell.interval == pytest.approx((0.65 - 0.63530, 1.0), abs=1e-5)
 
@@ -262,3 +266,73 @@ def test_a_setting_beyond_epsilon_and_beta_splits_configurations(tmp_path, capsy
     # the heatmap's cell at beta 0.1 holds two configurations: it says so rather than "2 seeds"
     texts = [t.get_text() for t in figures["heatmap_win_rate"].axes[0].texts]
     assert any("2 runs of 2 configurations" in t for t in texts) and not any("2 seeds" in t for t in texts)
+
+
+def test_two_seeds_are_flagged_and_bands_stay_in_each_metrics_range(tmp_path, capsys, figures):
+    root = tmp_path / "sweep"
+    _seeds(root, "beta=0.1", 0.1, 0.1, [0.2, 0.9], kls=(0.05, 0.9))  # 0.55 ± 4.4: far past 0 and 1
+    _seeds(root, "beta=0.5", 0.1, 0.5, [0.5, 0.6], kls=(0.1, 0.2))
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    report = (root / "report.md").read_text()
+    assert "**Too few seeds:** every configuration has 2 seeds" in report and "by 12.7" in report
+    assert "too few seeds: every configuration has 2 seeds" in out
+    row = next(line for line in report.splitlines() if line.startswith("| beta=0.1"))
+    assert "| 0.550 [0.000, 1.000] (2 seeds: too few) |" in row and "0.475 [0.000, " in row  # KL cut at 0
+    for stem, (low, high) in (("curves_win_rate", (0.0, 1.0)), ("curves_kl", (0.0, float("inf")))):
+        ax = figures[stem].axes[0]
+        bands = [path.vertices[:, 1] for band in ax.collections for path in band.get_paths()]
+        assert bands and all(low - 1e-12 <= v <= high for ys in bands for v in ys), stem
+    from matplotlib.container import ErrorbarContainer
+
+    (kl_bars,) = [c for c in figures["compare_runs"].axes[2].containers if isinstance(c, ErrorbarContainer)]
+    assert all(segment[0][0] >= 0.0 for segment in kl_bars.lines[2][0].get_segments())  # from 0, not from -2.8
+    # three seeds are enough: no flag
+    _seeds(tmp_path / "three", "beta=0.1", 0.1, 0.1, [0.5, 0.6, 0.7])
+    assert main([str(tmp_path / "three")]) == 0
+    assert "Too few seeds" not in (tmp_path / "three" / "report.md").read_text()
+
+
+def test_a_swept_setting_that_changed_nothing_is_named(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    for beta, kls in ((0.1, [0.01] * 10), (0.5, [0.02] * 10)):
+        for epsilon in (0.1, 0.3):  # the same numbers for both epsilons: the clip never acted
+            make_run(root, f"beta={beta},epsilon={epsilon}", epsilon, beta, [0.5, 0.55], [0.0] * 10, kls, pairs=64)
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    report = (root / "report.md").read_text()
+    assert "**No effect:** epsilon 0.1 and 0.3 gave identical runs (every metric of every step, to the last digit, " \
+           "at every setting of beta), so epsilon changed nothing here (clip_fraction is 0 throughout" in report
+    assert "no effect: epsilon 0.1 and 0.3 gave identical runs" in out
+    assert "beta 0.1 and 0.5" not in report  # beta did change the KL
+    # one digit apart is an effect
+    other = tmp_path / "other"
+    make_run(other, "epsilon=0.1", 0.1, 0.1, [0.5, 0.55], [0.0] * 10, [0.01] * 10, pairs=64)
+    make_run(other, "epsilon=0.3", 0.3, 0.1, [0.5, 0.55], [0.0] * 10, [0.01] * 9 + [0.010000001], pairs=64)
+    assert main([str(other)]) == 0
+    assert "No effect" not in (other / "report.md").read_text()
+
+
+@pytest.mark.parametrize("reduction,unit", [("mean", "nats per token"), ("sum", "nats per sequence")])
+def test_kl_labels_name_the_runs_unit(tmp_path, figures, reduction, unit):
+    root = tmp_path / "sweep"
+    for beta in (0.1, 0.5):
+        make_run(root, f"beta={beta}", 0.2, beta, [0.5, 0.6], [0.1] * 10, [0.1] * 10, pairs=16, reduction=reduction)
+    assert main([str(root)]) == 0
+    assert figures["curves_kl"].axes[0].get_ylabel() == f"kl ({unit})"
+    assert figures["heatmap_kl"].axes[0].get_title().startswith(f"Final KL to the reference ({unit})")
+    assert figures["compare_runs"].axes[2].get_title() == f"final kl ({unit})"
+    assert f"| final kl ({unit}) |" in (root / "report.md").read_text()
+    other = "nats per sequence" if reduction == "mean" else "nats per token"
+    assert other not in (root / "report.md").read_text()
+
+
+def test_optuna_floats_are_rounded_in_labels(tmp_path, capsys):
+    root = tmp_path / "search"
+    make_run(root, "a", 0.24208472637456369, 0.22112721129989238, [0.5, 0.6], [0.1] * 10, [0.1] * 10, pairs=16)
+    make_run(root, "b", 0.2609671816250754, 0.08969382657243252, [0.5, 0.7], [0.1] * 10, [0.1] * 10, pairs=16)
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    report = (root / "report.md").read_text()
+    assert "eps=0.261 beta=0.08969" in report and "epsilon=0.261 beta=0.08969" in out
+    assert "0.2609671816250754" not in report + out and "0.22112721129989238" not in report + out

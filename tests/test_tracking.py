@@ -62,7 +62,7 @@ def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, pr
     for key in ("kl_penalty", "rewards/margins", "loss", "learning_rate"):
         assert summary[key] == pytest.approx(last[key]), key
     # ... with the curated keys on top: the Wilson interval, length control, clip_fraction's health, the status.
-    assert {"status", "step", "eval/win_rate", "eval/win_rate_low", "eval/win_rate_high", "eval/pairs", "eval/win_rate_lc",
+    assert {"status", "step", "eval/win_rate", "eval/win_rate_wilson_low", "eval/win_rate_wilson_high", "eval/pairs", "eval/win_rate_lc",
             "eval/win_rate_lc_low", "eval/win_rate_lc_high", "eval/length_ratio", "kl", "clip_fraction",
             "clip_fraction/health", "wall_seconds"} <= set(summary)
     assert summary["eval/win_rate_lc_low"] <= summary["eval/win_rate_lc"] <= summary["eval/win_rate_lc_high"]
@@ -70,8 +70,11 @@ def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, pr
         assert summary[f"eval/length/{key}"] == pytest.approx(last[f"eval/length/{key}"]), key
     assert summary["kl"] == pytest.approx(last["kl"]) and summary["eval/win_rate"] == pytest.approx(last["eval/win_rate"])
     wilson = wilson_interval(last["eval/win_rate"], last["eval/pairs"])
-    assert (summary["eval/win_rate_low"], summary["eval/win_rate_high"]) == pytest.approx(wilson)  # the curated key wins
-    assert summary["eval/win_rate_low"] < summary["eval/win_rate_high"]  # Wilson: never zero width
+    assert (summary["eval/win_rate_wilson_low"], summary["eval/win_rate_wilson_high"]) == pytest.approx(wilson)
+    assert summary["eval/win_rate_wilson_low"] < summary["eval/win_rate_wilson_high"]  # Wilson: never zero width
+    # one method per key name: eval/win_rate_low/high stay what metrics.jsonl logged (the normal approximation)
+    assert (summary["eval/win_rate_low"], summary["eval/win_rate_high"]) == pytest.approx(
+        (last["eval/win_rate_low"], last["eval/win_rate_high"]))
     assert summary["status"] == "finished" and summary["clip_fraction/health"]
     # The Logs tab (the terminal's lines) and the system charts are on by default.
     records = wandb_records(run_dir)
@@ -183,7 +186,8 @@ def test_run_name_mode_and_lean_summary_rules(monkeypatch):
     summary = lean_summary({"status": "finished", "step": 10, "eval": {"eval/win_rate": 1.0, "eval/pairs": 4},
                             "final": rows[-1]}, rows)
     assert summary["clip_fraction"] == 0.5 and summary["clip_fraction/health"] == "moving too far"  # last 20%
-    assert (round(summary["eval/win_rate_low"], 2), summary["eval/win_rate_high"]) == (0.51, 1.0)
+    assert (round(summary["eval/win_rate_wilson_low"], 2), summary["eval/win_rate_wilson_high"]) == (0.51, 1.0)
+    assert "eval/win_rate_low" not in summary  # that name is the logged normal approximation's (ppo.metrics)
     assert summary["kl"] == pytest.approx(1.0)
 
 

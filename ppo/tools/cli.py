@@ -87,6 +87,13 @@ def _train_main() -> None:
     # The packaged configs; a user's --config-dir DIR adds groups and experiments on top.
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
     def _train(cfg) -> float | tuple[float, ...] | None:
+        from ppo.tools.sweep import over_seeds  # a search trial over seeds_per_trial seeds
+
+        hydra_cfg = HydraConfig.get()
+        searching = hydra_cfg.mode.name == "MULTIRUN" and "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()
+        return over_seeds(cfg, hydra_cfg.runtime.output_dir, _run, searching)
+
+    def _run(cfg, run_dir: str) -> float | tuple[float, ...] | None:
         from hydra.types import RunMode
 
         from ppo.errors import (CheckpointError, ConfigError, RankTimeout, RunFolderBusy, RunFolderWriteError,
@@ -97,7 +104,7 @@ def _train_main() -> None:
         from ppo.train.run_folder import claim, save_hydra_files
 
         hydra_cfg = HydraConfig.get()
-        run_dir, multirun = hydra_cfg.runtime.output_dir, hydra_cfg.mode == RunMode.MULTIRUN
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
         one_line = (ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
                     TrainingInterrupted, TrainingAborted, TrainingStopped)
         searching = multirun and "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))

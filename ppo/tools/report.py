@@ -13,6 +13,12 @@ one configuration, and every number of a configuration reads `mean ± half-width
 - the final length-controlled win rate (`eval/win_rate_lc`, the win rate at equal lengths) and
   the policy/reference length ratio, the mean ± the t-interval over seeds.
 
+An interval past its metric's range (VALID_RANGE: a rate in [0, 1], a KL never below 0) is cut
+to it and written `mean [low, high]`; bands and error bars are cut alike. Two seeds (a t
+multiplier of 12.7) are marked `too few` and said so on top, and so is a swept setting whose
+values gave identical runs to the last digit (`settings_without_effect`). KL labels name the
+runs' unit: per token (loss.logprob_reduction=mean) or per sequence (sum).
+
 Judge reliability (the summary's `judge` part, `ppo.judges.pipeline.reliability`): per run, how
 often the judge's two orders agree, how often the answer shown first wins (95% Wilson interval;
 0.5 is no bias) and the tie rate; a judge whose orders agree on fewer than GUESSING_AGREEMENT of
@@ -27,8 +33,9 @@ It writes into SWEEP_DIR (or --out):
 - `curves_win_rate.png`, `curves_kl.png`, `curves_clip_fraction.png`: one line per run, or per
   configuration with a seed band (the t-interval over seeds) when a configuration has several
   seeds; a single seed's win rates carry 95% Wilson bands; rates on [0, 1];
-- for an Optuna search (hparams_search=...): a trial table and, for two objectives, the
-  Pareto front (`pareto_front.png`);
+- for an Optuna search (hparams_search=...): a trial table (a trial's seeds averaged, with 95%
+  intervals; trial numbers from the study stored in SWEEP_DIR/optuna.db) and, for two
+  objectives, the Pareto front with error bars (`pareto_front.png`);
 - `wandb/`: links to every run's offline W&B log, for `wandb leet SWEEP_DIR/wandb`.
 
 The verdict: one rule (BEST_RULE, `rank`) names the best configuration, and it is said to beat
@@ -57,7 +64,7 @@ from ppo.health import CLIP_FRACTION_HIGH, CLIP_FRACTION_IDLE
 from ppo.health import verdict as health_verdict
 from ppo.io import CHECKPOINTS_DIR, METRICS_FILE, PREVIOUS_PREFIX, SUMMARY_FILE, atomic_write_text, read_json, read_jsonl
 from ppo.judges.pipeline import GUESSING_AGREEMENT
-from ppo.metrics import held_out_names, t_half_width, wilson_interval
+from ppo.metrics import comparable, held_out_names, kl_unit, t_half_width, t_quantile_975, wilson_interval
 from ppo.tools.sweep import OPTIMIZATION_RESULTS, objective_value
 
 LAST_FRACTION = 0.2  # clip_fraction is averaged over this last share of the steps
@@ -69,11 +76,11 @@ HEATMAPS = {  # file stem -> (run attribute, title, number format, colour map)
     "heatmap_win_rate_lc": ("final_win_rate_lc", "Final length-controlled win rate (the win rate at equal lengths)",
                             "{:.2f}", "viridis"),
     "heatmap_clip_fraction": ("clip_fraction", "Mean clip_fraction, last 20% of steps", "{:.2f}", "magma"),
-    "heatmap_kl": ("final_kl", "Final KL to the reference (nats per sequence)", "{:.3f}", "cividis"),
+    "heatmap_kl": ("final_kl", "Final KL to the reference ({kl_unit})", "{:.3f}", "cividis"),
 }
-CURVES = {  # file stem -> (metrics key, title, y label)
+CURVES = {  # file stem -> (metrics key, title, y label); {kl_unit}: `kl_units`, from the runs' configs
     "curves_win_rate": ("eval/win_rate", "Eval win rate against the reference", "win rate"),
-    "curves_kl": ("kl", "KL to the reference", "kl (nats per sequence)"),
+    "curves_kl": ("kl", "KL to the reference", "kl ({kl_unit})"),
     "curves_clip_fraction": ("clip_fraction", "clip_fraction (share of ratios outside 1 ± epsilon)", "clip_fraction"),
 }
 
@@ -107,7 +114,9 @@ class Run:
     iters: int | None = None
     error: str | None = None
     pairs: float | None = None  # judged pairs of the last evaluation
-    trial: int | None = None  # Hydra's job number in a multirun (an Optuna trial's number)
+    trial: int | None = None  # Hydra's job number in a multirun; in a search, the Optuna trial's number
+    overrides: list = field(default_factory=list)  # the job's command-line overrides (.hydra/overrides.yaml)
+    kl_unit: str = ""  # "per token" | "per sequence" (ppo.metrics.kl_unit of loss.logprob_reduction)
     objectives: dict = field(default_factory=dict)  # a search's objective values (key -> value or None)
     judge: dict = field(default_factory=dict)  # the summary's judge reliability (judge/... keys), {} if none
     # Every config key except the seed and bookkeeping (NOT_CONFIGURATION), flattened: runs with
@@ -151,6 +160,17 @@ def _last(rows: list[dict], key: str) -> float | None:
     return None
 
 
+def kl_units(runs: list[Run]) -> str:
+    """What the runs' KL is measured in, read from their configs: `nats per token` (textbook form),
+    `nats per sequence` (the seed's form), both when the runs mix the two."""
+    units = sorted({r.kl_unit for r in runs if r.kl_unit})
+    if len(units) == 1:
+        return f"nats {units[0]}"
+    if units:
+        return "nats per token (logprob_reduction=mean) or per sequence (sum), by run"
+    return "nats"
+
+
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
     found = []
     for root, dirs, _files in os.walk(sweep_dir):
@@ -162,10 +182,11 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
 
 
 # Config keys that do not change what a run computes (where it logs, how it shows progress,
-# when it checkpoints, how long ranks wait), besides the seed: runs differing only in these are
-# seeds of one configuration. Prefixes match whole dotted keys.
+# when it checkpoints, how long ranks wait, what a search reads of it and over how many seeds),
+# besides the seed: runs differing only in these are seeds of one configuration. Prefixes match
+# whole dotted keys.
 NOT_CONFIGURATION = ("seed", "logger", "train.progress", "train.resume", "train.rank_timeout", "train.save_every",
-                     "train.keep_checkpoints")
+                     "train.keep_checkpoints", "objectives", "seeds_per_trial")
 
 
 def _flatten(node, prefix: str = "") -> dict:
@@ -195,6 +216,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         loss = cfg.get("loss") or {}
         run.epsilon, run.beta = _finite(loss.get("epsilon")), _finite(loss.get("beta"))
         run.loss_type, run.advantage = loss.get("type"), loss.get("advantage")
+        run.kl_unit = kl_unit(loss.get("logprob_reduction"))
         run.seed = cfg.get("seed")
         run.iters = (cfg.get("train") or {}).get("iters")
         run.configuration = configuration_of(cfg)
@@ -253,10 +275,28 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         run.trial = int(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.job.num)
     except Exception:  # a single run (no job number) or no hydra.yaml
         run.trial = None
+    try:
+        run.overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    except Exception:  # written by hand, or an older run
+        run.overrides = []
     if summary is not None:
         keys = cfg.get("objectives") or []
         run.objectives = {k: objective_value(summary, k) for k in keys}
     return run
+
+
+def result_line(run: Run) -> str:
+    """One run's result in a line: `eval win rate 0.625 (95% Wilson 0.31-0.86, 8 pairs), kl 0.0123
+    nats per token, finished` (what a sweep prints per job)."""
+    parts = []
+    if run.final_win_rate is not None:
+        interval = run.interval
+        parts.append(f"eval win rate {run.final_win_rate:.3f}"
+                     + (f" (95% Wilson {interval[0]:.2f}-{interval[1]:.2f}, {run.pairs:.0f} pairs)" if interval else ""))
+    if run.final_kl is not None:
+        parts.append(f"kl {run.final_kl:.4g} {kl_units([run])}")
+    parts.append(run.status + (f": {run.error}" if run.error else ""))
+    return ", ".join(parts)
 
 
 def load_runs(sweep_dir: Path) -> list[Run]:
@@ -272,28 +312,81 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 # ----------------------------------------------------------------------------- configurations
 
 
+# Each metric's valid range: a 95% interval, band or error bar past it is cut to it, since the
+# quantity cannot be there (a rate lies in [0, 1]; a KL divergence is never negative, although
+# its k1 estimate on one batch can be, so a KL's mean is shown as measured and only its interval
+# is cut).
+RATE = (0.0, 1.0)
+NON_NEGATIVE = (0.0, math.inf)
+VALID_RANGE = {"eval/win_rate": RATE, "eval/win_rate_lc": RATE, "clip_fraction": RATE, "kl": NON_NEGATIVE,
+               "eval/length_ratio": NON_NEGATIVE}
+UNBOUNDED = (-math.inf, math.inf)
+
+
+def valid_range(key: str) -> tuple[float, float]:
+    """The range of a metrics key (a held-out judge's eval/NAME/win_rate is a rate too)."""
+    if key.startswith("eval/") and key.endswith(("win_rate", "win_rate_lc")):
+        return RATE
+    return VALID_RANGE.get(key, UNBOUNDED)
+
+
+# Fewer seeds than this make the t-interval over seeds say little: its multiplier is 12.7 for
+# 2 seeds (4.3 for 3, 2.8 for 5), so a cell of two seeds reads 0.52 ± 0.60. The report says so.
+MIN_SEEDS = 3
+
+
 @dataclass
 class Stat:
-    """The mean over a configuration's seeds and the half-width of its 95% t-interval (None for one seed)."""
+    """The mean over a configuration's seeds and the half-width of its 95% t-interval (None for one
+    seed), with the metric's valid range (`bounds`) the interval is cut to."""
 
     mean: float | None
     half: float | None
     n: int
+    bounds: tuple[float, float] = UNBOUNDED
 
     @classmethod
-    def of(cls, values: list[float | None]) -> Stat:
+    def of(cls, values: list[float | None], bounds: tuple[float, float] = UNBOUNDED) -> Stat:
         values = [v for v in values if v is not None]
         if not values:
-            return cls(None, None, 0)
-        return cls(sum(values) / len(values), t_half_width(values), len(values))
+            return cls(None, None, 0, bounds)
+        return cls(sum(values) / len(values), t_half_width(values), len(values), bounds)
 
-    def text(self, spec: str = "{:.3f}") -> str:
-        """`0.830 ± 0.047 (3 seeds)`; one seed has no spread: `0.830 (1 seed)`."""
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """mean ± half, cut to the metric's valid range; None without a spread."""
+        if self.mean is None or self.half is None:
+            return None
+        low, high = self.bounds
+        return (max(low, self.mean - self.half), min(high, self.mean + self.half))
+
+    @property
+    def clipped(self) -> bool:
+        return self.interval is not None and self.interval != (self.mean - self.half, self.mean + self.half)
+
+    @property
+    def too_few(self) -> bool:
+        """Two seeds (one has no t-interval at all): a t multiplier of 12.7."""
+        return 1 < self.n < MIN_SEEDS
+
+    def value_text(self, spec: str = "{:.3f}") -> str:
+        """`0.830 ± 0.047`; an interval past the metric's range as the range it can be in: `0.523 [0.000, 1.000]`."""
         if self.mean is None:
             return "-"
-        seeds = f"({self.n} seed{'s' if self.n != 1 else ''})"
-        spread = f" ± {spec.format(self.half)}" if self.half is not None else ""
-        return f"{spec.format(self.mean)}{spread} {seeds}"
+        if self.clipped:
+            low, high = self.interval
+            return f"{spec.format(self.mean)} [{spec.format(low)}, {spec.format(high)}]"
+        return spec.format(self.mean) + (f" ± {spec.format(self.half)}" if self.half is not None else "")
+
+    def seeds_text(self) -> str:
+        """`(3 seeds)`, `(2 seeds: too few)`."""
+        return f"({self.n} seed{'s' if self.n != 1 else ''}{': too few' if self.too_few else ''})"
+
+    def text(self, spec: str = "{:.3f}") -> str:
+        """`0.830 ± 0.047 (3 seeds)`; one seed has no spread: `0.830 (1 seed)`; two: `(2 seeds: too few)`."""
+        if self.mean is None:
+            return "-"
+        return f"{self.value_text(spec)} {self.seeds_text()}"
 
 
 @dataclass
@@ -326,13 +419,13 @@ class Cell:
         scored = [r for r in runs if r.final_win_rate is not None]
         finished = [r for r in scored if r.status == "finished"]
         cell.used, cell.finished = (finished, True) if finished else (scored, False)
-        cell.win = Stat.of([r.final_win_rate for r in cell.used])
-        cell.best_win = Stat.of([r.best_win_rate for r in cell.used])
-        cell.win_lc = Stat.of([r.final_win_rate_lc for r in cell.used])
-        cell.length_ratio = Stat.of([r.length_ratio for r in cell.used])
+        cell.win = Stat.of([r.final_win_rate for r in cell.used], RATE)
+        cell.best_win = Stat.of([r.best_win_rate for r in cell.used], RATE)
+        cell.win_lc = Stat.of([r.final_win_rate_lc for r in cell.used], RATE)
+        cell.length_ratio = Stat.of([r.length_ratio for r in cell.used], NON_NEGATIVE)
         kl_runs = cell.used or [r for r in runs if r.status == "finished"] or runs
-        cell.kl = Stat.of([r.final_kl for r in kl_runs])
-        cell.clip = Stat.of([r.clip_fraction for r in kl_runs])
+        cell.kl = Stat.of([r.final_kl for r in kl_runs], NON_NEGATIVE)
+        cell.clip = Stat.of([r.clip_fraction for r in kl_runs], RATE)
         if cell.used and all(r.pairs for r in cell.used):
             cell.pairs = sum(r.pairs for r in cell.used)
             cell.pooled_rate = sum(r.final_win_rate * r.pairs for r in cell.used) / cell.pairs
@@ -366,7 +459,11 @@ class Cell:
         if self.win.mean is None:
             return "-"
         if self.win.half is None and self.pooled is not None:
-            return f"{self.win.mean:.3f} ± {(self.pooled[1] - self.pooled[0]) / 2:.3f} (1 seed; pairs)"
+            low, high = self.pooled
+            half = (high - low) / 2
+            if self.win.mean - half < 0.0 or self.win.mean + half > 1.0:  # Wilson is lopsided near 0 and 1
+                return f"{self.win.mean:.3f} [{low:.3f}, {high:.3f}] (1 seed; pairs)"
+            return f"{self.win.mean:.3f} ± {half:.3f} (1 seed; pairs)"
         return self.win.text()
 
     def pooled_text(self) -> str:
@@ -399,10 +496,19 @@ def configurations(runs: list[Run]) -> list[Cell]:
 
 
 def _plain(value: str | None) -> str:
-    """A flattened config value (its repr) as a person writes it: 0.1, judge, [a, b]."""
+    """A flattened config value (its repr) as a person writes it: 0.1, judge, [a, b]; an Optuna
+    proposal's float to 4 significant digits (0.24208472637456369 -> 0.2421)."""
     if value is None:
         return "-"
-    return value.strip("'")
+    value = value.strip("'")
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if "." in value or "e" in value.lower():
+        short = f"{number:.4g}"
+        return short if len(short) < len(value) else value
+    return value
 
 
 # The one rule that names the best configuration, used by report.md, stdout and the heatmap's
@@ -561,11 +667,11 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
                     value, seeds = cell.win_text().split(" (", 1)
                     text = f"{value}\n({seeds}" + (f"\npairs {cell.pooled[0]:.2f}-{cell.pooled[1]:.2f}" if cell.pooled else "")
                 else:
-                    text = spec.format(stat.mean) + (f" ± {spec.format(stat.half)}" if stat.half is not None else "")
-                    text += f"\n({stat.n} seed{'s' if stat.n != 1 else ''})"
+                    text = f"{stat.value_text(spec)}\n{stat.seeds_text()}"
                 kinds = len({r.configuration for r in positions[(e, b)]})
                 if kinds > 1:  # other settings vary too: the runs here are not seeds of one configuration
-                    text = text.replace("seeds)", f"runs of {kinds} configurations)").replace("seed)", "run)")
+                    text = (text.replace("seeds: too few)", "seeds)").replace("seeds)", f"runs of {kinds} configurations)")
+                            .replace("seed)", "run)"))
                 shade = (grid[i, j] - vmin) / (vmax - vmin)
                 colour = "black" if shade > 0.55 else "white"
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=10, fontweight="bold")
@@ -577,7 +683,7 @@ def heatmap(runs: list[Run], attr: str, title: str, spec: str, cmap: str, out: P
     ax.set_yticks(range(len(epsilons)), [f"{e:g}" for e in epsilons], fontsize=10)
     ax.set_xlabel("KL weight beta (loss.beta)", fontsize=11)
     ax.set_ylabel("clip range epsilon (loss.epsilon)", fontsize=11)
-    note = "; ± 95% t-interval over seeds (1 seed: Wilson, pairs)"
+    note = "; ± 95% t-interval over seeds (1 seed: Wilson, pairs; [low, high]: cut to the valid range)"
     if boxed:
         note += ("\nred box: the best, ahead of the rest beyond noise" if len(boxed) == 1 else
                  f"\nred boxes: the top group, {len(boxed)} cells the report cannot tell apart (95% intervals overlap)")
@@ -624,8 +730,10 @@ def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_
             status = "finished" if all(r.status == "finished" for r in members) else "not all finished"
             series.append((label, status, [(st, sum(v) / len(v)) for st, v in sorted(by_step.items())]))
             spread = [(st, sum(v) / len(v), h) for st, v in sorted(by_step.items()) if (h := t_half_width(v)) is not None]
-            if spread:
-                bands[label] = ([st for st, _, _ in spread], [m - h for _, m, h in spread], [m + h for _, m, h in spread])
+            if spread:  # cut to the metric's range: a win-rate band stays in [0, 1], a KL band above 0
+                low, high = valid_range(key)
+                bands[label] = ([st for st, _, _ in spread], [max(low, m - h) for _, m, h in spread],
+                                [min(high, m + h) for _, m, h in spread])
     if not series:
         return None
     plt = _pyplot()
@@ -653,6 +761,8 @@ def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_
             if sparse:
                 ax.vlines(band_steps, low, high, color=colour, alpha=0.5, linewidth=1.0)  # visible for a lone point too
     note = f"; bold: moving average over {max(len(p) for _, _, p in series) // 20} steps" if smoothed else ""
+    if seeded and key == "kl" and bands:
+        note += "; bands: 95% t-intervals over seeds, cut at 0"
     if key == "clip_fraction":
         ax.axhline(CLIP_FRACTION_HIGH, color="#e41a1c", linestyle=":", linewidth=1.2)
         ax.text(ax.get_xlim()[0], CLIP_FRACTION_HIGH, " above 0.3: moving too far per step", color="#e41a1c", va="bottom", fontsize=9)
@@ -676,6 +786,14 @@ def curves(runs: list[Run], key: str, title: str, ylabel: str, out: Path, sweep_
     return out
 
 
+def _whiskers(mean: float | None, interval: tuple[float, float] | None) -> tuple[float, float]:
+    """(below, above) the mean for an error bar of `interval` (already cut to the metric's range);
+    never negative (a k1 KL's mean can lie below its interval's cut at 0)."""
+    if mean is None or interval is None:
+        return (0.0, 0.0)
+    return (max(0.0, mean - interval[0]), max(0.0, interval[1] - mean))
+
+
 def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
     """One horizontal bar per run: final win rate, clip_fraction (last 20%), final kl. When a
     configuration has several seeds, one bar per configuration instead: the mean over its seeds,
@@ -689,9 +807,9 @@ def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
         rows = []
         for c in ordered_cells:
             interval = c.interval if c.win.mean is not None else None
-            win_err = (c.win.mean - interval[0], interval[1] - c.win.mean) if interval else (0.0, 0.0)
-            rows.append({"final_win_rate": (c.win.mean, win_err), "clip_fraction": (c.clip.mean, (c.clip.half or 0.0,) * 2),
-                         "final_kl": (c.kl.mean, (c.kl.half or 0.0,) * 2), "finished": c.finished})
+            win_err = _whiskers(c.win.mean, interval)
+            rows.append({"final_win_rate": (c.win.mean, win_err), "clip_fraction": (c.clip.mean, _whiskers(c.clip.mean, c.clip.interval)),
+                         "final_kl": (c.kl.mean, _whiskers(c.kl.mean, c.kl.interval)), "finished": c.finished})
         what = f"{len(cells)} configurations, {len(runs)} runs; bars: mean over seeds, whiskers: 95% intervals"
     else:
         labels = _labels(runs)
@@ -701,7 +819,7 @@ def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
                  "final_kl": (r.final_kl, None), "finished": r.status == "finished"} for r in ordered]
         what = f"{len(runs)} runs"
     panels = [("final_win_rate", "final eval win rate", "{:.2f}"), ("clip_fraction", "clip_fraction (last 20%)", "{:.2f}"),
-              ("final_kl", "final kl", "{:.3g}")]
+              ("final_kl", f"final kl ({kl_units(runs)})", "{:.3g}")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.42 * len(rows) + 1.8), dpi=120, sharey=True)
     for ax, (attr, title, spec) in zip(axes, panels):
         values = [row[attr][0] for row in rows]
@@ -737,13 +855,19 @@ def compare_runs(runs: list[Run], out: Path, sweep_name: str) -> Path | None:
 
 @dataclass
 class Search:
-    """An Optuna search (hydra-optuna-sweeper): what it optimised, read from SWEEP_DIR/multirun.yaml."""
+    """An Optuna search (hydra-optuna-sweeper): what it optimised, read from a trial's .hydra/hydra.yaml."""
 
     objectives: list[str]
     directions: list[str]  # "maximize" | "minimize", one per objective
     sampler: str
     n_trials: int | None
     results: dict | None  # Optuna's answer (optimization_results.yaml), once the search ended
+    params: list[str] = field(default_factory=list)  # the searched keys (hydra.sweeper.params)
+    study_name: str | None = None
+    seeds_per_trial: int = 1
+    # The study stored in the sweep folder (STUDY_FILE): trial states and their counts; None without one
+    study_states: dict | None = None
+    command: str | None = None  # the command that runs more trials into the stored study
 
     def better(self, a: list[float], b: list[float]) -> bool:
         """a dominates b: no worse on every objective and better on one."""
@@ -752,23 +876,106 @@ class Search:
         return no_worse and any(s * x > s * y for s, x, y in zip(sign, a, b))
 
 
+@dataclass
+class Trial:
+    """One trial of a search: its runs (one per seed, `seeds_per_trial`), the mean of each objective
+    over them and its 95% interval (the t-interval over seeds; with one seed, the Wilson interval of
+    its pairs for a win rate and none otherwise), cut to the objective's range."""
+
+    runs: list[Run]
+    number: int | None
+    values: list[float | None]
+    intervals: list[tuple[float, float] | None]
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def epsilon(self) -> float | None:
+        return self.first.epsilon
+
+    @property
+    def beta(self) -> float | None:
+        return self.first.beta
+
+    @property
+    def status(self) -> str:
+        return next((r.status for r in self.runs if r.status != "finished"), "finished")
+
+    @property
+    def error(self) -> str | None:
+        return next((r.error for r in self.runs if r.error), None)
+
+    @property
+    def scored(self) -> bool:
+        return self.status == "finished" and all(v is not None for v in self.values)
+
+    def text(self, i: int) -> str:
+        """`0.625 (0.31-0.86)`: objective i and its 95% interval."""
+        value, interval = self.values[i], self.intervals[i]
+        if value is None:
+            return "-"
+        return f"{value:.4g}" + (f" ({interval[0]:.3g}-{interval[1]:.3g})" if interval else "")
+
+
+def _study_file(sweep_dir: Path) -> Path:
+    from ppo.tools.sweep import STUDY_FILE
+
+    return Path(sweep_dir) / STUDY_FILE
+
+
+def _same_value(written: str, value) -> bool:
+    """An override's text and an Optuna parameter's value are the same setting."""
+    if isinstance(value, float):
+        try:
+            return float(written) == value
+        except ValueError:
+            return False
+    return written == str(value)
+
+
+def _stored_trials(sweep_dir: Path, study_name: str | None) -> list | None:
+    """The trials of the Optuna study stored in the sweep folder (STUDY_FILE), or None (no file, no
+    optuna, or a file it cannot read: the report then numbers trials by Hydra's job numbers)."""
+    path = _study_file(sweep_dir)
+    if not path.is_file():
+        return None
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = f"sqlite:///{path}"
+        names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+        name = study_name if study_name in names else (names[0] if len(names) == 1 else None)
+        return None if name is None else optuna.load_study(study_name=name, storage=storage).trials
+    except Exception:  # an old or foreign file: the report goes on without it
+        return None
+
+
 def load_search(sweep_dir: Path, runs: list[Run]) -> Search | None:
     """The sweeper settings from any trial's `.hydra/hydra.yaml` (the Optuna sweeper writes no
-    multirun.yaml), the objectives from its config."""
+    multirun.yaml), the objectives from its config. With the study stored in the sweep folder,
+    every run gets its Optuna trial number (Hydra's job numbers restart at 0 when a search is
+    resumed) and the search the command that extends it."""
+    import shlex
+
     from omegaconf import OmegaConf
 
     cfg = None
     for r in runs:
         try:
             cfg = OmegaConf.to_container(OmegaConf.load(r.path / ".hydra" / "hydra.yaml"), resolve=False)
-            cfg["objectives"] = OmegaConf.to_container(OmegaConf.load(r.path / ".hydra" / "config.yaml")).get("objectives")
+            config = OmegaConf.to_container(OmegaConf.load(r.path / ".hydra" / "config.yaml"))
+            cfg["objectives"], cfg["seeds_per_trial"] = config.get("objectives"), config.get("seeds_per_trial")
             break
         except Exception:  # a trial with unreadable Hydra files: try the next one
             continue
     if cfg is None:
         return None
-    sweeper = (cfg.get("hydra") or {}).get("sweeper") or {}
-    if "optuna" not in str(sweeper.get("_target_", "")):
+    hydra = cfg.get("hydra") or {}
+    sweeper = hydra.get("sweeper") or {}
+    if "optuna" not in str(sweeper.get("_target_", "")).lower():
         return None
     direction = sweeper.get("direction", "minimize")
     directions = [str(d) for d in direction] if isinstance(direction, list) else [str(direction)]
@@ -777,50 +984,107 @@ def load_search(sweep_dir: Path, runs: list[Run]) -> Search | None:
     if (sweep_dir / OPTIMIZATION_RESULTS).exists():
         results = OmegaConf.to_container(OmegaConf.load(sweep_dir / OPTIMIZATION_RESULTS))
     sampler = str((sweeper.get("sampler") or {}).get("_target_", "")).rsplit(".", 1)[-1]
-    return Search(objectives, directions, sampler, sweeper.get("n_trials"), results)
+    params = [str(k) for k in (sweeper.get("params") or {})]
+    search = Search(objectives, directions, sampler, sweeper.get("n_trials"), results, params,
+                    sweeper.get("study_name"), int(cfg.get("seeds_per_trial") or 1))
+    stored = _stored_trials(sweep_dir, search.study_name)
+    if stored is not None:
+        search.study_states, numbered = {}, set()
+        for t in sorted(stored, key=lambda t: t.number):
+            state = t.state.name.lower()
+            search.study_states[state] = search.study_states.get(state, 0) + 1
+            for r in runs:
+                written = dict(o.lstrip("+~").split("=", 1) for o in r.overrides if "=" in o)
+                if t.params and all(k in written and _same_value(written[k], v) for k, v in t.params.items()):
+                    r.trial = t.number if id(r) not in numbered else r.trial  # one setting twice: its first trial
+                    numbered.add(id(r))
+        # The command again, into this folder: the stored study gets N more trials.
+        overrides = hydra.get("overrides") or {}
+        keep = [o for o in overrides.get("task") or [] if o.split("=", 1)[0].lstrip("+~") not in params]
+        keep += [o for o in overrides.get("hydra") or []
+                 if o.split("=", 1)[0] not in ("hydra.sweep.dir", "hydra.sweeper.n_trials")]
+        multirun = "" if any(o.startswith("hparams_search=") for o in keep) else "-m "
+        search.command = ("ppo-train " + multirun + " ".join(shlex.quote(o) for o in keep)
+                          + f" hydra.sweep.dir={shlex.quote(str(sweep_dir))} hydra.sweeper.n_trials=N")
+    return search
 
 
-def scored(runs: list[Run], search: Search) -> list[tuple[Run, list[float]]]:
-    """Trials with every objective value, in trial order."""
+def trials(runs: list[Run], search: Search) -> list[Trial]:
+    """The search's trials in trial order: the runs of one trial are seeds of one configuration."""
     out = []
-    for r in sorted(runs, key=lambda r: (r.trial is None, r.trial, r.name)):
-        values = [r.objectives.get(k) for k in search.objectives]
-        if r.status == "finished" and all(v is not None for v in values):
-            out.append((r, values))
-    return out
+    for cell in configurations(runs):
+        members = sorted(cell.runs, key=lambda r: (r.seed is None, r.seed if isinstance(r.seed, int) else 0, r.name))
+        finished = [r for r in members if r.status == "finished"]
+        values, intervals = [], []
+        for key in search.objectives:
+            found = [r.objectives.get(key) for r in finished]
+            if not found or len(finished) < len(members) or any(v is None for v in found):
+                values.append(None)
+                intervals.append(None)
+                continue
+            stat = Stat.of(found, valid_range(key))
+            interval = stat.interval
+            if interval is None and key == "eval/win_rate":  # one seed: the Wilson interval of its pairs
+                interval = finished[0].interval
+            values.append(stat.mean)
+            intervals.append(interval)
+        numbers = [r.trial for r in members if r.trial is not None]
+        out.append(Trial(members, min(numbers) if numbers else None, values, intervals))
+    return sorted(out, key=lambda t: (t.number is None, t.number or 0, t.first.name))
 
 
-def pareto_front(runs: list[Run], search: Search) -> list[tuple[Run, list[float]]]:
-    """The trials no other trial dominates (for one objective: the best ones)."""
+def scored(runs: list[Run], search: Search) -> list[Trial]:
+    """Trials with every objective value (every seed finished), in trial order."""
+    return [t for t in trials(runs, search) if t.scored]
+
+
+def pareto_front(runs: list[Run], search: Search) -> list[Trial]:
+    """The trials no other trial dominates (for one objective: the best ones), on their means."""
     points = scored(runs, search)
-    return [(r, v) for r, v in points if not any(search.better(w, v) for _, w in points)]
+    return [t for t in points if not any(search.better(u.values, t.values) for u in points)]
 
 
-def _objective_label(key: str) -> str:
-    return {"eval/win_rate": "final eval win rate", "kl": "final KL to the reference"}.get(key, key)
+def _objective_label(key: str, runs: list[Run] | None = None) -> str:
+    if key == "kl":
+        return f"final KL to the reference ({kl_units(runs or [])})"
+    return {"eval/win_rate": "final eval win rate"}.get(key, key)
+
+
+def _bars(points: list[Trial], i: int) -> list[list[float]]:
+    """Matplotlib's [below, above] error bars of objective i (0 where a trial has no interval)."""
+    whiskers = [_whiskers(t.values[i], t.intervals[i]) for t in points]
+    return [[w[0] for w in whiskers], [w[1] for w in whiskers]]
 
 
 def pareto_plot(runs: list[Run], search: Search, out: Path, sweep_name: str) -> Path | None:
-    """Every finished trial in the plane of the two objectives; the Pareto front in red."""
+    """Every finished trial in the plane of the two objectives, with its 95% intervals as error
+    bars; the Pareto front in red."""
     points, front = scored(runs, search), pareto_front(runs, search)
     if len(search.objectives) != 2 or not points:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 5.6), dpi=120)
     (y_key, x_key) = search.objectives  # first objective up the y axis, the second along x
-    ax.scatter([v[1] for _, v in points], [v[0] for _, v in points], color="#999999", s=28, label="trial")
-    ordered = sorted(front, key=lambda rv: rv[1][1])
-    ax.plot([v[1] for _, v in ordered], [v[0] for _, v in ordered], "o-", color="#e41a1c", markersize=7,
-            linewidth=1.5, label=f"Pareto front ({len(front)} trials)")
-    for r, v in ordered:
-        ax.annotate(f" eps={_fmt(r.epsilon, '{:.3g}')} beta={_fmt(r.beta, '{:.3g}')}", (v[1], v[0]), fontsize=8,
-                    color="#e41a1c")
+    ax.errorbar([t.values[1] for t in points], [t.values[0] for t in points], xerr=_bars(points, 1),
+                yerr=_bars(points, 0), fmt="o", color="#999999", ecolor="#cccccc", elinewidth=1.0, capsize=2,
+                markersize=5, label="trial (bars: 95% intervals)")
+    ordered = sorted(front, key=lambda t: t.values[1])
+    ax.plot([t.values[1] for t in ordered], [t.values[0] for t in ordered], "-", color="#e41a1c", linewidth=1.5)
+    ax.errorbar([t.values[1] for t in ordered], [t.values[0] for t in ordered], xerr=_bars(ordered, 1),
+                yerr=_bars(ordered, 0), fmt="o", color="#e41a1c", ecolor="#e41a1c", elinewidth=1.2, capsize=3,
+                markersize=7, label=f"Pareto front ({len(front)} trials)")
+    for t in ordered:
+        ax.annotate(f" eps={_fmt(t.epsilon, '{:.3g}')} beta={_fmt(t.beta, '{:.3g}')}", (t.values[1], t.values[0]),
+                    fontsize=8, color="#e41a1c")
     if "rate" in y_key:  # a rate: the whole honest range, so a small gap does not look like a big one
         ax.set_ylim(0.0, 1.0)
     arrows = {"maximize": "higher is better", "minimize": "lower is better"}
-    ax.set_ylabel(f"{_objective_label(y_key)} ({arrows.get(search.directions[0], '')})", fontsize=11)
-    ax.set_xlabel(f"{_objective_label(x_key)} ({arrows.get(search.directions[1], '')})", fontsize=11)
-    ax.set_title(f"Optuna search, {len(points)} finished trials\n{sweep_name}", fontsize=11)
+    ax.set_ylabel(f"{_objective_label(y_key, runs)} ({arrows.get(search.directions[0], '')})", fontsize=11)
+    ax.set_xlabel(f"{_objective_label(x_key, runs)} ({arrows.get(search.directions[1], '')})", fontsize=11)
+    seeds = search.seeds_per_trial
+    bars = (f"95% t-intervals over {seeds} seeds per trial" if seeds > 1 else
+            "1 seed per trial: a win rate's 95% Wilson interval of its pairs, no bar for the rest")
+    ax.set_title(f"Optuna search, {len(points)} finished trials; bars: {bars}\n{sweep_name}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=9, loc="best")
     fig.tight_layout()
@@ -830,27 +1094,37 @@ def pareto_plot(runs: list[Run], search: Search, out: Path, sweep_name: str) -> 
 
 
 def _search_markdown(runs: list[Run], search: Search) -> list[str]:
+    every = trials(runs, search)
     front = pareto_front(runs, search)
-    on_front = {id(r) for r, _ in front}
+    on_front = {id(t.first) for t in front}
     goals = ", ".join(f"{k} ({d})" for k, d in zip(search.objectives, search.directions))
+    seeds = (f"; {search.seeds_per_trial} seeds per trial, objectives averaged over them" if search.seeds_per_trial > 1
+             else "; 1 seed per trial (`seeds_per_trial=3` averages 3)")
     lines = ["## Search (Optuna)", "",
-             f"Objectives: {goals}; sampler {search.sampler or '-'}; {len(runs)} trials run"
-             + (f" of {search.n_trials} asked" if search.n_trials else "") + ".", ""]
+             f"Objectives: {goals}; sampler {search.sampler or '-'}; {len(every)} trials run"
+             + (f" of {search.n_trials} asked" if search.n_trials and search.study_states is None else "") + f"{seeds}.", ""]
+    if search.study_states is not None:
+        from ppo.tools.sweep import STUDY_FILE
+
+        states = ", ".join(f"{n} {state}" for state, n in sorted(search.study_states.items()))
+        lines += [f"Study: `{STUDY_FILE}` in this folder ({states}). More trials into it (it resumes where it "
+                  f"stopped, and the sampler learns from every trial so far): `{search.command}`", ""]
     if len(search.objectives) > 1:
         lines += [f"**Pareto front:** {len(front)} trials (no other trial is at least as good on every objective and "
-                  "better on one)." if front else "**Pareto front:** empty (no trial finished with every objective).", ""]
+                  "better on one, on the means)." if front else
+                  "**Pareto front:** empty (no trial finished with every objective).", ""]
     elif front:
-        best, values = front[0]
-        lines += [f"**Best trial:** {best.trial}: {search.objectives[0]} {values[0]:.4g} "
+        best = front[0]
+        lines += [f"**Best trial:** {best.number}: {search.objectives[0]} {best.text(0)} "
                   f"(epsilon={_fmt(best.epsilon)}, beta={_fmt(best.beta)})", ""]
-    header = "| trial | epsilon | beta | " + " | ".join(search.objectives) + " | " + (
-        "Pareto front" if len(search.objectives) > 1 else "best") + " | status |"
-    lines += [header, "|" + "---|" * (len(search.objectives) + 5)]
-    for r in sorted(runs, key=lambda r: (r.trial is None, r.trial, r.name)):
-        values = " | ".join(_fmt(r.objectives.get(k), "{:.4g}") for k in search.objectives)
-        status = r.status + (f": {r.error}" if r.error else "")
-        lines.append(f"| {_fmt(r.trial)} | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {values} | "
-                     f"{'yes' if id(r) in on_front else ''} | {status} |")
+    header = ("| trial | epsilon | beta | " + " | ".join(f"{k} (95%)" for k in search.objectives) + " | seeds | "
+              + ("Pareto front" if len(search.objectives) > 1 else "best") + " | status |")
+    lines += [header, "|" + "---|" * (len(search.objectives) + 6)]
+    for t in every:
+        values = " | ".join(t.text(i) for i in range(len(search.objectives)))
+        status = t.status + (f": {t.error}" if t.error else "")
+        lines.append(f"| {_fmt(t.number)} | {_fmt(t.epsilon)} | {_fmt(t.beta)} | {values} | {len(t.runs)} | "
+                     f"{'yes' if id(t.first) in on_front else ''} | {status} |")
     return lines + [""]
 
 
@@ -875,6 +1149,100 @@ def _held_out_text(run: Run) -> str:
         text = f"{name} {_fmt(rate, '{:.3f}')}" + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
         parts.append(text + (" **judge gaming?**" if name in gamed else ""))
     return "; ".join(parts)
+
+
+# Display names of the keys a sweep varies, for the sentences on top of the report.
+_KEY_NAMES = {"loss.epsilon": "epsilon", "loss.beta": "beta", "loss.type": "loss_type", "loss.advantage": "advantage"}
+
+
+def _metrics_fingerprint(run: Run) -> tuple:
+    """Every metric of every step of a run, without the readings of the machine (timings, speed,
+    memory): equal for two runs that computed the same thing to the last digit."""
+    import json
+
+    return tuple(json.dumps(comparable(row), sort_keys=True) for row in run.rows)
+
+
+def settings_without_effect(cells: list[Cell]) -> list[str]:
+    """Swept settings that changed nothing at all: configurations that differ in one key only and
+    whose runs of the same seed wrote identical metrics, every value of every step to the last
+    digit. One sentence per key: `epsilon 0.1 and 0.3 gave identical runs (...)`, with the other
+    settings named when it held only for some of them."""
+    runs_of = {id(c): {r.seed: r for r in c.runs if r.status == "finished" and r.rows} for c in cells}
+    prints = {id(r): _metrics_fingerprint(r) for seeds in runs_of.values() for r in seeds.values()}
+    keys = sorted({k for c in cells for k, _ in c.configuration})
+    varying = [k for k in keys if len({dict(c.configuration).get(k) for c in cells}) > 1]
+    out = []
+    for key in varying:
+        groups: dict[tuple, list[Cell]] = {}
+        for c in cells:
+            rest = tuple((k, v) for k, v in c.configuration if k != key)
+            groups.setdefault(rest, []).append(c)
+        found, compared = [], 0  # (identical values, the other settings) per group
+        for rest, members in groups.items():
+            if len(members) < 2:
+                continue
+            compared += 1
+            classes: list[list[Cell]] = []
+            for c in members:
+                for cls in classes:
+                    a, b = runs_of[id(cls[0])], runs_of[id(c)]
+                    seeds = set(a) & set(b)
+                    if seeds and all(prints[id(a[s])] == prints[id(b[s])] for s in seeds):
+                        cls.append(c)
+                        break
+                else:
+                    classes.append([c])
+            for cls in classes:
+                if len(cls) > 1:
+                    values = sorted({_plain(dict(c.configuration).get(key)) for c in cls}, key=_value_order)
+                    found.append((values, rest))
+        if not found:
+            continue
+        name = _KEY_NAMES.get(key, key)
+        same = {tuple(v) for v, _ in found}
+        other_keys = [k for k in varying if k != key]
+        if len(found) == compared and len(same) == 1:  # everywhere the key was varied alone
+            where = f", at every setting of {', '.join(_KEY_NAMES.get(k, k) for k in other_keys)}" if other_keys else ""
+            out.append(f"{name} {_and(found[0][0])} gave identical runs (every metric of every step, to the last digit{where})"
+                       f", so {name} changed nothing here{_why(key, cells)}")
+        else:
+            for values, rest in found:
+                at = " ".join(f"{_KEY_NAMES.get(k, k)}={_plain(v)}" for k, v in rest if k in other_keys)
+                out.append(f"{name} {_and(values)} gave identical runs" + (f" at {at}" if at else "")
+                           + f" (every metric of every step, to the last digit){_why(key, cells)}")
+    return out
+
+
+def _value_order(value: str):
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _and(values: list[str]) -> str:
+    return " and ".join(values) if len(values) < 3 else ", ".join(values[:-1]) + f" and {values[-1]}"
+
+
+def _why(key: str, cells: list[Cell]) -> str:
+    """A likely reason, where the runs show one."""
+    clips = [r.clip_fraction for c in cells for r in c.runs if r.clip_fraction is not None]
+    if key == "loss.epsilon" and clips and max(clips) == 0.0:
+        return " (clip_fraction is 0 throughout: no ratio ever reached the clip range, so its width did not matter)"
+    return ""
+
+
+def _seeds_markdown(cells: list[Cell]) -> list[str]:
+    """The plain line on top when configurations have two seeds, too few for a t-interval to say much."""
+    few = [c for c in cells if c.win.too_few or c.kl.too_few]
+    if not few:
+        return []
+    n = min(max(c.win.n, c.kl.n) for c in few)
+    which = "every configuration has" if len(few) == len(cells) else f"{len(few)} of {len(cells)} configurations have"
+    return [f"**Too few seeds:** {which} {n} seeds. A 95% t-interval over {n} seeds multiplies their spread by "
+            f"{t_quantile_975(n - 1):.1f} (4.3 with 3 seeds, 2.8 with 5), so its ± is wide and cut to each metric's "
+            f"range; these cells cannot tell configurations apart. Run {MIN_SEEDS} or more seeds (seed=0,1,2).", ""]
 
 
 def _gaming_markdown(runs: list[Run]) -> list[str]:
@@ -977,6 +1345,9 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
     judge_top, judge_section = _judge_markdown(runs)
     lines += judge_top
     lines += _gaming_markdown(runs)
+    lines += [f"**No effect:** {sentence}." for sentence in settings_without_effect(cells)]
+    lines += [""] if lines[-1] != "" else []
+    lines += _seeds_markdown(cells)
     lines += [f"**Best configuration:** {verdict_text(v, markdown=True)}", ""]
     if v.best is not None:
         b = v.best
@@ -993,8 +1364,9 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
         f"Best: {BEST_RULE}. Verdict: {VERDICT_RULE}. `±`: half-width of the 95% t-interval over seeds "
         "(t with n-1 degrees of freedom times the seeds' standard deviation over sqrt(n)); with one seed, the half-width "
         "of the Wilson interval of its pairs, marked `pairs`. Pooled: the Wilson interval of every evaluation pair of "
-        "every seed (never zero width). A configuration is every config key but the seed (and logging, progress and "
-        "checkpoint settings).", "",
+        "every seed (never zero width). `[low, high]`: an interval that would reach past the metric's range (a rate "
+        "past 0 or 1, a KL below 0), cut to it. `too few`: 2 seeds, whose t multiplier is 12.7. A configuration is "
+        "every config key but the seed (and logging, progress and checkpoint settings).", "",
         "Health: the seed's rule on clip_fraction averaged over the last 20% of steps "
         f"(< {CLIP_FRACTION_IDLE:g}: not moving; > {CLIP_FRACTION_HIGH:g}: moving too far; else healthy; "
         "n/a for losses without a clip).", "",
@@ -1004,7 +1376,7 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
         "by length.", "",
         "## Configurations", "",
         "| configuration | final win rate (mean ± 95%, n seeds) | pooled pairs (95% Wilson) | top group | length-controlled "
-        "| length ratio | best win rate | clip_fraction (last 20%) | final kl | health | runs |",
+        f"| length ratio | best win rate | clip_fraction (last 20%) | final kl ({kl_units(runs)}) | health | runs |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ranked = rank(cells)
@@ -1016,7 +1388,8 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
     lines += [
         "", "## Runs", "",
         "| run | epsilon | beta | loss_type | advantage | seed | final win rate (95% interval) | length-controlled (95%) "
-        "| length ratio | held-out judge win rate (95%) | best win rate | clip_fraction (last 20%) | final kl | health "
+        "| length ratio | held-out judge win rate (95%) | best win rate | clip_fraction (last 20%) "
+        f"| final kl ({kl_units(runs)}) | health "
         "| EOS rate (reference) | steps | wall time (s) | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -1087,14 +1460,15 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[Path, li
     search = load_search(sweep_dir, runs)
     if len({(r.epsilon, r.beta) for r in grid_runs}) > 1 and search is None:
         for stem, (attr, title, spec, cmap) in HEATMAPS.items():
-            made = heatmap(grid_runs, attr, title, spec, cmap, out_dir / f"{stem}.png", grid_name, v.top_group)
+            made = heatmap(grid_runs, attr, title.format(kl_unit=kl_units(grid_runs)), spec, cmap, out_dir / f"{stem}.png",
+                           grid_name, v.top_group)
             images += [made] if made else []
     made = pareto_plot(runs, search, out_dir / "pareto_front.png", name) if search else None
     images += [made] if made else []
     made = compare_runs(runs, out_dir / "compare_runs.png", name) if len(runs) > 1 else None
     images += [made] if made else []
     for stem, (key, title, ylabel) in CURVES.items():
-        made = curves(runs, key, title, ylabel, out_dir / f"{stem}.png", name)
+        made = curves(runs, key, title, ylabel.format(kl_unit=kl_units(runs)), out_dir / f"{stem}.png", name)
         images += [made] if made else []
     wandb_folder = link_wandb_runs(runs, out_dir)
     report = out_dir / REPORT_FILE
@@ -1119,15 +1493,20 @@ def main(argv: list[str] | None = None) -> int:
         used = sorted(v.best.used or v.best.runs, key=lambda r: r.name)
         print(f"  {'run' if len(used) == 1 else 'runs'}: " + ", ".join(str(r.path) for r in used))
     print(f"  test: {VERDICT_RULE}")
+    cells = configurations(runs)
+    for sentence in settings_without_effect(cells):
+        print(f"no effect: {sentence}")
+    for line in _seeds_markdown(cells)[:1]:
+        print(line.replace("**Too few seeds:**", "too few seeds:"))
     search = load_search(Path(args.sweep_dir).resolve(), runs)
     if search is not None and len(search.objectives) > 1:
         front = pareto_front(runs, search)
-        print(f"search: {len(runs)} trials, Pareto front of {len(front)} on "
+        print(f"search: {len(trials(runs, search))} trials, Pareto front of {len(front)} on "
               + " x ".join(f"{k} ({d})" for k, d in zip(search.objectives, search.directions))
               + (f"; plot: {Path(report).parent / 'pareto_front.png'}" if front else ""))
-        for r, values in sorted(front, key=lambda rv: rv[1][1]):
-            print("  " + ", ".join(f"{k}={v:.4g}" for k, v in zip(search.objectives, values))
-                  + f": epsilon={_fmt(r.epsilon)} beta={_fmt(r.beta)} (trial {_fmt(r.trial)})")
+        for t in sorted(front, key=lambda t: t.values[1]):
+            print("  " + ", ".join(f"{k}={t.text(i)}" for i, k in enumerate(search.objectives))
+                  + f": epsilon={_fmt(t.epsilon)} beta={_fmt(t.beta)} (trial {_fmt(t.number)})")
     return 0
 
 

@@ -21,28 +21,47 @@ missing), so `ppo-report` lists it as failed rather than not started.
 A failed job prints one line and returns, so Hydra runs the others without a traceback;
 `SweepOutcome` (a Hydra callback, conf/hydra/default.yaml) names the jobs that did not
 finish at the end of the sweep and exits 1.
+
+`SweepSummary` (a Hydra callback) makes a multirun say what it found: each job logs its result
+line as it ends, and the multirun ends with its folder, one line per job (eval win rate with its
+95% Wilson interval, KL with its unit, status) and the `ppo-report SWEEP_DIR` command. When the
+multirun starts it names the swept keys (SWEPT_KEYS_ENV: job folders are named by them only,
+`ppo.train.config.job_dir_name`), creates the sweep folder of a search (its Optuna study is
+stored there, STUDY_FILE) and keeps Optuna's colour codes out of logs that are not a terminal.
+
+`over_seeds`: a search trial trains `seeds_per_trial` seeds (TRIAL/seed=K) and returns their
+averaged objectives.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from hydra.experimental.callback import Callback
 
 from ppo.errors import SweepJobFailed
 from ppo.io import SUMMARY_FILE, atomic_write_json, read_json
 
-__all__ = ["record_failure", "objective_values", "SearchOutcome", "SweepJobFailed", "SweepOutcome", "unfinished_jobs"]
+__all__ = ["record_failure", "objective_values", "over_seeds", "SearchOutcome", "SweepJobFailed", "SweepOutcome",
+           "SweepSummary", "swept_keys", "summary_lines", "unfinished_jobs"]
 
 log = logging.getLogger(__name__)
 
 # Optuna's answer, written by hydra-optuna-sweeper into the sweep folder.
 OPTIMIZATION_RESULTS = "optimization_results.yaml"
+# The Optuna study (SQLite), in the sweep folder: conf/hparams_search/*.yaml set
+# hydra.sweeper.storage to sqlite:///${hydra.sweep.dir}/optuna.db, so launching the search again
+# with hydra.sweep.dir=SWEEP_DIR resumes it and adds hydra.sweeper.n_trials more trials.
+STUDY_FILE = "optuna.db"
+# A trial's seed folders under its job folder (seeds_per_trial > 1).
+SEED_DIR = "seed={}"
 
 
 def objective_value(summary: dict, key: str) -> float | None:
@@ -89,7 +108,7 @@ class SearchOutcome(Callback):
     def _searching(config) -> bool:
         from omegaconf import OmegaConf
 
-        return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_"))
+        return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_")).lower()
 
     @staticmethod
     def _fail(sweep_dir, last_error: str = "") -> None:
@@ -194,3 +213,181 @@ def record_failure(run_dir: Path, error: BaseException | str) -> None:
     except OSError as err:  # a full disk: the job's own error line already says so
         log.warning("could not record the failure in %s: %s", run_dir / SUMMARY_FILE, err)
 
+
+
+def swept_keys(config) -> list[str]:
+    """The keys a multirun varies, from its config as it starts: command-line sweeps (`a,b`,
+    range, choice, interval, glob) and the keys of hydra.sweeper.params (an experiment file's grid,
+    a search's space). [] when they cannot all be known (an Optuna custom_search_space proposes
+    keys of its own) or cannot be parsed: then every override names a job's folder."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    if OmegaConf.select(config, "hydra.sweeper.custom_search_space", default=None):
+        return []
+    try:
+        overrides = OverridesParser.create().parse_overrides([str(o) for o in config.hydra.overrides.task])
+    except Exception:
+        return []
+    keys = set()
+    for override in overrides:
+        if override.is_sweep_override():
+            keys |= {override.key_or_group, override.get_key_element().lstrip("+~")}
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    keys |= {str(k).lstrip("+~") for k in params}
+    return sorted(keys)
+
+
+def _plain_optuna_logs() -> None:
+    """Optuna 2.x logs through colorlog whatever its stream, so its lines carry colour codes in a
+    file or pipe (nohup, SLURM, CI). There, and under NO_COLOR, its handler gets a plain format."""
+    for handler in logging.getLogger("optuna").handlers:
+        stream = getattr(handler, "stream", None)
+        terminal = bool(getattr(stream, "isatty", lambda: False)())
+        if type(handler.formatter).__module__.startswith("colorlog") and (not terminal or os.environ.get("NO_COLOR")):
+            handler.setFormatter(logging.Formatter("[%(levelname)1.1s %(asctime)s] %(message)s"))
+
+
+def prepare_study(storage) -> None:
+    """Create a search's new SQLite study file (hydra.sweeper.storage = sqlite:///PATH) before Optuna
+    opens it. Optuna 2.x (what hydra-optuna-sweeper 1.x pins) stamps a new file's schema version
+    through a connection that SQLAlchemy 2 no longer commits, then fails on its own assert; here
+    the stamp is committed, and Optuna opens the file as any existing study."""
+    url = str(storage or "")
+    if not url.startswith("sqlite:///") or Path(url[len("sqlite:///"):]).exists():
+        return
+    import alembic.migration
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb.storage import _VersionManager
+
+    def stamp(manager, revision: str) -> None:
+        with manager.engine.begin() as connection:  # commits on leaving
+            alembic.migration.MigrationContext.configure(connection).stamp(manager._create_alembic_script(), revision)
+
+    original = _VersionManager._set_alembic_revision
+    _VersionManager._set_alembic_revision = stamp
+    try:
+        RDBStorage(url).remove_session()
+    finally:
+        _VersionManager._set_alembic_revision = original
+
+
+def _move_sampler_seed(config, storage) -> None:
+    """A search launched again into its folder resumes its stored study; a seeded sampler would
+    replay its random stream and propose the first trials' settings again. Its seed moves on by
+    the number of trials the study holds (deterministic: the same study, the same proposals)."""
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    seed = OmegaConf.select(config, "hydra.sweeper.sampler.seed", default=None)
+    name = OmegaConf.select(config, "hydra.sweeper.study_name", default=None)
+    if storage is None or not isinstance(seed, int):
+        return
+    try:
+        import optuna
+
+        held = len(optuna.load_study(study_name=name, storage=str(storage)).trials)
+    except Exception:  # a new study (KeyError: no such study), or one Optuna cannot read: it says so itself
+        return
+    if held:
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweeper.sampler.seed = seed + held
+        print(f"search: resuming the study {name!r} in {storage.split('sqlite:///')[-1]} ({held} trials so far; "
+              f"the sampler's seed moves from {seed} to {seed + held}, so it proposes new settings)", flush=True)
+
+
+def summary_lines(sweep_dir: Path) -> list[str]:
+    """What a multirun found: its folder, one line per job (`#N NAME: result`), the stored study's
+    command for more trials (a search) and the ppo-report command."""
+    from ppo.errors import ReportError
+    from ppo.tools.report import load_runs, load_search, result_line
+
+    sweep_dir = Path(sweep_dir).resolve()
+    try:
+        runs = load_runs(sweep_dir)
+    except ReportError as err:
+        return [f"sweep folder: {sweep_dir} ({err})"]
+    search = load_search(sweep_dir, runs)  # an Optuna search: the stored study's trial numbers
+    statuses: dict[str, int] = {}
+    for r in runs:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    lines = [f"sweep folder: {sweep_dir} ({len(runs)} run{'s' if len(runs) != 1 else ''}: "
+             + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) + ")"]
+    for r in sorted(runs, key=lambda r: (r.trial is None, r.trial or 0, r.name)):
+        lines.append(f"  {'' if r.trial is None else f'#{r.trial} '}{r.name}: {result_line(r)}")
+    if search is not None and search.study_states is not None:
+        lines.append(f"study: {sweep_dir / STUDY_FILE} (resumable); more trials: {search.command}")
+    lines.append(f"next: ppo-report {sweep_dir}  (the verdict, intervals over seeds, plots)")
+    return lines
+
+
+class SweepSummary(Callback):
+    """A multirun that says what it found (the module's docstring)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        from ppo.train.config import SWEPT_KEYS_ENV
+
+        keys = swept_keys(config)
+        if keys:
+            os.environ[SWEPT_KEYS_ENV] = ",".join(keys)  # read where each job's folder is named
+        else:
+            os.environ.pop(SWEPT_KEYS_ENV, None)
+        if SearchOutcome._searching(config):
+            # Optuna opens the study (sqlite:///SWEEP_DIR/optuna.db) before any job makes the folder.
+            try:
+                Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                print(f"error: cannot create the sweep folder {config.hydra.sweep.dir} ({err.strerror or err}); "
+                      "choose a writable hydra.sweep.dir", file=sys.stderr)
+                sys.exit(2)
+            try:
+                import optuna  # noqa: F401  (sets up its log handler, which _plain_optuna_logs tames)
+            except ImportError:
+                return
+            _plain_optuna_logs()
+            storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+            prepare_study(storage)
+            _move_sampler_seed(config, storage)
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from ppo.tools.report import load_runs, result_line
+
+        job_dir = Path(config.hydra.runtime.output_dir)
+        try:
+            runs = load_runs(job_dir)
+        except Exception:  # the job failed before its folder held a run: its error line said why
+            return
+        for run in runs:
+            where = "" if run.path == job_dir else f" ({run.path.name})"
+            log.info("result%s: %s", where, result_line(run))
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        print("\n".join(summary_lines(Path(config.hydra.sweep.dir))), flush=True)
+
+
+def over_seeds(cfg, run_dir: str, run_one: Callable, searching: bool):
+    """What one sweep job trains: `run_one(cfg, run_dir)`; in an Optuna search with
+    `seeds_per_trial` N > 1, N runs of the trial's setting, seeds seed..seed+N-1, each in its own
+    run folder TRIAL/seed=K, and the trial returns their objectives averaged (a failed seed fails
+    the trial). Outside a search N > 1 is a one-line error: seeds are a sweep axis there."""
+    n = int(cfg.get("seeds_per_trial") or 1)
+    if n < 1 or (n > 1 and not searching):
+        why = ("must be 1 or more" if n < 1 else
+               "averages the seeds of an Optuna trial (hparams_search=NAME); a run or a sweep takes seeds as a sweep axis: "
+               "ppo-train -m seed=0,1,2")
+        print(f"error: seeds_per_trial={n} {why}", file=sys.stderr)
+        sys.exit(2)
+    if n == 1:
+        return run_one(cfg, run_dir)
+    values = []
+    for seed in range(cfg.seed, cfg.seed + n):
+        seed_cfg = copy.deepcopy(cfg)
+        seed_cfg.seed = seed
+        value = run_one(seed_cfg, str(Path(run_dir) / SEED_DIR.format(seed)))
+        if value is None:
+            return None
+        values.append(value)
+    if isinstance(values[0], tuple):
+        return tuple(sum(v[i] for v in values) / n for i in range(len(values[0])))
+    return sum(values) / n

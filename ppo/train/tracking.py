@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from ppo.io import METRICS_FILE, atomic_write_text, read_jsonl
-from ppo.metrics import held_out_names, wilson_interval
+from ppo.metrics import EVAL_WIN_RATE_WILSON_HIGH, EVAL_WIN_RATE_WILSON_LOW, held_out_names, wilson_interval
 from ppo.train.samples import SamplesFile
 
 log = logging.getLogger(__name__)
@@ -165,15 +165,17 @@ def clip_health(rows: list[dict]) -> tuple[float | None, str]:
 
 def lean_summary(summary: dict, rows: list[dict]) -> dict:
     """The curated keys written over wandb's default summary (the last value of every logged
-    key) when a run finishes: the final eval win rate with its (Wilson) interval, the
+    key) when a run finishes: the final eval win rate with its Wilson interval (under its own
+    names, eval/win_rate_wilson_low/high: eval/win_rate_low/high keep the logged normal
+    approximation, `ppo.metrics.EVAL_WIN_RATE_LOW`), the
     length-controlled one and the length ratio, the final KL, clip_fraction over the last 20%
     of steps and its health word, the status, the step and the wall time."""
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
     clip_fraction, health = clip_health(rows)
     interval = wilson_interval(ev.get("eval/win_rate"), ev.get("eval/pairs")) or (None, None)
     values = {"status": summary.get("status"), "step": summary.get("step"),
-              "eval/win_rate": ev.get("eval/win_rate"), "eval/win_rate_low": interval[0],
-              "eval/win_rate_high": interval[1], "eval/pairs": ev.get("eval/pairs"),
+              "eval/win_rate": ev.get("eval/win_rate"), EVAL_WIN_RATE_WILSON_LOW: interval[0],
+              EVAL_WIN_RATE_WILSON_HIGH: interval[1], "eval/pairs": ev.get("eval/pairs"),
               **{k: ev.get(k) for k in ("eval/win_rate_lc", "eval/win_rate_lc_low", "eval/win_rate_lc_high",
                                         "eval/length_ratio")},
               # a held-out judge's eval/NAME/* (eval_judge=NAME)
