@@ -30,7 +30,7 @@ from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, eval_judgments_file, SUMMARY_F
 from ppo.judges import build_judge
 from ppo.judges.pipeline import reliability
 from ppo.judges.record import read_judgments
-from ppo.train import checkpoint, run_folder
+from ppo.train import checkpoint, inputs, run_folder
 from ppo.train.completions import CompletionReader
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
@@ -200,6 +200,8 @@ class Session:
     model_dtype: str | None = None
     # Evaluation-only judges (eval_judge): the same evaluation pairs, eval/NAME/win_rate.
     held_out: tuple = ()
+    # The content of the inputs (ppo.train.inputs), saved in every checkpoint.
+    inputs: dict = field(default_factory=dict)
 
 
 def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
@@ -259,6 +261,17 @@ def resume(run: Session) -> tuple[int, RunState, checkpoint.TrainerState | None]
     return start_step, (RunState.from_checkpoint(saved.extra) if saved else RunState()), saved
 
 
+def checked_inputs(cfg, run_dir: Path) -> dict:
+    """The content of the inputs, now that every model is loaded (a hub id's snapshot is in the
+    cache), refused by every rank when it differs from the checkpoint about to be resumed."""
+    current = inputs.input_fingerprint(cfg)
+    resume_from = run_folder.resume_point(cfg, run_dir)
+    if resume_from is not None:
+        inputs.check_unchanged(checkpoint.read_state(resume_from).inputs, current, resume_from,
+                               cfg.train.resume_with_changed_inputs)
+    return current
+
+
 def make_tracker(run: Session, saved) -> Tracker | SilentTracker:
     """Only rank 0 writes the run folder: metrics, samples, summary, W&B."""
     if not run.world.is_main:
@@ -306,7 +319,8 @@ def save(run: Session, state: RunState, step: int, tracker) -> None:
     """A checkpoint of `step` (rank 0 writes it; every rank holds the same weights)."""
     if not run.world.is_main:
         return
-    saved = checkpoint.TrainerState(step, run.sampler.position, tracker.wandb_id, run.fingerprint, state.to_checkpoint())
+    saved = checkpoint.TrainerState(step, run.sampler.position, tracker.wandb_id, run.fingerprint, state.to_checkpoint(),
+                                    inputs=run.inputs)
     checkpoint.save(run.run_dir, run.policy, run.optimizer, saved, run.cfg, keep=run.cfg.train.keep_checkpoints)
 
 
@@ -319,6 +333,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
         return done
     started = time.perf_counter()
     run = set_up(cfg, run_dir, world, fingerprint)
+    run.inputs = checked_inputs(cfg, run_dir)
     start_step, state, saved = resume(run)
     tracker = make_tracker(run, saved)
     progress = Progress(train_cfg.iters, start_step, enabled=train_cfg.progress and world.is_main)
