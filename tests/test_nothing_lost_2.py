@@ -382,3 +382,46 @@ def test_a_judge_server_that_truncates_mid_run_checkpoints_the_last_whole_step(t
         assert [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
     finally:
         stop()
+
+
+# Item 4: the run-folder lock is held until the final report is written.
+
+PROBE = """
+import fcntl, os, sys
+import ppo.tools.report as report
+
+real = report.write_report
+
+def probing(run_dir, *args, **kwargs):
+    fd = os.open(os.path.join(run_dir, ".lock"), os.O_RDWR)  # another open file: flock conflicts with ours
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        state = "free"
+    except OSError:
+        state = "held"
+    finally:
+        os.close(fd)
+    with open(os.path.join(os.path.dirname(str(run_dir)), "lock_during_report"), "w") as f:
+        f.write(state)
+    return real(run_dir, *args, **kwargs)
+
+report.write_report = probing
+sys.argv = ["ppo-train", *sys.argv[1:]]
+from ppo.tools.cli import train_main
+train_main()
+"""
+
+
+@pytest.mark.slow
+def test_the_lock_is_held_while_the_report_is_written(tmp_path, tiny_model_dir, prompts_file):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", PROBE, *small_run_overrides(tiny_model_dir, prompts_file, **{
+        "train.iters": 1}), f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "lock_during_report").read_text() == "held"
+    assert (run_dir / "report.md").exists() or list(run_dir.glob("curves_*.png"))

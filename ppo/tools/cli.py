@@ -93,6 +93,7 @@ def _train_main() -> None:
                                 SweepJobFailed, TrainingAborted, TrainingDiverged, TrainingInterrupted,
                                 TrainingStopped)
         from ppo.tools.sweep import objective_values, record_failure
+        from ppo.train.distributed import launch_rank
         from ppo.train.loop import train
         from ppo.train.run_folder import claim, save_hydra_files
 
@@ -112,6 +113,10 @@ def _train_main() -> None:
                     if multirun:  # under the lock: so that ppo-report lists the failed job
                         record_failure(run_dir, err)
                     raise
+                # The report (report.md, plots) is part of the run: written under the lock, so a
+                # second run (train.resume=never) cannot take the folder before it is.
+                if not multirun and launch_rank() == 0:  # one outcome per run, from the rank that wrote it
+                    print_outcome(summary, run_dir)
         except RankTimeout as err:
             if not err.reported:
                 print(f"error: {err}", file=sys.stderr)
@@ -123,10 +128,6 @@ def _train_main() -> None:
                     raise SweepJobFailed(f"{run_dir}: {err}") from None
                 return None
             _fail(str(err), getattr(err, "exit_code", 2))
-        from ppo.train.distributed import launch_rank
-
-        if not multirun and launch_rank() == 0:  # one outcome per run, from the rank that wrote it
-            print_outcome(summary, run_dir)
         # The sweeper's objective(s) (`objectives` in the config): a float, or a tuple for a
         # multi-objective search. In a search a missing value fails the trial (never scored);
         # elsewhere nothing reads the return value.
