@@ -425,3 +425,102 @@ def test_the_lock_is_held_while_the_report_is_written(tmp_path, tiny_model_dir, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "lock_during_report").read_text() == "held"
     assert (run_dir / "report.md").exists() or list(run_dir.glob("curves_*.png"))
+
+
+# Item 5: a failed run, distributed or not, never looks finished.
+
+from ppo.tools import launch as ppo_launch  # noqa: E402
+
+
+def test_ppo_launch_splits_its_arguments_and_names_the_failed_rank(tmp_path):
+    assert ppo_launch.split_args(["-n", "2", "--backend", "ring", "--verbose", "train.iters=4", "seed=1"]) == (
+        ["-n", "2", "--backend", "ring", "--verbose"], ["train.iters=4", "seed=1"])
+    assert ppo_launch.split_args(["-n", "2", "--", "--help"]) == (["-n", "2"], ["--help"])
+    assert ppo_launch.expected_ranks(["-n", "2"]) == 2
+    assert ppo_launch.expected_ranks(["-n", "2", "--hosts", "10.0.0.1,10.0.0.2"]) == 4
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([{"ssh": "a", "ips": ["10.0.0.1"]}, {"ssh": "b", "ips": ["10.0.0.2"]}]))
+    assert ppo_launch.expected_ranks(["--hostfile", str(hostfile)]) == 2
+    assert ppo_launch.outcome({0: 0, 1: 0}, [], 2, 0) == (0, None)
+    assert ppo_launch.outcome({0: 4, 1: 0}, [], 2, 0) == (4, "rank 0 of 2 exited with code 4")
+    assert ppo_launch.outcome({0: 0}, [], 2, 0) == (137, "rank 1 of 2 ended without an exit status (killed?)")
+    # mlx.launch's own lines, in order: rank 1 killed, then rank 0 ended by the launcher because of it.
+    assert ppo_launch.outcome({}, [(1, -9), (0, -15)], 2, 0) == (137, "rank 1 of 2 was killed by signal 9 (SIGKILL)")
+    assert ppo_launch.outcome({0: 4}, [(1, 3)], 2, 0) == (3, "rank 1 of 2 exited with code 3")
+    assert ppo_launch.outcome({}, [], 2, 2) == (2, None)  # mlx.launch refused its own arguments and said why
+    assert ppo_launch.outcome({}, [], 2, 0) == (137, "rank 0 of 2 ended without an exit status (killed?)")
+
+
+@pytest.mark.slow
+def test_an_extension_killed_midway_does_not_keep_saying_finished(tmp_path, tiny_model_dir, prompts_file):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run_dir = tmp_path / "run"
+    assert run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 2})).returncode == 0
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    proc = subprocess.Popen([sys.executable, "-m", "ppo.tools.cli", *_overrides(
+        tiny_model_dir, prompts_file, run_dir, **{"train.iters": 400})], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and (run_dir / "metrics.jsonl").read_text().count("\n") < 3:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "running" and summary["step"] == 2  # not "finished": the attempt never ended
+
+
+@pytest.mark.slow
+def test_ppo_launch_exits_non_zero_when_a_rank_is_killed_after_a_resume(tmp_path, tiny_model_dir, prompts_file):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_distributed import overrides, rank_pids, rows, wait_for
+
+    if not Path("/proc").is_dir():
+        pytest.skip("finds the ranks through /proc (Linux)")
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "ppo.tools.launch", "-n", "2", "--backend", "ring"]
+    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    first = subprocess.run([*command, *overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 2})],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "ppo-launch-status" not in first.stderr  # the ranks' status lines are read, not shown
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+    extended = subprocess.Popen([*command, *overrides(tiny_model_dir, prompts_file, run_dir, **{
+        "train.iters": 400, "train.rank_timeout": 5})], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(rows(run_dir)) >= 3, 300)  # resumed and past its first step
+        pids = rank_pids(run_dir)
+        assert set(pids) == {0, 1}, pids
+        os.kill(pids[1], signal.SIGKILL)
+        out, err = extended.communicate(timeout=120)
+    finally:
+        for pid in rank_pids(run_dir).values():
+            os.kill(pid, signal.SIGKILL)
+        if extended.poll() is None:
+            os.killpg(extended.pid, signal.SIGKILL)
+    assert extended.returncode != 0, err[-3000:]
+    assert "Traceback" not in out + err
+    assert [line for line in err.splitlines() if line.startswith("error: rank")], err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] != "finished", summary
+
+
+def test_ppo_launch_marks_a_finished_or_running_summary_failed(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "finished", "step": 6}))
+    assert ppo_launch.mark_failed(tmp_path, "rank 1 of 2 was killed by signal 9 (SIGKILL)") == "failed"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == {"status": "failed", "step": 6, "error": "rank 1 of 2 was killed by signal 9 (SIGKILL)"}
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "interrupted", "step": 6}))
+    assert ppo_launch.mark_failed(tmp_path, "x") == "interrupted"  # already says how it ended

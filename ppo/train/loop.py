@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 from ppo.errors import (ConfigError, JudgeQuit, JudgeUnavailable, RunFolderWriteError, TrainingAborted,
                         TrainingDiverged, TrainingInterrupted, TrainingStopped)
 from ppo.health import HealthMonitor
-from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, eval_judgments_file, SUMMARY_FILE, atomic_write_json, is_write_error, read_jsonl,
-                    write_error_reason)
+from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, eval_judgments_file, SUMMARY_FILE, atomic_write_json, is_write_error, read_json,
+                    read_jsonl, write_error_reason)
 from ppo.judges import build_judge
 from ppo.judges.pipeline import reliability
 from ppo.judges.record import read_judgments
@@ -341,6 +341,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
     status, step = "failed", start_step
     position_at_step_start, updated = run.sampler.position, True
     try:
+        mark_running(run_dir, world, start_step)
         if train_cfg.eval_at_start and start_step == 0:
             mx.random.seed(step_seed(cfg.seed, 0, world.rank))
             run_evaluation(run, state, 0, tracker)
@@ -428,6 +429,15 @@ def judge_summary(run_dir: Path, judge) -> dict:
     records = read_judgments(run_dir / JUDGMENTS_FILE) if (run_dir / JUDGMENTS_FILE).exists() else []
     return {"judge/kind": judge.kind, "judge/order": judge.order, "judge/on_order_disagreement": judge.on_order_disagreement,
             **reliability(records, kind=judge.kind, order_mode=judge.order)}
+
+
+def mark_running(run_dir: Path, world: World, step: int) -> None:
+    """An earlier attempt's summary.json (a run finished at step 6, now extended; an interrupted
+    one) says `running` while this attempt trains, so a run killed before it writes its own
+    summary (SIGKILL, a lost rank under mlx.launch) never looks finished."""
+    summary = read_json(run_dir / SUMMARY_FILE) if world.is_main else None
+    if summary and summary.get("status") != "running":
+        atomic_write_json(run_dir / SUMMARY_FILE, {**summary, "status": "running", "step": step})
 
 
 def write_summary(run_dir: Path, started: float, state: RunState, status: str, step: int, splits,
