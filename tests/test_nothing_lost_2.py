@@ -145,6 +145,12 @@ def test_a_hub_model_is_fingerprinted_by_its_cached_snapshot(tmp_path, tiny_mode
     digest = inputs.digest_input("model", "org/tiny")
     assert digest is not None and "model.safetensors" in digest
     assert inputs.digest_input("model", "org/not-cached") is None  # not compared until it is loaded
+    # As the hub cache lays them out: files link to blobs named by their content's hash, read by name only.
+    blobs = repo / "blobs"
+    blobs.mkdir()
+    (snapshot / "model.safetensors").rename(blobs / ("b" * 64))
+    (snapshot / "model.safetensors").symlink_to(Path("../../blobs") / ("b" * 64))
+    assert inputs.digest_input("model", "org/tiny")["model.safetensors"] == "blob:" + "b" * 64
 
 
 def test_a_checkpoint_from_before_input_digests_still_resumes(tmp_path, tiny_model_dir, prompts_file, caplog):

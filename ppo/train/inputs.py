@@ -10,8 +10,9 @@ line naming the input and `train.resume_with_changed_inputs=true`, which accepts
 The inputs: `data.path` (a prompt file, a folder of them, or a hub dataset), `model.path`,
 `model.reference_path`, `model.adapter_path` (the starting adapter) and an LLM judge's own
 `judge.model` / `eval_judge.model`. A hub id is fingerprinted by the files of its snapshot in
-the local Hugging Face cache (the snapshot mlx-lm or datasets loaded); one not in the cache
-yet is not compared (the trainer checks again once it is loaded).
+the local Hugging Face cache (the snapshot mlx-lm or datasets loaded), each by the name of the
+blob it links to, which names its content (no byte is read: a 10 GB data set costs nothing);
+one not in the cache yet is not compared (the trainer checks again once it is loaded).
 
 How a file is digested, and why:
 - prompt files, data folders and adapter files: the sha256 of every byte. They are small to
@@ -108,7 +109,8 @@ def digest_input(kind: str, path: str) -> dict | None:
     """{file relative to the input: digest} of one input (`kind`: data, model or adapter),
     or None when it cannot be read here (a hub id not in the cache, a missing path)."""
     local = Path(path).expanduser()
-    if not _looks_local(path):
+    hub = not _looks_local(path)
+    if hub:
         local = _hub_snapshot(path, "dataset" if kind == "data" else "model")
         if local is None:
             return None
@@ -118,9 +120,18 @@ def digest_input(kind: str, path: str) -> dict | None:
         if not local.is_dir():
             return None
         patterns = {"model": MODEL_FILES, "adapter": (ADAPTER_FILE, ADAPTER_CONFIG_FILE)}.get(kind)
-        return {str(p.relative_to(local)): file_digest(p, sampled=kind == "model") for p in _files(local, patterns)}
+        digest = _blob_name if hub else (lambda p: file_digest(p, sampled=kind == "model"))
+        return {str(p.relative_to(local)): digest(p) for p in _files(local, patterns)}
     except OSError:
         return None  # unreadable: the loader reports it with its own line
+
+
+def _blob_name(path: Path) -> str:
+    """A hub snapshot's file is a link to blobs/ETAG, the ETAG naming its content (the sha256 of
+    an LFS file, the git blob id of a small one): its content's name, read without reading it."""
+    if path.is_symlink() and Path(os.readlink(path)).parent.name == "blobs":
+        return f"blob:{Path(os.readlink(path)).name}"
+    return file_digest(path, sampled=True)
 
 
 def _judge_model(node) -> str | None:
