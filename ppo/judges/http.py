@@ -7,11 +7,19 @@ log-prob, an upper bound); otherwise the answer text must be exactly one label. 
 run in a bounded thread pool (stdlib only).
 
 Failures are never a win for either side:
-- an answer that is still not valid after ``retries`` retries -> NaN (invalid, excluded);
-- a server that cannot be reached (connection error, timeout, 5xx / 429) after the
-  retries -> :class:`JudgeUnavailable`, one line naming the URL; the trainer checkpoints
-  and exits non-zero, and the run resumes when the server is back;
+- an answer that is still not valid after ``retries`` retries -> NaN (invalid, excluded):
+  not JSON, no choices, a text that is not a label, any field of the wrong type;
+- a server that cannot be reached or stops mid-answer (connection refused or dropped, a
+  truncated body, a malformed status line or header, no complete answer within ``timeout``,
+  5xx / 429) after the retries -> :class:`JudgeUnavailable`, one line naming the URL; the
+  trainer checkpoints and exits non-zero, and the run resumes when the server is back;
 - 401 / 403 / 404 -> :class:`JudgeUnavailable` at once (retrying cannot help).
+
+Bounds, so that no server can hold a run or its memory: ``timeout`` is the whole request's
+deadline (connect, headers and body: a server that drips one byte at a time is cut off at
+it), an answer above MAX_RESPONSE_BYTES is a failed request, and a 429 / 503 with
+``Retry-After: N`` waits N seconds before the next try (at most MAX_RETRY_AFTER; never less
+than the backoff).
 
 The API key is read from the environment variable named by ``api_key_env`` at each
 request; it is never stored on the judge, logged or written anywhere.
@@ -19,9 +27,12 @@ request; it is never stored on the judge, logged or written anywhere.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,10 +45,103 @@ from ppo.judges.base import JudgeUnavailable, Pair, Verdicts
 from ppo.judges.prompting import check_labels, judging_messages, rubric
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# A one-token chat completion with five top log-probs is about 1 KB; anything near this is not one.
+MAX_RESPONSE_BYTES = 4 << 20
+# The longest Retry-After honoured (seconds); a server asking for more is retried after this.
+MAX_RETRY_AFTER = 60.0
 
 
 class _Invalid(Exception):
     """The server answered, but not with a usable verdict."""
+
+
+class _Failed(Exception):
+    """The request failed on the way (connection, status line, headers, truncated or oversized
+    body, deadline): retried, then JudgeUnavailable."""
+
+
+class _Deadline:
+    """Shuts the request's sockets down once `seconds` have passed, wherever the request is
+    blocked (headers or body): a socket timeout alone bounds each read, not their sum."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            self._shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read, which then sees the end
+        except OSError:
+            pass
+
+
+def _watched(handler_class):
+    """urllib's HTTP(S) handler whose connections a _Deadline watches (proxies still apply)."""
+
+    class Watched(handler_class):
+        def __init__(self, deadline: _Deadline, **kwargs):
+            super().__init__(**kwargs)
+            self.deadline = deadline
+
+        def do_open(self, http_class, req, **kwargs):
+            deadline = self.deadline
+
+            def connection(host, **connection_kwargs):
+                made = http_class(host, **connection_kwargs)
+                connect = made.connect
+
+                def connect_watched():  # the socket itself: urllib drops the connection's reference to it
+                    connect()
+                    deadline.watch(made.sock)
+
+                made.connect = connect_watched
+                return made
+
+            return super().do_open(connection, req, **kwargs)
+
+    return Watched
+
+
+_WatchedHTTP, _WatchedHTTPS = _watched(urllib.request.HTTPHandler), _watched(urllib.request.HTTPSHandler)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def retry_after(headers) -> float | None:
+    """Seconds of a Retry-After header (delay-seconds form; an HTTP date is not parsed), else None."""
+    try:
+        value = float((headers or {}).get("Retry-After", ""))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _clean_token(token: str) -> str:
@@ -45,12 +149,24 @@ def _clean_token(token: str) -> str:
 
 
 def parse_answer(body: dict, labels: tuple[str, str]) -> float:
-    """P(first better) from a chat-completion response; raises _Invalid when there is none."""
+    """P(first better) from a chat-completion response; raises _Invalid when there is none
+    (any field missing or of the wrong type included)."""
+    try:
+        return _parse_answer(body, labels)
+    except _Invalid:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError) as err:
+        raise _Invalid(f"malformed answer ({type(err).__name__})") from None
+
+
+def _parse_answer(body: dict, labels: tuple[str, str]) -> float:
     try:
         choice = body["choices"][0]
     except (KeyError, IndexError, TypeError):
         raise _Invalid("no choices") from None
-    content = ((choice.get("logprobs") or {}).get("content") or [None])[0] if isinstance(choice, dict) else None
+    if not isinstance(choice, dict):
+        raise _Invalid("a choice that is not an object")
+    content = ((choice.get("logprobs") or {}).get("content") or [None])[0]
     top = (content or {}).get("top_logprobs") or []
     found: dict[str, float] = {}
     listed = []
@@ -65,8 +181,14 @@ def parse_answer(body: dict, labels: tuple[str, str]) -> float:
     if found and listed:
         floor = min(listed)
         first, second = (found.get(label, floor) for label in labels)
-        return float(1.0 / (1.0 + math.exp(second - first)))
-    text = ((choice.get("message") or {}).get("content") or "").strip()
+        gap = second - first
+        if gap > 700.0:  # exp(gap) would overflow: the same value written the other way round
+            return float(math.exp(-gap) / (1.0 + math.exp(-gap)))
+        return float(1.0 / (1.0 + math.exp(gap)))
+    text = (choice.get("message") or {}).get("content") or ""
+    if not isinstance(text, str):
+        raise _Invalid(f"message content is a {type(text).__name__}, not text")
+    text = text.strip()
     if text == labels[0]:
         return 1.0
     if text == labels[1]:
@@ -122,30 +244,67 @@ class HTTPJudge:
         return body
 
     def _post(self, body: dict) -> dict:
+        """One request under one deadline (`timeout`): the parsed JSON body, _Invalid when it is
+        not JSON, _Failed when the request failed on the way; HTTPError for a status >= 400."""
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            raw = response.read()
+        with _Deadline(self.timeout) as deadline:
+            opener = urllib.request.build_opener(_WatchedHTTP(deadline), _WatchedHTTPS(deadline))
+            try:
+                with opener.open(request, timeout=self.timeout) as response:
+                    raw = self._read(response)
+            except urllib.error.HTTPError:
+                raise
+            except (_Failed, OSError, http.client.HTTPException, ValueError) as err:  # URLError is an OSError
+                if deadline.expired:
+                    raise _Failed(f"no complete answer within judge.timeout={self.timeout:g}s") from None
+                if isinstance(err, _Failed):
+                    raise
+                raise _Failed(_one_line(err.reason if isinstance(err, urllib.error.URLError)
+                                        and isinstance(err.reason, BaseException) else err)) from None
         try:
             return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise _Invalid("response is not JSON") from None
+
+    @staticmethod
+    def _read(response) -> bytes:
+        """The whole body, at most MAX_RESPONSE_BYTES; a body shorter than its Content-Length is a
+        failed request (the connection dropped mid-answer), not an invalid answer."""
+        declared = response.headers.get("Content-Length")
+        declared = int(declared) if declared and declared.strip().isdigit() else None
+        if declared is not None and declared > MAX_RESPONSE_BYTES:
+            raise _Failed(f"an answer of {declared} bytes, above the {MAX_RESPONSE_BYTES >> 20} MiB cap")
+        raw = response.read(MAX_RESPONSE_BYTES + 1)
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise _Failed(f"an answer above the {MAX_RESPONSE_BYTES >> 20} MiB cap")
+        if declared is not None and len(raw) < declared:
+            raise _Failed(f"IncompleteRead: the connection ended after {len(raw)} of {declared} bytes")
+        return raw
+
+    def _wait(self, attempt: int, asked: float | None) -> float:
+        """Seconds before retry `attempt` (1, 2, ...): the backoff, or the server's Retry-After
+        when longer, at most MAX_RETRY_AFTER."""
+        backoff = self.backoff * 2 ** (attempt - 1)
+        return max(backoff, min(asked, MAX_RETRY_AFTER)) if asked is not None else backoff
 
     def judge_one(self, pair: Pair) -> float:
         """P(first better) for one pair, NaN if still invalid after the retries."""
-        unreachable = None
+        unreachable, asked = None, None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(self._wait(attempt, asked))
+            asked = None
             try:
                 return parse_answer(self._post(self._body(pair)), self.labels)
             except _Invalid:
                 self.invalid_attempts += 1
                 unreachable = None
             except urllib.error.HTTPError as err:
+                err.close()
                 if err.code == 400 and self.logprobs:  # some servers reject logprobs: fall back to text
                     self.logprobs = False
                     unreachable = "HTTP 400"
@@ -153,10 +312,10 @@ class HTTPJudge:
                 if err.code not in RETRYABLE_STATUS:
                     hint = f" (check the API key in ${self.api_key_env})" if err.code in (401, 403) else ""
                     raise JudgeUnavailable(f"judge server {self.url} answered HTTP {err.code}{hint}") from None
-                unreachable = f"HTTP {err.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-                reason = getattr(err, "reason", err)
-                unreachable = f"{type(reason).__name__}: {reason}".splitlines()[0]
+                asked = retry_after(err.headers)
+                unreachable = f"HTTP {err.code}" + (f", Retry-After {asked:g}s" if asked is not None else "")
+            except _Failed as err:
+                unreachable = str(err)
         if unreachable is not None:
             raise JudgeUnavailable(f"judge server {self.url} unreachable after {self.retries + 1} attempts ({unreachable})")
         return math.nan

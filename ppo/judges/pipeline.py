@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppo.errors import ConfigError
+from ppo.errors import ConfigError, JudgeQuit, JudgeUnavailable
 from ppo.judges.base import Pair, Verdicts
 from ppo.judges.record import JudgmentLog, mirror, pair_key, read_judgments, record_key, verdict_of
 
@@ -244,11 +244,11 @@ class JudgePipeline:
             part = shown[start : start + chunk]
             asked = [pairs[todo[k][0]] if o == "ab" else swap(pairs[todo[k][0]]) for k, o in part]
             tic = time.perf_counter()
-            verdicts = self.inner(asked)
+            verdicts, p_part = self._ask(asked)
             each = (time.perf_counter() - tic) / len(part)
             self._merge_inner_diagnostics(verdicts.diagnostics)
             done = []
-            for (key, _), p in zip(part, np.asarray(verdicts.p, dtype=np.float64)):
+            for (key, _), p in zip(part, p_part):
                 got[key].append(float(p))
                 latency[key] += each
                 if len(got[key]) == len(self._orders_for(key)):
@@ -274,6 +274,26 @@ class JudgePipeline:
         diagnostics.update(self._inner_diagnostics)
         self._inner_diagnostics = {}
         return Verdicts(p=p, diagnostics=diagnostics)
+
+    def _ask(self, asked: list[Pair]) -> tuple[Verdicts, np.ndarray]:
+        """The inner judge's verdicts on `asked` and their p, one per pair. Every failure of the
+        judge, of any kind (a server that dropped the connection, a judge's own bug, an answer
+        of the wrong length), is JudgeUnavailable: the trainer saves the last whole step and
+        stops with one line (exit code 3), and the run resumes once the judge is fixed."""
+        try:
+            verdicts = self.inner(asked)
+            p = np.asarray(verdicts.p, dtype=np.float64).reshape(-1)
+            if len(p) != len(asked):
+                raise ValueError(f"it returned {len(p)} verdicts for {len(asked)} pairs")
+            return verdicts, p
+        except (JudgeUnavailable, JudgeQuit):
+            raise
+        except ConfigError as err:  # its line names the setting that fixes it
+            raise JudgeUnavailable(str(err)) from err
+        except Exception as err:
+            text = str(err).strip().splitlines()
+            raise JudgeUnavailable(f"the {self.kind} judge failed ({type(err).__name__}"
+                                   f"{': ' + text[0][:200] if text else ''})") from err
 
     def _merge_inner_diagnostics(self, diagnostics: dict) -> None:
         """Keep scalar ``judge/...`` metrics an inner judge reports (summed over chunks)."""

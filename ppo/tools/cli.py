@@ -62,13 +62,35 @@ def print_outcome(summary: dict, run_dir: str) -> None:
 
 def train_main() -> None:
     """`ppo-train [overrides]`: a Hydra app over conf/train.yaml."""
+    code = 1
     try:
         _train_main()
+        code = 0
     except KeyboardInterrupt:
         # SIGINT outside the training loop (which saves and stops by itself): while Python,
         # Hydra or the models load, or between sweep jobs. Nothing half-written is left.
+        code = 130
         _fail("interrupted (SIGINT) before training could save anything new; the run folder's newest checkpoint, "
               "if any, is intact: run the same command again to continue", 130)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        raise
+    finally:
+        _launch_status(code)
+
+
+def _launch_status(code: int) -> None:
+    """Under ppo-launch (ppo.tools.launch): this rank's exit code, the last line on stderr."""
+    import os
+
+    from ppo.tools.launch import ENV, status_line
+
+    if not os.environ.get(ENV):
+        return
+    from ppo.train.distributed import launch_rank
+
+    run_dir = next((a.split("=", 1)[1] for a in reversed(sys.argv[1:]) if a.startswith("hydra.run.dir=")), "")
+    print(status_line(launch_rank(), code, os.path.abspath(run_dir) if run_dir else ""), file=sys.stderr, flush=True)
 
 
 def _train_main() -> None:
@@ -100,6 +122,7 @@ def _train_main() -> None:
                                 SweepJobFailed, TrainingAborted, TrainingDiverged, TrainingInterrupted,
                                 TrainingStopped)
         from ppo.tools.sweep import objective_values, record_failure
+        from ppo.train.distributed import launch_rank
         from ppo.train.loop import train
         from ppo.train.run_folder import claim, save_hydra_files
 
@@ -119,6 +142,10 @@ def _train_main() -> None:
                     if multirun:  # under the lock: so that ppo-report lists the failed job
                         record_failure(run_dir, err)
                     raise
+                # The report (report.md, plots) is part of the run: written under the lock, so a
+                # second run (train.resume=never) cannot take the folder before it is.
+                if not multirun and launch_rank() == 0:  # one outcome per run, from the rank that wrote it
+                    print_outcome(summary, run_dir)
         except RankTimeout as err:
             if not err.reported:
                 print(f"error: {err}", file=sys.stderr)
@@ -130,10 +157,6 @@ def _train_main() -> None:
                     raise SweepJobFailed(f"{run_dir}: {err}") from None
                 return None
             _fail(str(err), getattr(err, "exit_code", 2))
-        from ppo.train.distributed import launch_rank
-
-        if not multirun and launch_rank() == 0:  # one outcome per run, from the rank that wrote it
-            print_outcome(summary, run_dir)
         # The sweeper's objective(s) (`objectives` in the config): a float, or a tuple for a
         # multi-objective search. In a search a missing value fails the trial (never scored);
         # elsewhere nothing reads the return value.

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -45,6 +45,8 @@ class TrainerState:
     wandb_id: str | None
     config_fingerprint: dict
     extra: dict  # the trainer's running values (report window, best eval, health)
+    # The content of every input (ppo.train.inputs: prompts, weights, starting adapter), compared on resume.
+    inputs: dict = field(default_factory=dict)
 
 
 def _step_dir(run_dir: Path, step: int) -> Path:
@@ -171,7 +173,8 @@ def config_fingerprint(cfg) -> dict:
 
     container = OmegaConf.to_container(cfg, resolve=True)
     changeable = {"train.iters", "train.progress", "train.resume", "train.save_every", "train.keep_checkpoints",
-                  "train.human_eval", "train.rank_timeout", "experiment_name", "objectives"}
+                  "train.human_eval", "train.rank_timeout", "train.resume_with_changed_inputs", "experiment_name",
+                  "objectives"}
     # How long and how often a judge is waited for changes no verdict it gives, so a resume
     # after a judge outage may raise them.
     changeable |= {"judge.timeout", "judge.backoff", "judge.retries", "judge.concurrency"}

@@ -208,6 +208,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     # auto: continue from the run folder's newest checkpoint | never | PATH to a checkpoint.
     resume: str = "auto"
+    # A resume compares the content of the inputs (prompt files, model, reference and judge weights, the starting
+    # adapter: ppo.train.inputs) with what the checkpoint recorded and stops when one changed; true continues on the
+    # new content deliberately (the checkpoints saved from then on record it).
+    resume_with_changed_inputs: bool = False
     # Per report step: a rich bar on a terminal, one plain log line when stdout is not one
     # (SLURM, nohup, CI); false: neither. RUN_DIR/train.log gets the plain lines either way.
     progress: bool = True

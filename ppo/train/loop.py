@@ -25,12 +25,12 @@ from omegaconf import OmegaConf
 from ppo.errors import (ConfigError, JudgeQuit, JudgeUnavailable, RunFolderWriteError, TrainingAborted,
                         TrainingDiverged, TrainingInterrupted, TrainingStopped)
 from ppo.health import HealthMonitor
-from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, eval_judgments_file, SUMMARY_FILE, atomic_write_json, is_write_error, read_jsonl,
-                    write_error_reason)
+from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, eval_judgments_file, SUMMARY_FILE, atomic_write_json, is_write_error, read_json,
+                    read_jsonl, write_error_reason)
 from ppo.judges import build_judge
 from ppo.judges.pipeline import reliability
 from ppo.judges.record import read_judgments
-from ppo.train import checkpoint, run_folder
+from ppo.train import checkpoint, inputs, run_folder
 from ppo.train.completions import CompletionReader
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
@@ -205,6 +205,8 @@ class Session:
     model_dtype: str | None = None
     # Evaluation-only judges (eval_judge): the same evaluation pairs, eval/NAME/win_rate.
     held_out: tuple = ()
+    # The content of the inputs (ppo.train.inputs), saved in every checkpoint.
+    inputs: dict = field(default_factory=dict)
 
 
 def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
@@ -267,6 +269,17 @@ def resume(run: Session) -> tuple[int, RunState, checkpoint.TrainerState | None]
     return start_step, state, saved
 
 
+def checked_inputs(cfg, run_dir: Path) -> dict:
+    """The content of the inputs, now that every model is loaded (a hub id's snapshot is in the
+    cache), refused by every rank when it differs from the checkpoint about to be resumed."""
+    current = inputs.input_fingerprint(cfg)
+    resume_from = run_folder.resume_point(cfg, run_dir)
+    if resume_from is not None:
+        inputs.check_unchanged(checkpoint.read_state(resume_from).inputs, current, resume_from,
+                               cfg.train.resume_with_changed_inputs)
+    return current
+
+
 def make_tracker(run: Session, saved) -> Tracker | SilentTracker:
     """Only rank 0 writes the run folder: metrics, samples, summary, W&B."""
     if not run.world.is_main:
@@ -327,7 +340,8 @@ def save(run: Session, state: RunState, step: int, tracker) -> None:
     """A checkpoint of `step` (rank 0 writes it; every rank holds the same weights)."""
     if not run.world.is_main:
         return
-    saved = checkpoint.TrainerState(step, run.sampler.position, tracker.wandb_id, run.fingerprint, state.to_checkpoint())
+    saved = checkpoint.TrainerState(step, run.sampler.position, tracker.wandb_id, run.fingerprint, state.to_checkpoint(),
+                                    inputs=run.inputs)
     checkpoint.save(run.run_dir, run.policy, run.optimizer, saved, run.cfg, keep=run.cfg.train.keep_checkpoints)
 
 
@@ -340,6 +354,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
         return done
     started = time.perf_counter()
     run = set_up(cfg, run_dir, world, fingerprint)
+    run.inputs = checked_inputs(cfg, run_dir)
     start_step, state, saved = resume(run)
     tracker = make_tracker(run, saved)
     progress = Progress(train_cfg.iters, start_step, enabled=train_cfg.progress and world.is_main)
@@ -347,6 +362,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
     status, step = "failed", start_step
     position_at_step_start, updated = run.sampler.position, True
     try:
+        mark_running(run_dir, world, start_step)
         if train_cfg.eval_at_start and start_step == 0:
             mx.random.seed(step_seed(cfg.seed, 0, world.rank))
             run_evaluation(run, state, 0, tracker)
@@ -434,6 +450,15 @@ def judge_summary(run_dir: Path, judge) -> dict:
     records = read_judgments(run_dir / JUDGMENTS_FILE) if (run_dir / JUDGMENTS_FILE).exists() else []
     return {"judge/kind": judge.kind, "judge/order": judge.order, "judge/on_order_disagreement": judge.on_order_disagreement,
             **reliability(records, kind=judge.kind, order_mode=judge.order)}
+
+
+def mark_running(run_dir: Path, world: World, step: int) -> None:
+    """An earlier attempt's summary.json (a run finished at step 6, now extended; an interrupted
+    one) says `running` while this attempt trains, so a run killed before it writes its own
+    summary (SIGKILL, a lost rank under mlx.launch) never looks finished."""
+    summary = read_json(run_dir / SUMMARY_FILE) if world.is_main else None
+    if summary and summary.get("status") != "running":
+        atomic_write_json(run_dir / SUMMARY_FILE, {**summary, "status": "running", "step": step})
 
 
 def write_summary(run_dir: Path, started: float, state: RunState, status: str, step: int, splits,

@@ -107,10 +107,21 @@ def set_aside(run_dir: Path) -> Path | None:
     return target
 
 
+def resume_point(cfg, run_dir: Path) -> Path | None:
+    """The checkpoint train.resume names: none (never), the folder's newest (auto) or a path."""
+    from ppo.train import checkpoint
+
+    resume = cfg.train.resume
+    if resume == "never":
+        return None
+    return checkpoint.latest(run_dir) if resume == "auto" else Path(resume)
+
+
 def check_resume(cfg, run_dir: Path) -> None:
     """Refuse, before anything is written, a resume that cannot work: a named checkpoint
-    that is not there, or (resume=auto) a folder whose newest checkpoint has another config."""
-    from ppo.train import checkpoint
+    that is not there, a checkpoint with another config, one beyond train.iters (the folder
+    holds a longer run, which would be reported as this one), or inputs whose content changed."""
+    from ppo.train import checkpoint, inputs
 
     resume = cfg.train.resume
     if resume == "never":
@@ -121,11 +132,27 @@ def check_resume(cfg, run_dir: Path) -> None:
             what = "does not exist" if not path.exists() else f"has no {STATE_FILE}"
             raise CheckpointError(f"train.resume={resume}: that checkpoint {what}; name a checkpoint folder "
                                   "(RUN_DIR/checkpoints/step-NNNNNNN), or use train.resume=auto or train.resume=never")
+    newest = resume_point(cfg, run_dir)
+    if newest is None:
         return
-    newest = checkpoint.latest(run_dir)
-    if newest is not None:
-        state = checkpoint.read_state(newest)
+    state = checkpoint.read_state(newest)
+    if resume == "auto":
         checkpoint.check_fingerprint(state.config_fingerprint, checkpoint.config_fingerprint(cfg), newest)
+    check_not_beyond(state.step, cfg, run_dir, newest)
+    inputs.check_unchanged(state.inputs, inputs.input_fingerprint(cfg), newest, cfg.train.resume_with_changed_inputs)
+
+
+def check_not_beyond(step: int, cfg, run_dir: Path, path: Path) -> None:
+    """A checkpoint past train.iters: resuming would train nothing and report the longer run as this one."""
+    iters = cfg.train.iters
+    if step <= iters:
+        return
+    if cfg.train.resume == "auto":
+        raise CheckpointError(f"run folder {run_dir} holds a longer run (checkpoint {path.name} is at step {step}, "
+                              f"beyond train.iters={iters}); use a new hydra.run.dir, or train.resume=never to move "
+                              f"that run aside and start fresh (or set train.iters={step} or more to continue it)")
+    raise CheckpointError(f"train.resume={path} is at step {step}, beyond train.iters={iters}; name an earlier "
+                          "checkpoint, raise train.iters, or use train.resume=never")
 
 
 @contextlib.contextmanager

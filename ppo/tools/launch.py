@@ -1,0 +1,197 @@
+"""`ppo-launch [mlx.launch options] [--] OVERRIDES...`: one run on several processes, through
+`mlx.launch`, that exits with the worst rank's code.
+
+    ppo-launch -n 2 --backend ring experiment=demo      # = mlx.launch -n 2 --backend ring
+                                                        #   --python PYTHON ppo-train experiment=demo
+
+Why a wrapper: `mlx.launch` exits 0 whatever its ranks did (it warns "Node with rank 1 was
+killed" and ends the others), so a script that checks the exit code sees a failed run as a
+success. This wrapper reads how each rank ended from the launcher's relayed stderr: the
+launcher's own warnings (`Node with rank 1 exited with code -9`), and one status line that
+each rank (`ppo-train` started with PPO_LAUNCH_STATUS set) prints on its way out, hidden from
+the user; a rank that printed none and was not reported died without a word. Exit code: that
+of the first rank that failed (the others are then ended by mlx.launch because of it; a
+signal N reads as 128 + N, as in a shell), 137 for a rank never heard of, the launcher's own
+when it failed before any rank ran. A failed run gets one `error:` line naming the rank, and
+its `summary.json` is marked `failed` when it says `finished` or `running`, so the file the
+README tells users to check never calls it finished.
+`mlx.launch` itself stays usable: without PPO_LAUNCH_STATUS no rank prints a status line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+# Set (to 1) in every rank's environment; ppo.tools.cli.train_main then prints STATUS_LINE.
+ENV = "PPO_LAUNCH_STATUS"
+STATUS_PREFIX = "ppo-launch-status "
+STATUS_LINE = re.compile(r"ppo-launch-status rank=(\d+) code=(-?\d+) run_dir=(.*)$")
+# mlx.launch's own report of a rank that ended badly (a warning line, in colour on a terminal).
+LAUNCHER_LINE = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
+# The exit code of a rank that died without its status line (as a shell reports SIGKILL).
+KILLED = 128 + signal.SIGKILL
+# mlx.launch's options that take a value (everything else before the overrides is a flag).
+VALUE_OPTIONS = {"-n", "--repeat-hosts", "--hosts", "--hostfile", "--backend", "--env", "--mpi-arg",
+                 "--connections-per-ip", "--starting-port", "-p", "--cwd", "--nccl-port", "--python"}
+
+
+def status_line(rank: int, code: int, run_dir: str) -> str:
+    """What a rank prints last (stderr) under ppo-launch."""
+    return f"{STATUS_PREFIX}rank={rank} code={code} run_dir={run_dir}"
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(mlx.launch's options, ppo-train's overrides): options first, `--` optional between."""
+    launch, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return launch, argv[i + 1:]
+        if arg in VALUE_OPTIONS and i + 1 < len(argv):
+            launch += argv[i:i + 2]
+            i += 2
+        elif arg.startswith("-") and not arg.startswith(("-m", "--multirun")):
+            launch.append(arg)
+            i += 1
+        else:
+            break
+    return launch, argv[i:]
+
+
+def _option(launch: list[str], *names: str) -> str | None:
+    for i, arg in enumerate(launch):
+        for name in names:
+            if arg == name and i + 1 < len(launch):
+                return launch[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def expected_ranks(launch: list[str]) -> int | None:
+    """How many ranks mlx.launch starts: -n per host, hosts from --hosts or --hostfile (None: unknown)."""
+    try:
+        per_host = int(_option(launch, "-n", "--repeat-hosts") or 1)
+    except ValueError:
+        return None
+    hostfile = _option(launch, "--hostfile")
+    if hostfile:
+        try:
+            hosts = json.loads(Path(hostfile).read_text())
+        except (OSError, ValueError):
+            return None
+        hosts = hosts.get("hosts") if isinstance(hosts, dict) else hosts
+        return per_host * len(hosts) if isinstance(hosts, list) else None
+    return per_host * len((_option(launch, "--hosts") or "127.0.0.1").split(","))
+
+
+def _beside_python(name: str) -> str | None:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else shutil.which(name)
+
+
+def mark_failed(run_dir: Path, message: str) -> str | None:
+    """summary.json of a failed multi-process run: `failed` where it says `finished` or `running`
+    (an earlier attempt's, or rank 0's before another rank failed); returns the status it says."""
+    from ppo.io import SUMMARY_FILE, atomic_write_json, read_json
+
+    summary = read_json(run_dir / SUMMARY_FILE)
+    if not summary or summary.get("status") not in ("finished", "running"):
+        return (summary or {}).get("status")  # none, or already says how it ended (interrupted, failed, ...)
+    try:
+        atomic_write_json(run_dir / SUMMARY_FILE, {**summary, "status": "failed", "error": message})
+    except OSError:
+        return summary.get("status")
+    return "failed"
+
+
+def _exit_code(code: int) -> int:
+    return 128 - code if code < 0 else code  # -9 (killed by SIGKILL) -> 137, as a shell says it
+
+
+def _describe(rank: int, code: int | None, total: int) -> str:
+    if code is None:
+        return f"rank {rank} of {total} was stopped by mlx.launch"
+    if code < 0:
+        try:
+            name = f" ({signal.Signals(-code).name})"
+        except ValueError:
+            name = ""
+        return f"rank {rank} of {total} was killed by signal {-code}{name}"
+    return f"rank {rank} of {total} exited with code {code}"
+
+
+def outcome(codes: dict[int, int], failures: list[tuple[int, int | None]], expected: int | None,
+            launcher: int) -> tuple[int, str | None]:
+    """(exit code, the error line's text or None). `codes`: the ranks' status lines; `failures`:
+    mlx.launch's own reports ((rank, code), code None for a rank it stopped), in the order they
+    came. The first rank that failed is named and its code returned: the others were usually
+    stopped because of it (mlx.launch ends them)."""
+    ordered = list(failures) + [(r, c) for r, c in codes.items() if c != 0 and r not in dict(failures)]
+    seen = set(codes) | {r for r, _ in failures}
+    total = expected or (max(seen) + 1 if seen else 0)
+    missing = [r for r in range(total) if r not in seen]
+    if ordered:
+        rank, code = next(((r, c) for r, c in ordered if c is not None), ordered[0])
+        return (_exit_code(code) if code is not None else KILLED) or 1, _describe(rank, code, total)
+    if missing:
+        if not seen and launcher:
+            return launcher, None  # mlx.launch failed before any rank ran: its own message said why
+        return KILLED, f"rank {missing[0]} of {total} ended without an exit status (killed?)"
+    if not seen:
+        return (launcher, None) if launcher else (1, "no rank reported how it ended (were they started?)")
+    return (launcher, f"mlx.launch exited with code {launcher}") if launcher else (0, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    launch, overrides = split_args(argv)
+    launcher_bin, train_bin = _beside_python("mlx.launch"), _beside_python("ppo-train")
+    if launcher_bin is None or train_bin is None:
+        print("error: ppo-launch needs mlx.launch and ppo-train beside this Python; reinstall ppo-mlx "
+              "(pip install -e .)", file=sys.stderr)
+        return 2
+    if _option(launch, "--python") is None:
+        launch += ["--python", sys.executable]
+    cmd = [launcher_bin, *launch, "--env", f"{ENV}=1", train_bin, *overrides]
+    # Ctrl-C reaches the ranks and the launcher from the terminal; this process waits for them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, ENV: "1"})
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    codes: dict[int, int] = {}
+    failures: list[tuple[int, int | None]] = []
+    run_dirs: dict[int, str] = {}
+    for raw in proc.stderr:
+        line = raw.decode(errors="replace")
+        found = STATUS_LINE.search(line.rstrip("\r\n"))
+        if found:
+            rank = int(found.group(1))
+            codes[rank], run_dirs[rank] = int(found.group(2)), found.group(3)
+            continue
+        reported = LAUNCHER_LINE.search(line)
+        if reported:
+            failures.append((int(reported.group(1)), int(reported.group(2)) if reported.group(2) else None))
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    launcher = proc.wait()
+    code, what = outcome(codes, failures, expected_ranks(launch), launcher)
+    if what is None:
+        return code
+    run_dir = run_dirs.get(0) or next((a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")), "")
+    status = mark_failed(Path(run_dir), what) if run_dir and Path(run_dir).is_dir() else None
+    where = (f"the run in {run_dir} is not finished" + (f" (summary.json says {status})" if status else "")
+             if run_dir else "the run is not finished")
+    print(f"error: {what}; {where}; its newest complete checkpoint is intact: run the same command again to "
+          "resume", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
