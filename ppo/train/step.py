@@ -170,7 +170,7 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
     completions in a loss pair, in the order of their rollout rows (prompt b's g-th sample: g*B + b),
     since the others never reach the loss. `reader` decides what the judge reads of each
     completion (default: the answer without its reasoning block); the scoring uses every sampled
-    token. `keep_samples`: samples.jsonl rows for that many loss pairs (judged ones included).
+    token. `keep_samples`: samples.jsonl rows for that many of the rule's pairs (undecided ones included).
     """
     prompt_ids = [list(p.tokens) for p in prompts]
     k, n = sampling.samples_per_prompt, len(prompts)
