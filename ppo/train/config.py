@@ -26,6 +26,7 @@ from omegaconf import MISSING, OmegaConf
 from ppo import resources
 from ppo.errors import ConfigError
 from ppo.train.data import DEFAULT_CHAT_TEMPLATE_KWARGS
+from ppo.train.pairs import PAIR_RULES
 
 
 # The choices of model.dtype (ppo.train.models.resolve_dtype maps them to MLX dtypes).
@@ -94,6 +95,13 @@ class GenerationConfig:
     max_completion_length: int = 512
     # Nucleus sampling; 1.0 samples from the whole distribution.
     top_p: float = 1.0
+    # Completions per prompt, k >= 2, sampled in one batched decode; the judge compares all k(k-1)/2 pairs of
+    # each prompt's completions (a round robin). 2 (default): one pair per prompt, the seed's rollout.
+    samples_per_prompt: int = 2
+    # Which judged pairs enter the loss (ppo.train.pairs): best_vs_worst (default) the best against the worst
+    # completion by Borda score over the round robin, one pair per prompt, with the judge's verdict on that pair |
+    # all_pairs every judged pair. The same for k = 2.
+    pair_rule: str = "best_vs_worst"
 
 
 @dataclass
@@ -260,7 +268,7 @@ class PPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     # The prompts (the data group).
     data: DataConfig = field(default_factory=DataConfig)
-    # Sampling the two completions per prompt.
+    # Sampling the completions of each prompt (two by default) and pairing them.
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     # The loss (groups loss_type, ppo_form, epsilon, beta).
     loss: LossConfig = field(default_factory=LossConfig)
@@ -470,6 +478,9 @@ def validate(cfg) -> None:
     _check(gen.temperature > 0.0, "generation.temperature", gen.temperature, "must be > 0, e.g. generation.temperature=0.8")
     _check(gen.max_completion_length >= 1, "generation.max_completion_length", gen.max_completion_length, "must be >= 1")
     _check(0.0 < gen.top_p <= 1.0, "generation.top_p", gen.top_p, "must lie in (0, 1]")
+    _check(gen.samples_per_prompt >= 2, "generation.samples_per_prompt", gen.samples_per_prompt,
+           "a pairwise judge needs at least 2 completions per prompt, e.g. generation.samples_per_prompt=4")
+    _check(gen.pair_rule in PAIR_RULES, "generation.pair_rule", gen.pair_rule, f"choose {' or '.join(PAIR_RULES)}")
     _check(train.iters >= 1, "train.iters", train.iters, "must be >= 1")
     _check(train.batch_size >= 1, "train.batch_size", train.batch_size, "must be >= 1")
     _check(train.grad_accumulation_steps >= 1, "train.grad_accumulation_steps", train.grad_accumulation_steps, "must be >= 1")

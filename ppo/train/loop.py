@@ -40,6 +40,7 @@ from ppo.train.loss import adaptive_kl_beta
 from ppo.train.models import check_reference_fits, float_dtype, frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
 from ppo.train.progress import Progress
+from ppo.train.pairs import trained_completions_per_prompt
 from ppo.train.step import Sampling, make_loss_fn, mean_dicts, train_step
 from ppo.train.tracking import SilentTracker, Tracker
 
@@ -314,7 +315,8 @@ def collect_and_update(run: Session, step: int, tracker, state: RunState | None 
         metrics["kl/beta"] = beta
         state.kl_beta = adaptive_kl_beta(beta, metrics.get("kl", math.nan), target_kl=cfg.loss.target_kl,
                                          horizon=cfg.loss.kl_horizon,
-                                         n_steps=2 * train_cfg.batch_size * train_cfg.grad_accumulation_steps)
+                                         n_steps=trained_completions_per_prompt(cfg.generation) * train_cfg.batch_size
+                                         * train_cfg.grad_accumulation_steps)
     run.judge.flush()
     tracker.log_samples(step, rows or [])  # rank 0's pairs (other ranks' trackers write nothing)
     metrics["learning_rate"] = learning_rate_at(run.lr_schedule, step * updates_per_step(cfg.loss) - 1)

@@ -94,16 +94,20 @@ def sample(
                        num_tokens=sum(len(t) for t in token_ids))
 
 
-def sample_pairs(model, prompts: list[list[int]], **kwargs) -> tuple[Completions, Completions]:
-    """Two completions per prompt from one batched decode of 2B rows: (first, second)."""
-    both = sample(model, prompts + prompts, **kwargs)
-    n = len(prompts)
+def sample_pairs(model, prompts: list[list[int]], samples_per_prompt: int = 2, **kwargs) -> tuple[Completions, ...]:
+    """k = `samples_per_prompt` completions per prompt from one batched decode of k x B rows (the
+    prompts repeated k times): a tuple of k `Completions`, the g-th holding every prompt's g-th
+    sample. k = 2 (default) is the classic pair (first, second)."""
+    k, n = samples_per_prompt, len(prompts)
+    if k < 2:
+        raise ValueError(f"samples_per_prompt must be >= 2, got {k}")
+    every = sample(model, prompts * k, **kwargs)
 
-    def half(rows: slice) -> Completions:
-        ids = both.token_ids[rows]
-        return Completions(ids, both.finished[rows], both.seconds / 2, sum(len(t) for t in ids))
+    def group(g: int) -> Completions:
+        ids = every.token_ids[g * n:(g + 1) * n]
+        return Completions(ids, every.finished[g * n:(g + 1) * n], every.seconds / k, sum(len(t) for t in ids))
 
-    return half(slice(0, n)), half(slice(n, 2 * n))
+    return tuple(group(g) for g in range(k))
 
 
 def _decode(model, prompts: list[list[int]], *, eos: set[int], max_tokens: int, temperature: float,

@@ -1,6 +1,7 @@
 """One PPO step in two phases, each a function with typed inputs and outputs.
 
-    collect(...)  prompts -> two completions each (policy) -> judge -> chosen / rejected
+    collect(...)  prompts -> k completions each (policy) -> judge every pair -> the rule's pairs
+                  -> chosen / rejected
                   -> log-probs under the reference (and at sampling time)   -> Collected
     update(...)   loss -> gradients (mean over micro-batches) -> optimizer step(s) -> Updated
 
@@ -29,7 +30,8 @@ from ppo.train.distributed import SINGLE_PROCESS, World
 from ppo.train.loss import (approx_kl, dpo_loss, implicit_rewards, logprob_gap_advantages, missing_eos_penalties,
                             ppo_loss, ppo_token_loss, sequence_kl)
 from ppo.train.models import reference_model
-from ppo.train.rollout import sample_pairs
+from ppo.train.pairs import round_robin, select_pairs
+from ppo.train.rollout import Completions, sample_pairs
 from ppo.train.samples import sample_rows
 from ppo.train.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
 
@@ -114,18 +116,22 @@ class Updated:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How completions are sampled (from `generation.*` and the tokenizer)."""
+    """How completions are sampled and paired (from `generation.*` and the tokenizer)."""
 
     eos_token_ids: list[int]
     max_tokens: int
     temperature: float
     top_p: float = 1.0
+    samples_per_prompt: int = 2  # k completions per prompt, all pairs judged (ppo.train.pairs)
+    pair_rule: str = "best_vs_worst"  # which judged pairs enter the loss (ppo.train.pairs)
 
     @classmethod
     def from_config(cls, gen_cfg, tokenizer) -> "Sampling":
-        return cls(list(tokenizer.eos_token_ids), gen_cfg.max_completion_length, gen_cfg.temperature, gen_cfg.top_p)
+        return cls(list(tokenizer.eos_token_ids), gen_cfg.max_completion_length, gen_cfg.temperature, gen_cfg.top_p,
+                   gen_cfg.samples_per_prompt, gen_cfg.pair_rule)
 
     def kwargs(self) -> dict:
+        """The decode's settings (`ppo.train.rollout.sample`); the k and the rule are collect's."""
         return dict(eos_token_ids=self.eos_token_ids, max_tokens=self.max_tokens, temperature=self.temperature,
                     top_p=self.top_p)
 
@@ -155,58 +161,74 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
             keep_samples: int = 0) -> Collected:
     """Rollout, judge and score one micro-batch of prompts.
 
-    `sample_fn(model, prompt_ids, **sampling)` returns the (first, second) completions and
-    `token_logps_fn(model, batch)` scores them; a benchmark passes its variants here. Rows
-    0..B-1 of the scoring batch hold the first completions, B..2B-1 the second. `reader`
-    decides what the judge reads of each completion (default: the answer without its
-    reasoning block); the scoring uses every sampled token. `keep_samples`: samples.jsonl
-    rows for that many pairs.
+    `sample_fn(model, prompt_ids, samples_per_prompt=k, **sampling)` returns k `Completions`, the
+    g-th holding every prompt's g-th sample (k = `sampling.samples_per_prompt`), and
+    `token_logps_fn(model, batch)` scores them; a benchmark passes its variants here. The judge
+    compares every pair of a prompt's k completions and `sampling.pair_rule` picks the pairs of
+    the loss (`ppo.train.pairs`). Rows of the scoring batch: with k = 2 every completion, rows
+    0..B-1 the first ones and B..2B-1 the second (the classic layout); with k > 2 only the
+    completions in a loss pair, in the order of their rollout rows (prompt b's g-th sample: g*B + b),
+    since the others never reach the loss. `reader` decides what the judge reads of each
+    completion (default: the answer without its reasoning block); the scoring uses every sampled
+    token. `keep_samples`: samples.jsonl rows for that many of the rule's pairs (undecided ones included).
     """
     prompt_ids = [list(p.tokens) for p in prompts]
+    k, n = sampling.samples_per_prompt, len(prompts)
 
-    # 1. Rollout: two completions per prompt, one batched decode, ids kept.
+    # 1. Rollout: k completions per prompt, one batched decode, ids kept.
     policy.eval()
-    first, second = sample_fn(policy, prompt_ids, **sampling.kwargs())
-    rollout_seconds = first.seconds + second.seconds
+    groups = tuple(sample_fn(policy, prompt_ids, samples_per_prompt=k, **sampling.kwargs()))
+    if len(groups) != k:
+        raise ValueError(f"sample_fn returned {len(groups)} completions per prompt; generation.samples_per_prompt={k}")
+    rollout_seconds = sum(g.seconds for g in groups)
+    token_ids = [t for g in groups for t in g.token_ids]  # row g*B + b: prompt b's g-th sample
+    finished = [f for g in groups for f in g.finished]
 
-    # 2. Judge: P(first is better) -> chosen / rejected and the advantage.
+    # 2. Judge: P(first is better) for every pair of a prompt's completions (a round robin), then
+    # the rule's pairs -> chosen / rejected and the advantage.
     judge_start = time.perf_counter()
     reader = reader or CompletionReader(tokenizer)
-    decoded_first = reader.texts(prompt_ids, first.token_ids)
-    decoded_second = reader.texts(prompt_ids, second.token_ids)
-    pairs = [Pair(p.text, a, b, fa, fb, p.id) for p, a, b, fa, fb in zip(
-        prompts, decoded_first, decoded_second, first.finished, second.finished)]
+    decoded = [t for g in groups for t in reader.texts(prompt_ids, g.token_ids)]
+    games = round_robin(k)
+    pairs = [Pair(p.text, decoded[i * n + b], decoded[j * n + b], finished[i * n + b], finished[j * n + b], p.id)
+             for i, j in games for b, p in enumerate(prompts)]
     verdicts = judge(pairs, step=step)
     judge_seconds = time.perf_counter() - judge_start
-    first_is_chosen, confidence, valid = advantages_from_verdicts(verdicts.p)
+    selected = select_pairs(np.asarray(verdicts.p).reshape(len(games), n), k, sampling.pair_rule)
+    a_rows, b_rows = selected.rows(n)
+    first_is_chosen, confidence, valid = advantages_from_verdicts(selected.p)
+    keep = np.flatnonzero(valid)  # pairs the judge could not decide are left out of the loss
+    chosen_rows = np.where(first_is_chosen, a_rows, b_rows)[keep]
+    rejected_rows = np.where(first_is_chosen, b_rows, a_rows)[keep]
 
     # 3. Score: reference (and sampling-time) log-probs, frozen before any update.
     score_start = time.perf_counter()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batch = build_scoring_batch(prompt_ids * 2, first.token_ids + second.token_ids, pad_id)
-    n, keep = len(prompts), np.flatnonzero(valid)
-    with reference_model(policy, reference) as ref:
-        ref_token_logps = mx.stop_gradient(token_logps_fn(ref, batch))
-    old_logps = old_token_logps = None
-    if needs_sampling_logps(loss_cfg):  # the policy is still in eval mode (no dropout): as sampled
-        old_token_logps = mx.stop_gradient(token_logps_fn(policy, batch))
-    elif loss_cfg.ratio == "rollout" and dropout > 0:  # else: see JudgedBatch
-        old_logps = mx.stop_gradient(reduce_logps(token_logps_fn(policy, batch), batch.completion_mask,
-                                                  loss_cfg.logprob_reduction))
-    mx.eval(ref_token_logps, old_logps, old_token_logps)  # materialise now: the update must not see later weights
+    scored = np.arange(k * n) if k == 2 else np.unique(np.concatenate([chosen_rows, rejected_rows]))
+    position = np.full(k * n, -1, dtype=np.int64)  # rollout row -> row of the scoring batch
+    position[scored] = np.arange(len(scored))
     judged = None
-    if len(keep):  # pairs the judge could not decide are left out of the loss
-        chosen_rows = np.where(first_is_chosen, np.arange(n), np.arange(n) + n)[keep]
-        rejected_rows = np.where(first_is_chosen, np.arange(n) + n, np.arange(n))[keep]
+    if len(scored):
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        batch = build_scoring_batch([prompt_ids[r % n] for r in scored], [token_ids[r] for r in scored], pad_id)
+        with reference_model(policy, reference) as ref:
+            ref_token_logps = mx.stop_gradient(token_logps_fn(ref, batch))
+        old_logps = old_token_logps = None
+        if needs_sampling_logps(loss_cfg):  # the policy is still in eval mode (no dropout): as sampled
+            old_token_logps = mx.stop_gradient(token_logps_fn(policy, batch))
+        elif loss_cfg.ratio == "rollout" and dropout > 0:  # else: see JudgedBatch
+            old_logps = mx.stop_gradient(reduce_logps(token_logps_fn(policy, batch), batch.completion_mask,
+                                                      loss_cfg.logprob_reduction))
+        mx.eval(ref_token_logps, old_logps, old_token_logps)  # materialise now: the update must not see later weights
+    if len(keep):
         penalties = (None, None)
         if loss_cfg.missing_eos_penalty > 0:
-            finished = mx.array(np.array(first.finished + second.finished, dtype=np.float32))
-            penalties = missing_eos_penalties(loss_cfg.missing_eos_penalty, finished[mx.array(chosen_rows)],
-                                              finished[mx.array(rejected_rows)])
+            ended = mx.array(np.array(finished, dtype=np.float32))
+            penalties = missing_eos_penalties(loss_cfg.missing_eos_penalty, ended[mx.array(chosen_rows)],
+                                              ended[mx.array(rejected_rows)])
         judged = JudgedBatch(
             batch=batch,
-            chosen=mx.array(chosen_rows),
-            rejected=mx.array(rejected_rows),
+            chosen=mx.array(position[chosen_rows]),
+            rejected=mx.array(position[rejected_rows]),
             advantages=mx.array(confidence[keep]),
             ref_token_logps=ref_token_logps,
             old_logps=old_logps,
@@ -214,19 +236,28 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
             chosen_penalty=penalties[0],
             rejected_penalty=penalties[1],
         )
-    lengths = np.array([len(t) for t in first.token_ids + second.token_ids])
-    samples = sample_rows(step, "train", tokenizer, prompts, first, second, decoded_first, decoded_second,
-                          verdicts.p, limit=keep_samples) if keep_samples > 0 else []
-    return Collected(judged, samples=samples, metrics={
+    lengths = np.array([len(t) for t in token_ids])
+    samples = []
+    if keep_samples > 0:  # the rule's pairs, as judged (a: the lower sample index)
+        def side(rows):
+            return Completions([token_ids[r] for r in rows], [finished[r] for r in rows], 0.0, 0)
+
+        samples = sample_rows(step, "train", tokenizer, [prompts[b] for b in selected.prompt], side(a_rows), side(b_rows),
+                              [decoded[r] for r in a_rows], [decoded[r] for r in b_rows], selected.p, limit=keep_samples)
+    metrics = {
         "completions/mean_length": lengths.mean(),
-        "completions/eos_rate": np.mean(first.finished + second.finished),
+        "completions/eos_rate": np.mean(finished),
         **judge_metrics(verdicts.diagnostics),
-        "judge/chosen_longer_rate": chosen_longer_rate(lengths[:n], lengths[n:], first_is_chosen, valid & (confidence > 0)),
-        "tokens_per_second": (first.num_tokens + second.num_tokens) / max(rollout_seconds, 1e-9),
+        "judge/chosen_longer_rate": chosen_longer_rate(lengths[a_rows], lengths[b_rows], first_is_chosen,
+                                                       valid & (confidence > 0)),
+        "tokens_per_second": sum(g.num_tokens for g in groups) / max(rollout_seconds, 1e-9),
         "timing/rollout_seconds": rollout_seconds,
         "timing/judge_seconds": judge_seconds,
         "timing/score_seconds": time.perf_counter() - score_start,
-    })
+    }
+    if k > 2:  # with k = 2 every decided pair enters the loss: judge/pairs less the invalid ones
+        metrics["judge/loss_pairs"] = float(len(keep))
+    return Collected(judged, samples=samples, metrics=metrics)
 
 
 def make_loss_fn(loss_cfg, token_logps_fn: Callable = token_logps):
