@@ -34,6 +34,13 @@ def asset(name: str) -> Path:
     return PACKAGE_DIR / "demo" / "assets" / name
 
 
+def word_list(kind: str) -> list[str]:
+    """The demo's `positive` or `negative` words (`${ppo_words:KIND}` in conf/judge/rule.yaml)."""
+    from ppo.demo.corpus import lexicon
+
+    return lexicon(kind)
+
+
 def cache_dir() -> Path:
     """The per-user cache folder (see the module docstring)."""
     if os.environ.get(ENV_CACHE):
