@@ -75,4 +75,6 @@ def install_problems() -> list[str]:
     for name in ("demo_prompts.jsonl", "instruction_prompts.jsonl"):
         if not asset(name).is_file():
             problems.append(f"prompts {name} not found (looked for {asset(name)}): {fix}")
+    if not (asset("demo_model") / "model.safetensors").is_file():
+        problems.append(f"the shipped demo model not found (looked for {asset('demo_model')}/model.safetensors): {fix}")
     return problems
