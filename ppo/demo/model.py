@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     from ppo.platform.blas import ensure_fast_blas
 
     ensure_fast_blas()
-    parser = argparse.ArgumentParser(prog="python -m ppo.demo.model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help=f"model folder (default: {default_out_dir()})")
     parser.add_argument("--if-missing", action="store_true",
                         help="skip when the folder holds a demo model built with the current recipe")
