@@ -228,7 +228,11 @@ def _train_main() -> None:
     try:
         _train()
     except Exception as err:  # noqa: BLE001 - only composition errors are turned into a line
-        if in_task or user_full_error == "1":
+        from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+        composing = not in_task or isinstance(err, (ConfigCompositionException, MissingConfigException,
+                                                    OverrideParseException))  # a later sweep job's config
+        if not composing or user_full_error == "1":
             raise
         _fail(compose_error_line(err, sys.argv[1:]))
 
