@@ -20,10 +20,10 @@ from record import DEMO_MODEL_RECORD, demo_model_build_command, rounding_fingerp
 
 from ppo.demo import model as demo_model  # noqa: E402
 
-# Off the recording machine's rounding: per tensor max|rebuilt - shipped| <= DEMO_RTOL * max|shipped|,
-# and the final pre-training loss within DEMO_LOSS_RTOL. See test_the_builder_reproduces_the_shipped_weights.
-DEMO_RTOL = 5e-2
-DEMO_LOSS_RTOL = 1e-2
+# Off the recording machine's rounding the weights are not comparable (see
+# test_the_builder_reproduces_the_shipped_weights): there the rebuilt model's held-out loss must be
+# within DEMO_LOSS_RTOL of the shipped model's.
+DEMO_LOSS_RTOL = 0.08
 
 
 def _sha(path: Path) -> str:
@@ -118,16 +118,48 @@ def test_doctor_reports_the_demo_model(tmp_path):
     assert report["demo_model"]["origin"] == "the weights shipped in the package"
 
 
+def heldout_loss(model_dir: Path, documents: int = 512, seed: int = 12345) -> float:
+    """Mean next-token cross-entropy of a demo model on corpus documents it never trained on (the
+    pre-training loss's own formatting and masking; its documents are drawn with seed 0)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm import load
+
+    from ppo.demo import corpus
+    from ppo.demo.pretrain import _encode_examples, _make_batch
+
+    model, tokenizer = load(str(model_dir))
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    examples = _encode_examples(tokenizer, corpus.documents(documents, seed=seed), eos)
+    total = count = 0.0
+    for start in range(0, len(examples), 64):
+        inputs, targets, mask = (mx.array(a) for a in _make_batch(examples[start:start + 64], pad))
+        losses = nn.losses.cross_entropy(model(inputs).astype(mx.float32), targets) * mask
+        total, count = total + losses.sum().item(), count + mask.sum().item()
+    return total / count
+
+
+def test_the_shipped_model_is_a_trained_one():
+    """What the demo needs from it: far below the untrained loss (6.9) on documents it never saw."""
+    assert heldout_loss(demo_model.shipped_dir(), documents=128) < 3.6  # 3.42 (7 s on the reference BLAS)
+
+
 @pytest.mark.slow
 def test_the_builder_reproduces_the_shipped_weights(tmp_path):
-    """`python -m ppo.demo_model --rebuild` pre-trains from scratch (3-9 minutes on 2 cores): on the
-    recording machine's rounding the weights equal the shipped ones bit for bit; elsewhere each
-    tensor within DEMO_RTOL of its largest value and the final loss within DEMO_LOSS_RTOL.
+    """`python -m ppo.demo_model --rebuild` pre-trains from scratch (3-14 minutes on 2 busy cores): on
+    the recording machine's rounding the files equal the shipped ones bit for bit; elsewhere the
+    config, the tokenizer's vocabulary and the tensors' names and shapes are equal, and the held-out
+    loss is within DEMO_LOSS_RTOL of the shipped model's.
 
-    How the tolerance was chosen (2026-12-03, AMD EPYC family 25 model 1, OpenBLAS 0.3.21, mlx
-    0.32.4): the rebuild with OpenBLAS's default Zen kernel gave the shipped file bit for bit; with
-    OPENBLAS_CORETYPE=Haswell (another kernel, so other roundings in every matmul for 1000 AdamW
-    steps) see the numbers beside DEMO_RTOL in tests/golden/demo_model.json's "drift"."""
+    Why no tolerance on the weights (measured 2026-12-03, AMD EPYC family 25 model 1, OpenBLAS
+    0.3.21, mlx 0.32.4): OpenBLAS's default Zen kernel and OPENBLAS_CORETYPE=Haswell (the same sgemm
+    kernels) gave the shipped file bit for bit; the Sandybridge kernel with 1 thread (other roundings
+    in every matmul) diverged within 100 of the 1000 AdamW steps, ending with tensors as far from the
+    shipped ones as their own size (relative Frobenius distance 0.1-1.08, max|diff| up to 2.1x the
+    largest value): another draw of the same training, not a drifted copy. Its held-out loss was
+    3.341 against the shipped 3.429 (2.6% apart; training loss 3.179 against 3.305), so
+    DEMO_LOSS_RTOL is 3x that; an untrained or broken build (loss 6.9 at the start) fails by far."""
     out = tmp_path / "demo"
     result = subprocess.run(demo_model_build_command(out), cwd=ROOT, capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -136,15 +168,11 @@ def test_the_builder_reproduces_the_shipped_weights(tmp_path):
         assert {name: _sha(out / name) for name in record["sha256"]} == record["sha256"]
         return
     import mlx.core as mx
-    import numpy as np
 
     assert json.loads((out / "config.json").read_text()) == json.loads((shipped / "config.json").read_text())
     vocab = [json.loads((d / "tokenizer.json").read_text())["model"]["vocab"] for d in (out, shipped)]
     assert vocab[0] == vocab[1]
     got, want = mx.load(str(out / "model.safetensors")), mx.load(str(shipped / "model.safetensors"))
-    assert sorted(got) == sorted(want)
-    for key in want:
-        g, w = np.array(got[key], dtype=np.float64), np.array(want[key], dtype=np.float64)
-        assert np.max(np.abs(g - w)) <= DEMO_RTOL * np.max(np.abs(w)), key
-    loss = demo_model.read_marker(out)["stats"]["final_loss"]
-    assert abs(loss - record["final_loss"]) <= DEMO_LOSS_RTOL * record["final_loss"]
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+    rebuilt, reference = heldout_loss(out), heldout_loss(shipped)
+    assert abs(rebuilt - reference) <= DEMO_LOSS_RTOL * reference, (rebuilt, reference)
