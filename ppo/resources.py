@@ -34,6 +34,13 @@ def asset(name: str) -> Path:
     return PACKAGE_DIR / "demo" / "assets" / name
 
 
+def word_list(kind: str) -> list[str]:
+    """The demo's `positive` or `negative` words (`${ppo_words:KIND}` in conf/judge/rule.yaml)."""
+    from ppo.demo.corpus import lexicon
+
+    return lexicon(kind)
+
+
 def cache_dir() -> Path:
     """The per-user cache folder (see the module docstring)."""
     if os.environ.get(ENV_CACHE):
@@ -68,4 +75,6 @@ def install_problems() -> list[str]:
     for name in ("demo_prompts.jsonl", "instruction_prompts.jsonl"):
         if not asset(name).is_file():
             problems.append(f"prompts {name} not found (looked for {asset(name)}): {fix}")
+    if not (asset("demo_model") / "model.safetensors").is_file():
+        problems.append(f"the shipped demo model not found (looked for {asset('demo_model')}/model.safetensors): {fix}")
     return problems

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-time, idempotent set-up: .venv with the project, a fast BLAS on Linux, the demo model.
+# One-time, idempotent set-up: .venv with the project, a fast BLAS on Linux, the demo model (copied).
 #   bash scripts/setup.sh            (PYTHON=python3.12 bash scripts/setup.sh to pick Python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,7 @@ if [ "$(uname -s)" = "Linux" ] && ! .venv/bin/python -c "import sys; from ppo.pl
     || echo "setup: warning: no OpenBLAS found; MLX will use its slow reference BLAS. Install libopenblas0-pthread (or your distribution's OpenBLAS) or set PPO_BLAS_LIBRARY=/path/to/libopenblas.so"
 fi
 
-# The embedded demo model (cached; rebuilt only when missing).
+# The demo model into the cache: a copy of the weights shipped in the package (about a second;
+# `python -m ppo.demo_model --rebuild` pre-trains them here instead). Skipped when already there.
 .venv/bin/python -m ppo.demo.model --if-missing
 echo "setup: done. Train: .venv/bin/ppo-train   Tests: .venv/bin/python -m pytest"

@@ -86,3 +86,55 @@ def test_progress_false_keeps_the_console_quiet_but_not_train_log(tmp_path, tiny
     assert result.returncode == 0, result.stderr[-3000:]
     assert not STEP_LINE.search(result.stdout)
     assert len(STEP_LINE.findall((run_dir / "train.log").read_text())) == 4
+
+
+# The ETA counts the evaluations still to come; the step-0 evaluation gets its line (issue 24, item 9).
+
+def test_evaluations_left_counts_every_steps_per_eval_and_the_last_step():
+    from ppo.train.progress import evaluations_left
+
+    assert evaluations_left(0, 300, 25) == 12  # 25, 50, ..., 300
+    assert evaluations_left(0, 10, 3) == 4  # 3, 6, 9 and the last step, 10
+    assert evaluations_left(9, 10, 3) == 1 and evaluations_left(10, 10, 3) == 0
+    assert evaluations_left(4, 10, None) == 0  # not evaluating (judge=human)
+
+
+def test_eta_adds_the_evaluations_left_at_their_own_pace(monkeypatch, caplog):
+    """10 steps of 1 s, an evaluation of 10 s at steps 0, 5 and 10: at step 5 the ETA is 5 steps x 1 s
+    + 1 evaluation x 10 s = 15 s (the old estimate, 25 s elapsed / 5 steps x 5 steps left, said 25 s
+    here, and where evaluations are rarer than reports it said far too little)."""
+    import ppo.train.progress as progress_module
+
+    clock = [100.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
+    progress = Progress(10, enabled=True, stream=io.StringIO(), steps_per_eval=5)
+    with caplog.at_level(logging.INFO, logger="ppo.progress"):
+        with progress.evaluation():
+            clock[0] += 10
+        progress.update({"eval/win_rate": 0.5, "eval/pairs": 64}, 0)
+        for step in range(1, 6):
+            clock[0] += 1
+            if step == 5:
+                with progress.evaluation():
+                    clock[0] += 10
+            progress.update({"loss": 0.1}, step)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ppo.progress"]
+    assert lines[0].startswith("step 0/10  eval_win_rate=0.500 (0.38-0.62)") and "10.0 s/eval" in lines[0]
+    assert "ETA" not in lines[0]  # no step timed yet
+    assert lines[-1] == "step 5/10  loss=0.1  1.00 s/step  10.0 s/eval  ETA 0m15s", lines[-1]
+    assert progress_module.eta_seconds(5, 10, 1.0, 10.0, 1) == 15.0
+
+
+@pytest.mark.slow
+def test_the_step_0_evaluation_is_a_progress_line(tmp_path, tiny_model_dir, prompts_file):
+    run_dir = tmp_path / "run"
+    overrides = small_run_overrides(tiny_model_dir, prompts_file, **{
+        "train.iters": 4, "train.steps_per_report": 2, "train.steps_per_eval": 2, "train.progress": "true",
+        "train.eval_at_start": "true"}) + [f"hydra.run.dir={run_dir}"]
+    result = run_cli(overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    step0 = re.findall(r"\[ppo\.progress\]\[INFO\] - (step 0/4  eval_win_rate=[^\n]*)", result.stdout)
+    assert len(step0) == 1 and "s/eval" in step0[0], result.stdout
+    assert "step 0/4  eval_win_rate=" in (run_dir / "train.log").read_text()
+    later = [m.group(0) for m in re.finditer(r"step [24]/4  loss=[^\n]*", result.stdout)]
+    assert len(later) == 2 and all("s/step" in x and "s/eval" in x and "ETA" in x for x in later), later

@@ -42,6 +42,7 @@ def installed(tmp_path_factory):
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "ppo/conf/train.yaml" in names and "ppo/conf/experiment/demo.yaml" in names
     assert "ppo/demo/assets/demo_prompts.jsonl" in names
+    assert "ppo/demo/assets/demo_model/model.safetensors" in names and "ppo/demo/assets/demo_model/tokenizer.json" in names
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=root)
     _run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", wheels[0]], cwd=root)
@@ -65,6 +66,12 @@ def test_installed_commands_work_from_any_folder(installed, tiny_model_dir, prom
 
     doctor = json.loads(_run([bin_dir / "ppo-doctor", "--size", "64", "--repeats", "1"], cwd=work, env=env).stdout)
     assert doctor["problems"] == [] and doctor["ppo_mlx_version"] and "site-packages" in doctor["config_dir"]
+    assert doctor["demo_model"]["state"] == "missing" and "python -m ppo.demo_model" in doctor["demo_model"]["fix"]
+    # The shipped demo model, copied from the wheel into the cache (no pre-training).
+    copied = _run([bin_dir / "python", "-m", "ppo.demo_model"], cwd=work, env=env).stdout
+    assert "copied the shipped demo model" in copied
+    weights = (tmp_path / "cache" / "models" / "demo" / "model.safetensors").read_bytes()
+    assert weights == (ROOT / "ppo" / "demo" / "assets" / "demo_model" / "model.safetensors").read_bytes()
 
     run_dir = work / "run"
     _run([bin_dir / "ppo-train", f"model.path={tiny_model_dir}", f"data.path={prompts_file}", "train.iters=2",

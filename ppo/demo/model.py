@@ -6,7 +6,15 @@ likely, so a judge that prefers positive words starts near 50/50 and PPO has
 something to learn. A random model from :mod:`ppo.demo.tiny` does neither; a few
 minutes of :func:`ppo.demo.pretrain.pretrain` on :mod:`ppo.demo.corpus` does both.
 
-The model is built in a temporary sibling folder and renamed into place at
+The package ships that model (``ppo/demo/assets/demo_model/``, about 2 MB: weights, config,
+tokenizer and marker), built by this module on the recording machine; by default the
+command copies it into place in about a second instead of pre-training for minutes.
+``--rebuild`` pre-trains from scratch (about 3-4 minutes on 2 CPU cores); on the recording
+machine's rounding (``tests/golden/demo_model.json``) that gives the shipped weights bit for
+bit, elsewhere to a tolerance (``tests/test_demo_model.py``). A recipe the shipped marker does
+not match (other ``DEMO_SETTINGS``, ``--steps``) is pre-trained.
+
+The model is built (or copied) in a temporary sibling folder and renamed into place at
 the end, so an interrupted build never leaves a half model. The folder gets a
 ``demo_model.json`` marker with the recipe (``settings``) and the training
 stats; ``--if-missing`` skips the build when the marker's settings equal the
@@ -14,7 +22,7 @@ current recipe, so changing the recipe (or ``--steps``) rebuilds.
 
 CLI::
 
-    python -m ppo.demo.model [--out DIR] [--if-missing] [--steps N]
+    python -m ppo.demo.model [--out DIR] [--if-missing] [--rebuild] [--steps N]
 
 Default folder: ``models/demo`` in the per-user cache (``ppo.resources.cache_dir``:
 ``$PPO_CACHE``, else ``$XDG_CACHE_HOME/ppo-mlx``, else ``~/.cache/ppo-mlx``), which is
@@ -54,6 +62,19 @@ DEMO_SETTINGS: dict = {
 }
 
 
+#: The files of a demo model folder (what is shipped and what a copy must hold).
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", MARKER)
+#: The command that puts the demo model into the cache (README, set-up, error messages).
+COMMAND = "python -m ppo.demo_model"
+
+
+def shipped_dir() -> Path:
+    """The demo model inside the package (``ppo/demo/assets/demo_model``)."""
+    from ppo.resources import asset
+
+    return asset("demo_model")
+
+
 def default_out_dir() -> Path:
     """``models/demo`` in the per-user cache (the ``${ppo_cache:}`` of ``conf/model/demo.yaml``)."""
     from ppo.resources import cache_dir
@@ -88,14 +109,67 @@ def is_current(out_dir, settings: dict) -> bool:
     )
 
 
+def state(out_dir=None) -> dict:
+    """Where the demo model stands in `out_dir` (default: the cache): ``present``, ``missing``,
+    ``incomplete`` or ``outdated`` (another recipe), with the command that fixes it (ppo-doctor)."""
+    out = Path(out_dir) if out_dir is not None else default_out_dir()
+    found = {"path": str(out)}
+    if is_current(out, demo_settings()):
+        marker = read_marker(out) or {}
+        origin = "the weights shipped in the package" if marker.get("installed_from") == "package" else "built here"
+        return found | {"state": "present", "origin": origin}
+    if not out.exists():
+        return found | {"state": "missing", "fix": f"run `{COMMAND}` (copies the shipped weights into the cache in about a second)"}
+    marker = read_marker(out)
+    if marker is None or not all((out / name).is_file() for name in FILES if name != MARKER):
+        return found | {"state": "incomplete", "fix": f"run `{COMMAND}` (replaces the folder)"}
+    return found | {"state": "outdated", "fix": f"run `{COMMAND}` (the folder holds another recipe: "
+                                                   f"{marker.get('settings')}; it is replaced)"}
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """`tmp` becomes `out`: the old folder (if any) steps aside first, so `out` is always either the
+    old complete model or the new complete one."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def install_shipped(out: Path, log: Callable[[str], None] = print) -> Path:
+    """Copy the shipped demo model into `out` (atomically, as a build would)."""
+    start = time.perf_counter()
+    source = shipped_dir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.copying-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        for name in FILES:
+            if name != MARKER:
+                shutil.copyfile(source / name, tmp / name)
+        marker = read_marker(source) | {"installed_from": "package"}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _swap_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"copied the shipped demo model to {out} in {time.perf_counter() - start:.1f}s "
+        f"(`{COMMAND} --rebuild` pre-trains it from scratch instead, about 3-4 minutes)")
+    return out
+
+
 def build_demo_model(
     out_dir=None,
     *,
     steps: int | None = None,
     if_missing: bool = False,
+    rebuild: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Build (or, with ``if_missing``, reuse) the demo model; return its folder."""
+    """Put the demo model into `out_dir` (default: the cache) and return the folder: with
+    ``if_missing`` nothing happens when it is there already; the shipped copy is used when its
+    recipe is the one asked for, unless ``rebuild``; otherwise it is pre-trained here."""
     from ppo.demo.pretrain import pretrain
     from ppo.demo.tiny import build_tiny_model
 
@@ -105,10 +179,11 @@ def build_demo_model(
     if if_missing and is_current(out, settings):
         log(f"demo model up to date in {out} (marker {MARKER} matches); skipping")
         return out
+    if not rebuild and is_current(shipped_dir(), settings):
+        return install_shipped(out, log)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     try:
@@ -144,12 +219,7 @@ def build_demo_model(
             "versions": _versions(),
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        # Swap into place: the old folder (if any) steps aside first, so `out`
-        # is always either the old complete model or the new complete one.
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(
@@ -175,17 +245,24 @@ def main(argv: list[str] | None = None) -> None:
     from ppo.platform.blas import ensure_fast_blas
 
     ensure_fast_blas()
-    parser = argparse.ArgumentParser(prog="python -m ppo.demo.model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help=f"model folder (default: {default_out_dir()})")
     parser.add_argument("--if-missing", action="store_true",
                         help="skip when the folder holds a demo model built with the current recipe")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="pre-train from scratch (about 3-4 minutes) instead of copying the shipped weights")
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"pre-training steps (default: {DEMO_SETTINGS['steps']})")
+                        help=f"pre-training steps (default: {DEMO_SETTINGS['steps']}; another number pre-trains)")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
-    build_demo_model(args.out, steps=args.steps, if_missing=args.if_missing,
-                     log=lambda line: print(line, flush=True))
+    try:
+        build_demo_model(args.out, steps=args.steps, if_missing=args.if_missing, rebuild=args.rebuild,
+                         log=lambda line: print(line, flush=True))
+    except OSError as err:
+        print(f"error: could not write the demo model ({err.strerror or err}: {err.filename or args.out}); "
+              "free space or pick a writable folder with --out DIR (or set PPO_CACHE)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -93,8 +93,87 @@ def _launch_status(code: int) -> None:
     print(status_line(launch_rank(), code, os.path.abspath(run_dir) if run_dir else ""), file=sys.stderr, flush=True)
 
 
+def version_text() -> str:
+    """`ppo-train --version`: this package's version, then what runs it (Hydra, MLX, Python)."""
+    from importlib import metadata
+
+    from ppo import resources
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    ours = resources.version() or "(not installed: a source checkout)"
+    return (f"ppo-mlx {ours} (hydra-core {installed('hydra-core')}, mlx {installed('mlx')}, "
+            f"python {sys.version.split()[0]})")
+
+
+def _group_options(group: str) -> list[str]:
+    from ppo.resources import config_dir
+
+    folder = config_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def compose_error_line(err: BaseException, args: list[str]) -> str:
+    """One line for an error Hydra raises while composing the config from `args` (its own message
+    is several lines and ends with "Set the environment variable HYDRA_FULL_ERROR=1")."""
+    import re
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    from ppo.train.config import schema_paths, unknown_key_message
+
+    cause, text = err.__cause__, str(err)
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        if key.split(".")[0] in ("judge", "eval_judge"):
+            group = key.split(".")[0]
+            return (f"unknown key {key}: the chosen {group} has no such setting; `ppo-train {group}=NAME --cfg job` "
+                    f"lists its settings (+{key}=VALUE adds one for a judge class that takes it)")
+        return unknown_key_message(key)
+    if cause is not None and key:
+        reason = str(cause).strip().splitlines()[0]
+        override = next((a for a in args if a.lstrip("+~").split("=", 1)[0] == key), key)
+        return f"invalid {override}: {reason}"
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if missing:
+        group, option = missing.groups()
+        listed = re.search(r"Available options in '[^']+':\n((?:\t[^\n]*\n?)+)", text)
+        options = [o.strip() for o in listed.group(1).splitlines() if o.strip()] if listed else _group_options(group)
+        hint = f"choose one of {', '.join(options)}" if options else "`ppo-train --help` lists the groups and options"
+        return f"no {group}={option}: the {group} group has no option {option!r}; {hint}"
+    ambiguous = re.search(r"Ambiguous value for argument '([^']+)'", text)
+    if ambiguous:
+        return (f"ambiguous value in {ambiguous.group(1)}: write [a,b] for a list, quote it ('a,b') for a string, "
+                "or add -m to sweep over the values")
+    if type(err).__name__ == "OverrideParseException":
+        return f"could not parse the overrides ({text.strip().splitlines()[0]}); the syntax: key=value, group=option, +key=value"
+    if text.startswith("Config group override must be"):  # `epsilon=0.2`: a number given to a group
+        paths = schema_paths()
+        for arg in args:
+            name, sep, value = arg.partition("=")
+            if sep and name in _config_groups() and value not in _group_options(name):
+                keys = [p for p in paths if p.rpartition(".")[2] == name]
+                number = f"; a value of its own goes to {keys[0]}={value}" if len(keys) == 1 else ""
+                return f"{name} is a config group: choose one of {', '.join(_group_options(name))}{number}"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    return "; ".join(lines[:3]) or type(err).__name__
+
+
+def _config_groups() -> list[str]:
+    from ppo.resources import config_dir
+
+    return sorted(p.name for p in config_dir().iterdir() if p.is_dir())
+
+
 def _train_main() -> None:
     ensure_fast_blas()
+    if "--version" in sys.argv[1:]:  # Hydra's own flag would print "Hydra 1.3.x"
+        print(version_text())
+        return
     if any(arg.startswith("+experiment=") for arg in sys.argv[1:]):
         _fail("write experiment=NAME without the +: `experiment` is already in the defaults list (conf/train.yaml)")
     _prepare_ranks()
@@ -126,6 +205,7 @@ def _train_main() -> None:
         from ppo.train.loop import train
         from ppo.train.run_folder import claim, save_hydra_files
 
+        in_task.append(True)
         hydra_cfg = HydraConfig.get()
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         one_line = (ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
@@ -167,7 +247,24 @@ def _train_main() -> None:
                 raise
             return None
 
-    _train()
+    # Hydra raises its composition errors (an unknown key, a bad value, a missing option) instead
+    # of printing its own multi-line message: they become one line here. Errors from inside a run
+    # are the run's own (one line each, above); anything else keeps its traceback.
+    import os
+
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    in_task: list[bool] = []
+    try:
+        _train()
+    except Exception as err:  # noqa: BLE001 - only composition errors are turned into a line
+        from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+        composing = not in_task or isinstance(err, (ConfigCompositionException, MissingConfigException,
+                                                    OverrideParseException))  # a later sweep job's config
+        if not composing or user_full_error == "1":
+            raise
+        _fail(compose_error_line(err, sys.argv[1:]))
 
 
 def _prepare_ranks() -> None:

@@ -174,13 +174,24 @@ def install_report() -> dict:
     """The installed package: version, where its configs and cache are, and what is missing
     (each problem with its fix; ppo-doctor exits 1 when there is one)."""
     from ppo import resources
+    from ppo.demo.model import state as demo_model_state
 
     return {
         "ppo_mlx_version": resources.version(),
         "config_dir": str(resources.config_dir()),
         "cache_dir": str(resources.cache_dir()),
+        # model=demo's folder in the cache: present, or missing / incomplete / outdated with its fix
+        "demo_model": demo_model_state(),
         "problems": resources.install_problems(),
     }
+
+
+def demo_model_warning(report: dict) -> str | None:
+    """A line when the demo model (model=demo, `ppo-train experiment=demo`) is not ready."""
+    demo = report.get("demo_model") or {}
+    if demo.get("state") in (None, "present"):
+        return None
+    return f"demo model {demo['state']} in {demo['path']}: {demo['fix']}"
 
 
 def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
@@ -208,8 +219,11 @@ def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
             "preload it automatically unless PPO_NO_BLAS_PRELOAD=1)"
         )
 
+    install = install_report()
+    if (line := demo_model_warning(install)) is not None:
+        warnings.append(line)
     return {
-        **install_report(),
+        **install,
         "mlx_version": getattr(mx, "__version__", "unknown"),
         "mlx_device": str(mx.default_device()),
         "platform": platform.platform(),
@@ -246,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     for problem in report["problems"]:
         print(f"error: {problem}", file=sys.stderr)
+    if (line := demo_model_warning(report)) is not None:  # not a broken install: exits 0
+        print(f"warning: {line}", file=sys.stderr)
     return 1 if report["problems"] else 0
 
 

@@ -8,9 +8,11 @@ SOURCE is one of:
   own reader (`wandb leet inspect --summary --json FILE`);
 - `wandb:ENTITY/PROJECT/RUN_ID`: the config of an online wandb run (`wandb.Api().run(...).config`).
 
-Overrides are `key=value` on the typed schema (`loss.beta=0.05`, `train.iters=50`); a
-misspelt key or a wrong type is a one-line error. `hydra.run.dir=DIR` (or `--out DIR`)
-picks the output folder; the default is `RUN_DIR-reproduce` (then `-reproduce-2`, ...):
+Overrides are `key=value` on the typed schema (`loss.beta=0.05`, `train.iters=50`,
+`judge.positive=[good,kind]`) or `group=option` (`logger=none`, `judge=length`, `epsilon=tight`:
+the option's file replaces that part of the saved config, as a fresh run would compose it); a
+misspelt key ("did you mean"), a wrong type or an unknown option is a one-line error.
+`hydra.run.dir=DIR` (or `--out DIR`) picks the output folder; the default is `RUN_DIR-reproduce` (then `-reproduce-2`, ...):
 an existing folder is never written into. The new folder gets `.hydra/config.yaml` and
 `.hydra/overrides.yaml` like any run, so `ppo-report` reads it and it can be reproduced
 in turn, plus `reproduce.json` naming its source.
@@ -129,18 +131,79 @@ def build_config(config: dict, overrides: list[str]):
         key = key.lstrip("+")
         if not sep or not key:
             raise ReproduceError(f"override {override!r} is not key=value")
-        if "/" in key or (OmegaConf.select(cfg, key, default=None) is None and "." not in key and key != "judge"):
+        if key.split("/")[0] in NOT_REAPPLIED:
             raise ReproduceError(
-                f"override {override!r}: ppo-reproduce takes config keys (e.g. loss.beta=0.05, loss.type=hinge), "
-                "not config groups")
+                f"override {override!r}: ppo-reproduce re-runs a saved config, and {key} is chosen when a config is "
+                f"composed; run `ppo-train {key}={value}` for a new run")
+        if key in config_groups():  # logger=none, judge=length, epsilon=tight: the group's option replaces its part
+            cfg = apply_group(cfg, key, value, override)
+            continue
+        if "/" in key or (OmegaConf.select(cfg, key, default=None) is None and "." not in key and key != "judge"):
+            from ppo.train.config import unknown_key_message
+
+            raise ReproduceError(f"override {override!r}: {unknown_key_message(key)}")
         try:
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
             parsed = value
+        # A list where the saved config has a node (judge.positive=[good,kind] over the word-list
+        # node that older runs saved): the value replaces the node, as it would in a fresh run.
+        current = OmegaConf.select(cfg, key, default=None)
+        merge = not (OmegaConf.is_config(current) and OmegaConf.is_dict(current) != isinstance(parsed, dict))
         try:
-            OmegaConf.update(cfg, key, parsed, merge=True)
+            OmegaConf.update(cfg, key, parsed, merge=merge)
         except OmegaConfBaseException as err:
-            raise ReproduceError(f"override {override!r}: {str(err).splitlines()[0]}") from None
+            reason = str(err).splitlines()[0]
+            if "not in" in reason or "is not in struct" in reason:
+                from ppo.train.config import unknown_key_message
+
+                reason = unknown_key_message(key)
+            raise ReproduceError(f"override {override!r}: {reason}") from None
+    return cfg
+
+
+# Groups that choose how a run is composed or swept, not a part of the saved config.
+NOT_REAPPLIED = ("experiment", "hparams_search", "hydra")
+# Groups whose node is replaced whole (free-form: a judge's settings depend on its class).
+REPLACED_WHOLE = ("judge", "eval_judge")
+
+
+def config_groups() -> list[str]:
+    """The packaged config groups an override can choose from (`judge`, `logger`, `epsilon`, ...)."""
+    from ppo.resources import config_dir
+
+    return sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name not in NOT_REAPPLIED)
+
+
+def apply_group(cfg, group: str, option: str, override: str):
+    """`cfg` with the group's option applied as a fresh ppo-train would compose it: the option's
+    file (with its own defaults) replaces the judge nodes whole, and sets its keys elsewhere
+    (`logger=none` sets logger.kind, `epsilon=tight` loss.epsilon); every other saved setting stays."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ppo.resources import config_dir
+
+    if group == "eval_judge" and option in ("null", "none", "None", ""):
+        cfg.eval_judge = None
+        return cfg
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            part = compose(overrides=[f"+{group}={option}"])
+    except HydraException:
+        folder = config_dir() / group
+        options = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ReproduceError(f"override {override!r}: the {group} group has no option {option!r}; choose one of {options}") from None
+    try:
+        for key in part:
+            if key in REPLACED_WHOLE:
+                cfg[key] = part[key]
+            else:
+                cfg = OmegaConf.merge(cfg, {key: part[key]})
+    except OmegaConfBaseException as err:
+        raise ReproduceError(f"override {override!r}: {str(err).splitlines()[0]}") from None
     return cfg
 
 

@@ -322,6 +322,9 @@ def register() -> None:
     # ${ppo_asset:NAME}: a file shipped in the package; ${ppo_cache:}: the per-user cache.
     if not OmegaConf.has_resolver("ppo_asset"):
         OmegaConf.register_new_resolver("ppo_asset", lambda name: str(resources.asset(name)))
+    # ${ppo_words:positive|negative}: the demo's word lists (conf/judge/rule.yaml); a list override replaces them.
+    if not OmegaConf.has_resolver("ppo_words"):
+        OmegaConf.register_new_resolver("ppo_words", lambda kind: OmegaConf.create(resources.word_list(kind)))
     if not OmegaConf.has_resolver("ppo_cache"):
         OmegaConf.register_new_resolver("ppo_cache", lambda: str(resources.cache_dir()))
     # ${ppo_job_dir:OVERRIDES,EXCLUDE_KEYS}: a sweep job's folder name (conf/hydra/default.yaml).
@@ -413,21 +416,73 @@ def _unknown_keys(node, schema, prefix: str = "") -> list[str]:
     return out
 
 
+# Names other trainers use (TRL, mlx-lm, CleanRL, Hugging Face) -> this schema's key, for "did you mean".
+KEY_ALIASES = {
+    "eval_every": "steps_per_eval", "eval_steps": "steps_per_eval", "eval_interval": "steps_per_eval",
+    "eval_freq": "steps_per_eval", "report_every": "steps_per_report", "log_every": "steps_per_report",
+    "logging_steps": "steps_per_report", "log_interval": "steps_per_report", "save_steps": "save_every",
+    "save_interval": "save_every", "save_freq": "save_every", "max_steps": "iters", "steps": "iters",
+    "num_steps": "iters", "total_steps": "iters", "lr": "learning_rate", "max_new_tokens": "max_completion_length",
+    "max_tokens": "max_completion_length", "response_length": "max_completion_length", "kl_coef": "beta",
+    "init_kl_coef": "beta", "cliprange": "epsilon", "clip_range": "epsilon", "clip_coef": "epsilon",
+    "gradient_accumulation_steps": "grad_accumulation_steps", "per_device_train_batch_size": "batch_size",
+    "warmup": "warmup_steps", "lora_rank": "rank", "lora_alpha": "scale",
+}
+
+
+def suggest_key(path: str) -> str | None:
+    """The schema key a misspelt or foreign `path` most likely means (`train.eval_every` ->
+    `train.steps_per_eval`, `loss.epsilom` -> `loss.epsilon`, `train.beta` -> `loss.beta`), or None."""
+    import difflib
+
+    known = list(schema_paths())
+    parent, _, leaf = path.rpartition(".")
+    siblings = [p.rpartition(".")[2] for p in known if p.rpartition(".")[0] == parent]
+    alias = KEY_ALIASES.get(leaf.lower())
+    if alias in siblings:
+        return f"{parent + '.' if parent else ''}{alias}"
+    elsewhere = [p for p in known if alias and p.rpartition(".")[2] == alias]  # eval_every -> train.steps_per_eval
+    if len(elsewhere) == 1:
+        return elsewhere[0]
+    close = difflib.get_close_matches(leaf, siblings, n=1)
+    if close:
+        return f"{parent + '.' if parent else ''}{close[0]}"
+    same = [p for p in known if p.rpartition(".")[2] == leaf]  # the same name in another section: train.beta -> loss.beta
+    if len(same) == 1:
+        return same[0]
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def schema_paths() -> list[str]:
+    """Every key of the schema, dotted (`train.steps_per_eval`), sections included."""
+    paths = []
+
+    def walk(prefix, node):
+        for key in node:
+            paths.append(f"{prefix}{key}")
+            if OmegaConf.is_dict(node._get_node(key)) and key not in ("judge", "eval_judge"):
+                walk(f"{prefix}{key}.", node[key])
+
+    walk("", OmegaConf.structured(PPOConfig))
+    return paths
+
+
+def unknown_key_message(key: str) -> str:
+    """The one-line refusal of a key the schema lacks, with its likely meaning."""
+    close = suggest_key(key)
+    hint = f"did you mean {close}? " if close else ""
+    return (f"unknown key {key}: the config schema has no such key; {hint}remove or correct the override "
+            "(`ppo-train --cfg job` lists every key)")
+
+
 def check_known_keys(cfg) -> None:
     """Refuse a key the schema lacks (a typo such as `+loss.epsilom=0.2` would be stored and ignored).
     The judge node is free-form: each judge class checks its own keys."""
-    import difflib
-
     schema = OmegaConf.structured(PPOConfig)
     unknown = _unknown_keys(cfg, schema)
     if unknown:
-        key = unknown[0]
-        parent, _, leaf = key.rpartition(".")
-        siblings = list((OmegaConf.select(schema, parent) if parent else schema).keys())
-        close = difflib.get_close_matches(leaf, siblings, n=1)
-        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
-        raise ConfigError(f"unknown key {key}: the config schema has no such key; {hint}remove the override "
-                          "(a + in front of a key adds a key the trainer never reads)")
+        raise ConfigError(unknown_key_message(unknown[0]) + " (a + in front of a key adds a key the trainer never reads)")
 
 
 def validate(cfg) -> None:

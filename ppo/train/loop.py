@@ -359,7 +359,8 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
     run.inputs = checked_inputs(cfg, run_dir)
     start_step, state, saved = resume(run)
     tracker = make_tracker(run, saved)
-    progress = Progress(train_cfg.iters, start_step, enabled=train_cfg.progress and world.is_main)
+    progress = Progress(train_cfg.iters, start_step, enabled=train_cfg.progress and world.is_main,
+                        steps_per_eval=train_cfg.steps_per_eval if run.evaluating else None)
 
     status, step = "failed", start_step
     position_at_step_start, updated = run.sampler.position, True
@@ -367,8 +368,10 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
         mark_running(run_dir, world, start_step)
         if train_cfg.eval_at_start and start_step == 0:
             mx.random.seed(step_seed(cfg.seed, 0, world.rank))
-            run_evaluation(run, state, 0, tracker)
+            with progress.evaluation():
+                run_evaluation(run, state, 0, tracker)
             tracker.log(0, state.last_eval)
+            progress.update(state.last_eval, 0)
         with stop_requests() as stop:
             for step in range(start_step + 1, train_cfg.iters + 1):
                 mx.random.seed(step_seed(cfg.seed, step, world.rank))
@@ -383,7 +386,8 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
                 is_last = step == train_cfg.iters
                 is_eval = step % train_cfg.steps_per_eval == 0 or is_last
                 if is_eval:
-                    run_evaluation(run, state, step, tracker)
+                    with progress.evaluation():
+                        run_evaluation(run, state, step, tracker)
                 if step % train_cfg.steps_per_report == 0 or is_last:
                     reported = mean_dicts(state.window) | (state.last_eval if is_eval else {})
                     tracker.log(step, reported)

@@ -19,6 +19,7 @@ import logging
 import math
 import sys
 import time
+from contextlib import contextmanager
 
 from ppo import console
 from ppo.metrics import held_out_names, wilson_interval
@@ -66,13 +67,36 @@ def format_stats(metrics: dict) -> str:
     return "  ".join(parts)
 
 
-def format_line(step: int, total: int, metrics: dict, seconds_per_step: float | None) -> str:
-    """`step 10/200 loss=... clip_fraction=... kl=... win_rate=0.61 (0.52-0.70) 1.23 s/step ETA 3m54s`."""
+def evaluations_left(step: int, total: int, steps_per_eval: int | None) -> int:
+    """Evaluations still to run after `step`: every steps_per_eval-th step and the last one."""
+    if not steps_per_eval or step >= total:
+        return 0
+    return total // steps_per_eval - step // steps_per_eval + (total % steps_per_eval != 0)
+
+
+def eta_seconds(step: int, total: int, seconds_per_step: float | None, seconds_per_eval: float | None = None,
+                evaluations: int = 0) -> float | None:
+    """The steps left at the training pace plus the evaluations left at the evaluation pace
+    (None before a step has been timed)."""
+    if seconds_per_step is None:
+        return None
+    return seconds_per_step * (total - step) + (seconds_per_eval or 0.0) * evaluations
+
+
+def format_line(step: int, total: int, metrics: dict, seconds_per_step: float | None,
+                seconds_per_eval: float | None = None, evaluations: int = 0) -> str:
+    """`step 10/200 loss=... clip_fraction=... kl=... win_rate=0.61 (0.52-0.70) 1.23 s/step 14.2 s/eval ETA 4m12s`:
+    s/step is the training pace (evaluations left out), s/eval the mean evaluation, and the ETA
+    counts the `evaluations` still to run as well as the steps."""
     parts = [f"step {step}/{total}", format_stats(metrics)]
     if seconds_per_step is not None:
         parts.append(f"{seconds_per_step:.2f} s/step")
-        parts.append(f"ETA {_duration(seconds_per_step * (total - step))}")
-    return "  ".join(parts)
+    if seconds_per_eval is not None:
+        parts.append(f"{seconds_per_eval:.1f} s/eval")
+    eta = eta_seconds(step, total, seconds_per_step, seconds_per_eval, evaluations)
+    if eta is not None:
+        parts.append(f"ETA {_duration(eta)}")
+    return "  ".join([p for p in parts if p])
 
 
 def _to_log_files(line: str) -> None:
@@ -98,41 +122,64 @@ def _log_console_through(stdout, proxy) -> list:
 
 
 class Progress:
-    """One report step at a time: `update(metrics, step)`, then `close()`."""
+    """One report step at a time: `update(metrics, step)`, then `close()`. Evaluations run inside
+    `with progress.evaluation():`, so that their time is measured apart from the steps' and the ETA
+    adds the evaluations still to come (every `steps_per_eval` steps and the last; None: none)."""
 
-    def __init__(self, total: int, completed: int = 0, enabled: bool = True, stream=None):
+    def __init__(self, total: int, completed: int = 0, enabled: bool = True, stream=None,
+                 steps_per_eval: int | None = None):
         stream = stream if stream is not None else sys.stdout
         self.total, self._started, self._first_step = total, time.perf_counter(), completed
+        self.steps_per_eval, self._eval_seconds = steps_per_eval, []
         self._bar, self._moved = None, []
         self._plain = enabled and not stream.isatty()
         if enabled and not self._plain:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(
-                TextColumn("[bold]ppo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[stats]}"), console=Console(file=stream),
+            self._bar = RichProgress(  # the ETA is ours: rich's own would not know about evaluations
+                TextColumn("[bold]ppo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[stats]}"), console=Console(file=stream),
             )
-            self._task = self._bar.add_task("train", total=total, completed=completed, stats="")
+            self._task = self._bar.add_task("train", total=total, completed=completed, stats="", eta="")
             before = sys.stdout
             self._bar.start()
             self._moved = _log_console_through(before, sys.stdout)
             console.register_live(self._bar)
 
+    @contextmanager
+    def evaluation(self):
+        """Times an evaluation (its time is left out of s/step and counted per evaluation)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._eval_seconds.append(time.perf_counter() - started)
+
     def seconds_per_step(self, step: int) -> float | None:
+        """The training pace: time in this process, evaluations left out, per step run in it."""
         done = step - self._first_step  # steps run in this process (a resumed run starts later)
-        return (time.perf_counter() - self._started) / done if done > 0 else None
+        busy = time.perf_counter() - self._started - sum(self._eval_seconds)
+        return max(busy, 0.0) / done if done > 0 else None
+
+    def seconds_per_eval(self) -> float | None:
+        return sum(self._eval_seconds) / len(self._eval_seconds) if self._eval_seconds else None
 
     def update(self, metrics: dict, step: int) -> None:
-        line = format_line(step, self.total, metrics, self.seconds_per_step(step))
+        if not metrics:  # nothing to show (a step-0 evaluation that did not run)
+            return
+        per_step, per_eval = self.seconds_per_step(step), self.seconds_per_eval() if self.steps_per_eval else None
+        evaluations = evaluations_left(step, self.total, self.steps_per_eval)
+        line = format_line(step, self.total, metrics, per_step, per_eval, evaluations)
         if self._plain:
             log.info(line)  # console and train.log, through Hydra's job logging
             return
         _to_log_files(line)
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, stats=format_stats(metrics))
+            eta = eta_seconds(step, self.total, per_step, per_eval, evaluations)
+            self._bar.update(self._task, completed=step, stats=format_stats(metrics),
+                             eta=f"ETA {_duration(eta)}" if eta is not None else "")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -1,6 +1,7 @@
 """Record the golden runs that tests/test_golden_run.py compares against.
 
     .venv/bin/python tests/golden/record.py      (re-record only when behaviour is meant to change)
+    .venv/bin/python tests/golden/record.py --demo-model   (the shipped demo model; see the end)
 
 Each golden run is a short training of a tiny model built by ``ppo.demo.tiny`` (byte-identical
 for a seed) on prompts from ``ppo``'s grammar corpus, with the rule judge and a fixed seed.
@@ -292,5 +293,51 @@ def add_new_keys() -> None:
             print(f"{name}: added {added or 'nothing'}")
 
 
+# --------------------------------------------------------------------------------------------
+# The demo model shipped in the package (ppo/demo/assets/demo_model, issue 24): recorded with
+#     .venv/bin/python tests/golden/record.py --demo-model [BUILT_DIR]
+# which pre-trains it from scratch as `python -m ppo.demo_model --rebuild` does (or takes a folder
+# that command wrote), copies it into the package and writes demo_model.json here: each file's
+# sha256 and the rounding fingerprint. tests/test_demo_model.py rebuilds it and compares: bit for
+# bit where the fingerprint matches, else to DEMO_RTOL (chosen there from measured drift).
+DEMO_MODEL_RECORD = HERE / "demo_model.json"
+
+
+def demo_model_build_command(out: Path) -> list[str]:
+    """The documented rebuild, in a child process that loads the BLAS the way the command does."""
+    return [sys.executable, "-m", "ppo.demo_model", "--rebuild", "--out", str(out)]
+
+
+def record_demo_model(built: Path | None = None) -> None:
+    from ppo.demo.model import FILES, MARKER, demo_settings, read_marker, shipped_dir
+
+    fingerprint = rounding_fingerprint()
+    with tempfile.TemporaryDirectory() as tmp:
+        if built is None:
+            built = Path(tmp) / "demo"
+            subprocess.run(demo_model_build_command(built), check=True, timeout=3600)
+        marker = read_marker(built)
+        if not marker or marker.get("settings") != demo_settings():
+            sys.exit(f"{built} holds no demo model of the current recipe")
+        target = shipped_dir()
+        target.mkdir(parents=True, exist_ok=True)
+        for name in FILES:
+            shutil.copyfile(built / name, target / name)
+    record = {
+        "recipe": demo_settings(),
+        "sha256": {name: hashlib.sha256((target / name).read_bytes()).hexdigest() for name in FILES if name != MARKER},
+        "final_loss": marker["stats"]["final_loss"],
+        "fingerprint": fingerprint,
+        "versions": marker.get("versions"),
+    }
+    DEMO_MODEL_RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"demo model: {record['sha256']['model.safetensors'][:12]} into {target}; fingerprint {json.dumps(fingerprint)}")
+
+
 if __name__ == "__main__":
-    add_new_keys() if sys.argv[1:] == ["--add-new-keys"] else main()
+    if sys.argv[1:2] == ["--demo-model"]:
+        record_demo_model(Path(sys.argv[2]) if len(sys.argv) > 2 else None)
+    elif sys.argv[1:] == ["--add-new-keys"]:
+        add_new_keys()
+    else:
+        main()
