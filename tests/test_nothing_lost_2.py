@@ -13,19 +13,7 @@ import pytest
 from conftest import adapted_model, compose, run_cli, small_run_overrides
 from ppo.errors import CheckpointError
 from ppo.train import checkpoint, inputs, run_folder
-
-
-def _overrides(model, data, run_dir, **extra):
-    return small_run_overrides(model, data, **{"train.save_every": 1, **extra}) + [f"hydra.run.dir={run_dir}"]
-
-
-def _one_line_error(result, needle: str) -> str:
-    assert result.returncode != 0, result.stdout[-2000:]
-    text = result.stderr + result.stdout
-    assert "Traceback" not in text, text[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and needle in errors[0], result.stderr[-3000:]
-    return errors[0]
+from test_nothing_lost import _one_line_error, _overrides  # round 1's helpers
 
 
 def _snapshot(folder: Path) -> dict:
