@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from ppo.errors import (ConfigError, JudgeQuit, JudgeUnavailable, RunFolderWriteError, TrainingAborted,
                         TrainingDiverged, TrainingInterrupted, TrainingStopped)
 from ppo.health import HealthMonitor
-from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, eval_judgments_file, SUMMARY_FILE, atomic_write_json, is_write_error, read_json,
+from ppo.io import (JUDGMENTS_FILE, METRICS_FILE, SUMMARY_FILE, atomic_write_json, eval_judgments_file, is_write_error, read_json,
                     read_jsonl, write_error_reason)
 from ppo.judges import build_judge
 from ppo.judges.pipeline import reliability
