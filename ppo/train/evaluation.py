@@ -108,9 +108,7 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
     merged = {k: [x for part in parts if part for x in part[k]] for k in next(part for part in parts if part)}
     if samples_out is not None:
         samples_out.extend(merged["samples"])
-    p = np.asarray(merged["p"], dtype=np.float64)
-    valid = ~np.isnan(p)
-    wins = np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5))
+    wins, valid = win_scores(merged["p"])
     low, high = win_rate_interval(wins)
     ours_length = np.asarray(merged["ours_length"], dtype=np.float64)
     theirs_length = np.asarray(merged["theirs_length"], dtype=np.float64)
@@ -134,13 +132,19 @@ def evaluate(policy, reference, tokenizer, judge, prompts: list[Prompt], gen_cfg
     }
 
 
+def win_scores(p: list) -> tuple[np.ndarray, np.ndarray]:
+    """(the decided pairs' scores, which pairs were decided) from per-pair P(policy better), None
+    or NaN where undecided: a win 1, a tie (p = 0.5) half a win, a loss 0."""
+    p = np.asarray(p, dtype=np.float64)  # None reads as NaN
+    valid = ~np.isnan(p)
+    return np.where(p[valid] > 0.5, 1.0, np.where(p[valid] < 0.5, 0.0, 0.5)), valid
+
+
 def held_out_metrics(name: str, p: list, ours_length: np.ndarray, theirs_length: np.ndarray) -> dict:
     """eval/NAME/win_rate of a held-out judge with its 95% Wilson interval, its pairs, and its
     length-controlled win rate. The interval is Wilson's (what a person reads everywhere), not the
     normal approximation that eval/win_rate_low/high keep for the golden runs."""
-    scores = np.asarray([np.nan if x is None else x for x in p], dtype=np.float64)
-    valid = ~np.isnan(scores)
-    wins = np.where(scores[valid] > 0.5, 1.0, np.where(scores[valid] < 0.5, 0.0, 0.5))
+    wins, valid = win_scores(p)
     rate = float(wins.mean()) if len(wins) else math.nan
     low, high = wilson_interval(rate, len(wins)) or (math.nan, math.nan)
     controlled = length_controlled_win_rate(wins, ours_length[valid], theirs_length[valid]) or {}
