@@ -106,6 +106,10 @@ class ReportError(Exception):
     """A sweep folder the report cannot use; the message says why."""
 
 
+class CompareError(ValueError):
+    """ppo-compare: two runs that cannot be compared, or a bad option; the message names the fix."""
+
+
 class ReproduceError(Exception):
     """SOURCE is not a run, or an override does not fit; the message says which."""
 

@@ -46,19 +46,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppo.errors import CheckpointError, ConfigError, JudgeQuit, JudgeUnavailable, ReproduceError
+from ppo.errors import CheckpointError, CompareError, ConfigError, JudgeQuit, JudgeUnavailable, ReproduceError
 from ppo.io import CHECKPOINTS_DIR, HYDRA_DIR, SUMMARY_FILE, atomic_write_text, read_json
+from ppo.tools.compare_judge import build, judge_choices, judge_config
 
 log = logging.getLogger(__name__)
 
 PHASE = "compare"
-# The judge pipeline's keys: present in every judge group file (conf/judge_pipeline.yaml), and
-# settable with --judge KEY=VALUE even on a config saved before one of them existed.
-PIPELINE_KEYS = ("order", "tie_threshold", "on_order_disagreement", "include_reasoning", "reasoning_markers")
-
-
-class CompareError(ValueError):
-    """Two runs that cannot be compared, or a bad option; the message names the fix."""
 
 
 @dataclass
@@ -130,105 +124,6 @@ def check_same_base(a: Run, b: Run) -> None:
 def describe(run: Run) -> str:
     state = "finished" if run.finished else f"{run.status}, newest checkpoint"
     return f"{run.folder} (step {run.step}, {state})"
-
-
-# ---------------------------------------------------------------------------------------------
-# The judge: run A's config, changed the way Hydra changes a config group.
-
-
-def judge_choices() -> list[str]:
-    from ppo.resources import config_dir
-
-    return sorted(p.stem for p in (config_dir() / "judge").glob("*.yaml"))
-
-
-def judge_config(base, overrides: list[str]) -> dict:
-    """Run A's judge node (`base`) changed by `--judge` values, as on a ppo-train command line:
-
-    - `NAME` or `judge=NAME`: the judge group option conf/judge/NAME.yaml replaces A's judge;
-    - `KEY=VALUE` or `judge.KEY=VALUE`: one key of the judge (after the choice, whatever the
-      order), the value read as YAML; `+KEY=VALUE` adds a key the config lacks.
-
-    `order` is `both` unless a `--judge order=...` says otherwise."""
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    choices, keys = [], []
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        key = key.strip()
-        if not sep:
-            choices.append(key)
-        elif key in ("judge", "+judge"):
-            choices.append(value.strip())
-        else:
-            keys.append((key, value))
-    if len(choices) > 1:
-        raise CompareError(f"--judge names {len(choices)} judges ({', '.join(choices)}): choose one")
-    if choices:
-        choice = choices[0]
-        if choice not in judge_choices():
-            raise CompareError(f"--judge {choice}: no such judge; choose one of {', '.join(judge_choices())}, "
-                               "or change run A's judge with KEY=VALUE")
-        from ppo.train.config import compose_train
-
-        base = compose_train([f"judge={choice}"]).judge
-    node = OmegaConf.create(OmegaConf.to_container(base, resolve=False) if OmegaConf.is_config(base) else dict(base))
-    node.order = "both"
-    for key, value in keys:
-        adding = key.startswith("+")
-        name = key.lstrip("+")
-        name = name[len("judge."):] if name.startswith("judge.") else name
-        if not name or name.startswith("judge") or "/" in name:
-            raise CompareError(f"--judge {key}={value}: give a judge key (order=fixed, judge.target_words=10) or a judge "
-                               f"name ({', '.join(judge_choices())})")
-        if not adding and name.split(".")[0] not in node and name not in PIPELINE_KEYS:
-            raise CompareError(f"--judge {key}={value}: the judge ({node.get('_target_')}) has no key {name!r} "
-                               f"(its keys: {', '.join(k for k in node if not str(k).startswith('_'))}); "
-                               f"write +{name}={value} to add one")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        try:
-            OmegaConf.update(node, name, parsed, merge=True, force_add=True)
-        except OmegaConfBaseException as err:
-            raise CompareError(f"--judge {key}={value}: {str(err).splitlines()[0]}") from None
-    return node
-
-
-def build(judge_node, run: Run, seed: int):
-    """The judge pipeline (no judgments.jsonl: its records are kept in memory, `Records`)."""
-    from ppo.judges import build_judge
-
-    try:
-        judge = build_judge(judge_node, run_dir=None, seed=seed, base_path=run.cfg.model.path, dtype=run.cfg.model.dtype)
-    except ConfigError as err:
-        raise CompareError(str(err)) from None
-    except Exception as err:  # Hydra's instantiate: an unknown keyword, a missing class
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise CompareError(f"could not build the judge {judge_node.get('_target_')}: {reason}; check --judge") from None
-    judge.log = Records()
-    return judge
-
-
-class Records:
-    """Takes the place of the pipeline's JudgmentLog: keeps the records (orders, raw answers) in memory."""
-
-    path = None
-
-    def __init__(self):
-        self.rows: list[dict] = []
-
-    def write(self, records: list[dict]) -> None:
-        self.rows.extend(records)
-
-    def close(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,9 +263,10 @@ def summarize(rows: list[dict], records: list[dict]) -> dict:
 
     from ppo.judges.pipeline import reliability
     from ppo.metrics import length_controlled_win_rate, wilson_interval
+    from ppo.train.evaluation import win_scores
 
-    valid = [r for r in rows if r["p"] is not None]
-    scores = np.array([1.0 if r["p"] > 0.5 else 0.0 if r["p"] < 0.5 else 0.5 for r in valid])
+    scores, decided = win_scores([r["p"] for r in rows])  # scored as evaluation scores the policy's pairs
+    valid = [r for r, ok in zip(rows, decided) if ok]
     win_rate = float(scores.mean()) if len(scores) else None
     interval = wilson_interval(win_rate, len(scores))
     controlled = length_controlled_win_rate(scores, [r["a_length"] for r in valid], [r["b_length"] for r in valid]) or {}
