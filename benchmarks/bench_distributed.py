@@ -12,31 +12,21 @@ over the steps after the warm-up. Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-QUIET_RUN = ["train.steps_per_eval=1000000", "train.save_every=1000000", "train.progress=false", "logger=none",
-             "train.eval_at_start=false"]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import QUIET_RUN, arguments, emit, run_ppo_train  # noqa: E402
 
 
 def run(procs: int, iters: int, warmup: int, run_dir: Path) -> dict:
-    train = [str(BIN / "ppo-train"), "experiment=demo", f"train.iters={iters + warmup}", *QUIET_RUN,
-             f"hydra.run.dir={run_dir}"]
-    cmd = train if procs == 1 else [str(BIN / "mlx.launch"), "-n", str(procs), "--backend", "ring",
-                                    "--python", sys.executable, *train]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_SILENT": "true"})
-    if result.returncode != 0 or not (run_dir / "metrics.jsonl").exists():
-        raise SystemExit(f"{procs} processes failed: {(result.stdout + result.stderr)[-2000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][warmup:]
+    rows = run_ppo_train(["experiment=demo", f"train.iters={iters + warmup}", *QUIET_RUN, "train.eval_at_start=false"],
+                         run_dir, skip=warmup, processes=procs, env={**os.environ, "WANDB_SILENT": "true"})
     step = float(np.median([r["timing/step_seconds"] for r in rows]))
     waited = [r.get("timing/collective_seconds", 0.0) / r["timing/step_seconds"] for r in rows]
     return {"processes": procs, "seconds_per_step": step, "steps_per_second": 1.0 / step,
@@ -44,9 +34,7 @@ def run(procs: int, iters: int, warmup: int, run_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=12)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser = arguments(__doc__, iters=12, warmup=3)
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,13 +42,13 @@ def main() -> None:
     base = next((r for r in results if r["processes"] == 1), None)
     for r in results:
         r["speedup_vs_1"] = base["seconds_per_step"] / r["seconds_per_step"] if base else None
-    print(json.dumps({
+    emit({
         "benchmark": "distributed",
         "setting": "experiment=demo (batch 16, 48 tokens, rule judge), ring backend on loopback",
         "cpu_count": os.cpu_count(),
         "runs": results,
         "target": "2 processes >= 1.4x the steps per second of 1 on the 2-core CPU",
-    }, indent=2))
+    })
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ Milliseconds, medians of --reps after a warm-up. Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
-import json
 import sys
 from pathlib import Path
 
@@ -47,17 +45,12 @@ def polynomial_exp(x):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=5376)
-    parser.add_argument("--cols", type=int, default=768)
-    parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args(argv)
+    from benchmarks.common import arguments, emit, machine, median_ms
+
+    args = arguments(__doc__, rows=5376, cols=768, reps=5).parse_args(argv)
 
     import mlx.core as mx
     import numpy as np
-
-    from benchmarks.common import median_seconds
-    from ppo.platform.blas import blas_in_use
 
     # Serve these 16 MB buffers from the heap: left to glibc's default, the first compiled
     # function maps a fresh buffer per call (12,000 page faults, +28 ms of system time)
@@ -67,7 +60,7 @@ def main(argv=None) -> dict:
         ctypes.CDLL(None).mallopt(m_mmap_threshold, 32 * 1024 * 1024)
 
     def ms(fn) -> float:
-        return round(1000 * median_seconds(fn, args.reps), 2)
+        return median_ms(fn, args.reps)
 
     x = mx.random.normal((args.rows, args.cols), key=mx.random.key(0)) * 5
     h = mx.random.normal((args.rows, 256), key=mx.random.key(1))
@@ -89,8 +82,7 @@ def main(argv=None) -> dict:
     error = float(np.max(np.abs(np.array(fast_exp(x), dtype=np.float64) - exact) / exact))
     result = {
         "benchmark": "elementwise",
-        "device": str(mx.default_device()),
-        "blas": blas_in_use(),
+        **machine(),
         "shape": [args.rows, args.cols],
         "mlx_ms": mlx_ms,
         "numpy_exp_ms": ms(lambda: np.exp(xn)),
@@ -100,8 +92,7 @@ def main(argv=None) -> dict:
         "polynomial_exp_speedup": round(mlx_ms["exp"] / mlx_ms["polynomial_exp_compiled"], 2),
         "polynomial_exp_max_relative_error": error,
     }
-    print(json.dumps(result, indent=2))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

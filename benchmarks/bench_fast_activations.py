@@ -18,8 +18,6 @@ Milliseconds, medians of --reps after a warm-up. Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import sys
 from pathlib import Path
@@ -73,8 +71,9 @@ def polynomial_logsumexp():
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=3)
+    from benchmarks.common import arguments, emit, machine, median_ms
+
+    parser = arguments(__doc__, reps=3)
     parser.add_argument("--vocabs", type=int, nargs="*", default=[4096, 32768, 151936])
     args = parser.parse_args(argv)
 
@@ -82,10 +81,8 @@ def main(argv=None) -> dict:
     import mlx.nn as nn
     import numpy as np
 
-    from benchmarks.common import median_seconds
-
     def ms(fn) -> float:
-        return round(1000 * median_seconds(fn, args.reps), 2)
+        return median_ms(fn, args.reps)
 
     def ms_and_faults(fn) -> tuple[float, int]:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -129,12 +126,11 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "fast_activations",
-        "device": str(mx.default_device()),
+        **machine(),
         "logsumexp_4x44_positions": logsumexp,
         "swiglu_180x768": silu,
     }
-    print(json.dumps(result, indent=2))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ so every row generates exactly --max-tokens tokens and both sides do identical w
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -39,21 +37,16 @@ class _NoEosTokenizer:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    args = parser.parse_args(argv)
+    from benchmarks.common import BENCH_MODEL_NAME, arguments, build_bench_model, emit, machine
+
+    args = arguments(__doc__, prompts=8, max_tokens=64, reps=5, temperature=0.8).parse_args(argv)
 
     import mlx.core as mx
     import numpy as np
     from mlx_lm import batch_generate, load
     from mlx_lm.sample_utils import make_sampler
 
-    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
     from ppo.demo import corpus
-    from ppo.platform.blas import blas_in_use
     from ppo.train.rollout import sample
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,8 +89,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "generation",
         "model": BENCH_MODEL_NAME,
-        "device": str(mx.default_device()),
-        "blas": blas_in_use(),
+        **machine(),
         "prompts": args.prompts,
         "mean_prompt_tokens": float(np.mean([len(p) for p in prompts])),
         "max_tokens": args.max_tokens,
@@ -106,8 +98,7 @@ def main(argv=None) -> dict:
         "mlx_lm_batch_generate": res["mlx_lm"],
         "ratio_tokens_per_second_ours_over_mlx_lm": res["ours"]["tokens_per_second"] / res["mlx_lm"]["tokens_per_second"],
     }
-    print(json.dumps(result, indent=2))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ least a verdict can take), from the same run. Prints JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -47,8 +45,9 @@ def generate_and_parse(judge, pairs, max_tokens: int):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=64)
+    from benchmarks.common import BENCH_MODEL_NAME, arguments, build_bench_model, emit, machine
+
+    parser = arguments(__doc__, pairs=64)
     parser.add_argument("--max-tokens", type=int, default=16, help="the anchor's judge generates up to 16")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sentences", type=int, default=2, help="corpus sentences per completion")
@@ -56,10 +55,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=None, help="judge model depth (default: the bench model's)")
     args = parser.parse_args(argv)
     ensure_fast_blas()
-    import mlx.core as mx
     import numpy as np
 
-    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
     from ppo.judges.llm import LLMJudge
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +87,7 @@ def main(argv=None) -> dict:
         prompt_tokens = [len(judge.encode(x)) for x in pairs]
     result = {
         "model": BENCH_MODEL_NAME if not size else f"{BENCH_MODEL_NAME}, with {size}",
-        "device": str(mx.default_device()),
+        **machine(),
         "pairs": args.pairs,
         "mean_prompt_tokens": float(np.mean(prompt_tokens)),
         "batched_label_prob": {"seconds": batched, "seconds_per_pair": batched / args.pairs, "batch_size": args.batch_size,
@@ -104,8 +101,7 @@ def main(argv=None) -> dict:
         "speedup": sequential / batched,
         "speedup_vs_2_tokens": sequential_2 / batched,
     }
-    print(json.dumps(result, indent=2))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

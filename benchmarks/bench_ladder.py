@@ -63,7 +63,6 @@ and everything else is still measured. Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -470,7 +469,9 @@ def markdown_table(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from benchmarks.common import arguments, emit, machine
+
+    parser = arguments(__doc__, batch_size=8, max_tokens=64)
     parser.add_argument("--rungs", nargs="+", choices=[*RUNGS, *REAL_RUNGS], default=["toy", "80m"],
                         help="model sizes to run (250m: about 2 minutes per iteration of the anchor here; "
                              "smollm2: the real SmolLM2-135M-Instruct, after ppo-fetch smollm2)")
@@ -479,8 +480,6 @@ def main(argv=None) -> dict:
                              "(tokenizer not SmolLM2's; benchmarks/smollm2.py)")
     parser.add_argument("--iters", type=int, default=None, help=f"measured iterations (default per rung: {DEFAULT_ITERS})")
     parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],
                         help="ours also on this many processes (mlx.launch, ring on loopback); the anchor runs on one")
     parser.add_argument("--decode-only", action="store_true",
@@ -503,7 +502,7 @@ def main(argv=None) -> dict:
 
     import mlx.core as mx
 
-    from ppo.platform.blas import blas_in_use, find_fast_blas
+    from ppo.platform.blas import find_fast_blas
 
     blas = find_fast_blas()
     result = {
@@ -512,9 +511,8 @@ def main(argv=None) -> dict:
         "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "loadavg_start": list(os.getloadavg()),
         "cpus": os.cpu_count(),
-        "device": str(mx.default_device()),
+        **machine(),
         "mlx": mx.__version__,
-        "blas": blas_in_use(),
         "batch_prompts": args.batch_size,
         "completion_tokens_max": args.max_tokens,
         "judge": "LLM, the rung's own model (ours: judge.order=both, the default)",
@@ -529,8 +527,7 @@ def main(argv=None) -> dict:
             result["rungs"][name] = run
     result["loadavg_end"] = list(os.getloadavg())
     result["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    print(json.dumps(result, indent=2))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

@@ -10,56 +10,40 @@ memory/peak_gb). Prints one JSON object with the ratio.
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import QUIET_RUN, arguments, emit, parameters, run_ppo_train  # noqa: E402
 
 
 def run(model_dir: Path, data: Path, run_dir: Path, reference_path: str, iters: int) -> dict:
-    overrides = [
-        f"model.path={model_dir}", f"data.path={data}", f"model.reference_path={reference_path}",
-        f"train.iters={iters}", "train.batch_size=2", "generation.max_completion_length=16",
-        "train.steps_per_eval=1000000", "train.save_every=1000000", "train.progress=false", "logger=none",
-        f"hydra.run.dir={run_dir}",
-    ]
-    result = subprocess.run([sys.executable, "-m", "ppo.tools.cli", *overrides], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(result.stderr[-2000:])
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = run_ppo_train([f"model.path={model_dir}", f"data.path={data}", f"model.reference_path={reference_path}",
+                          f"train.iters={iters}", "train.batch_size=2", "generation.max_completion_length=16",
+                          *QUIET_RUN], run_dir)
     return {"peak_gb": max(r["memory/peak_gb"] for r in rows), "seconds_per_iter": rows[-1]["timing/step_seconds"]}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=640)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--iters", type=int, default=3)
+    parser = arguments(__doc__, hidden=640, layers=8, vocab=32000, iters=3)
     args = parser.parse_args()
 
     from ppo.platform.blas import ensure_fast_blas
 
     ensure_fast_blas()
-    from mlx_lm import load
-    from mlx_lm.utils import get_total_parameters
-
     from ppo.demo.tiny import build_tiny_model
     from ppo.resources import asset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = build_tiny_model(tmp / "model", hidden=args.hidden, layers=args.layers, vocab=args.vocab, heads=8)
-        n_params = get_total_parameters(load(str(model_dir))[0])
+        n_params = parameters(model_dir)
         data = asset("demo_prompts.jsonl")
         shared = run(model_dir, data, tmp / "shared", "", args.iters)
         copy = run(model_dir, data, tmp / "copy", str(model_dir), args.iters)
-    print(json.dumps({
+    emit({
         "benchmark": "reference_memory",
         "model_parameters": n_params,
         "weights_gb": n_params * 4 / 1e9,
@@ -67,7 +51,7 @@ def main() -> None:
         "second_copy_reference_peak_gb": copy["peak_gb"],
         "ratio": shared["peak_gb"] / copy["peak_gb"],
         "target_ratio_at_most": 0.6,
-    }, indent=2))
+    })
 
 
 if __name__ == "__main__":

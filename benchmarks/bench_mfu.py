@@ -23,8 +23,6 @@ Peak: float32 `mx.matmul` of 1024 x 1024 by 1024 x 1024 (2 * 1024^3 FLOPs), medi
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -46,19 +44,16 @@ def matmul_peak(mx, n: int = 1024, reps: int = 10) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=10)
-    args = parser.parse_args(argv)
+    from benchmarks.common import (BENCH_MODEL_NAME, arguments, build_bench_model, emit, fixed_batch, machine,
+                                   scoring_and_update_seconds)
+
+    args = arguments(__doc__, batch_size=2, max_tokens=32, reps=10).parse_args(argv)
 
     import mlx.core as mx
     import mlx.nn as nn
     import numpy as np
     from mlx.utils import tree_flatten
 
-    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model, fixed_batch, scoring_and_update_seconds
-    from ppo.platform.blas import blas_in_use
     from ppo.train.config import compose_train
     from ppo.train.optimizer import make_optimizer
     from ppo.train.step import make_loss_fn
@@ -98,8 +93,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "mfu_training_step",
         "model": BENCH_MODEL_NAME,
-        "device": str(mx.default_device()),
-        "blas": blas_in_use(),
+        **machine(),
         "model_parameters": n_params,
         "trainable_parameters": trainable,
         "adapter_parameters_not_counted": adapters,
@@ -116,8 +110,7 @@ def main(argv=None) -> dict:
         "lora_adjusted": {"step_model_gflop": flops_lora / 1e9, "achieved_gflops": flops_lora / step_s / 1e9,
                           "mfu": flops_lora / step_s / 1e9 / peak},
     }
-    print(json.dumps(result, indent=2))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

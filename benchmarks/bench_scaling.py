@@ -18,8 +18,6 @@ Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import tempfile
@@ -34,7 +32,10 @@ ensure_fast_blas()
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from benchmarks.common import (BENCH_MODEL, BENCH_MODEL_NAME, QUIET_RUN, arguments, build_bench_model, emit, machine,
+                                   median, step_rows, step_seconds)
+
+    parser = arguments(__doc__)
     parser.add_argument("--lengths", type=int, nargs="*", default=[32, 64, 128, 256, 512])
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     parser.add_argument("--iters", type=int, default=4, help="measured iterations per setting")
@@ -43,10 +44,6 @@ def main(argv=None) -> dict:
 
     import logging
 
-    import mlx.core as mx
-
-    from benchmarks.common import BENCH_MODEL, BENCH_MODEL_NAME, QUIET_RUN, build_bench_model, median, step_rows, step_seconds
-    from ppo.platform.blas import blas_in_use
     from ppo.train.config import compose_train
     from ppo.train.rollout import sample_pairs
 
@@ -101,8 +98,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "scaling",
         "model": BENCH_MODEL_NAME,
-        "device": str(mx.default_device()),
-        "blas": blas_in_use(),
+        **machine(),
         "judge": "rule",
         "forced_full_length": True,
         "iters_measured_per_setting": args.iters,
@@ -110,8 +106,7 @@ def main(argv=None) -> dict:
         "batch": {"settings": by_batch, **summary(by_batch)},
         "wall_seconds": time.perf_counter() - started,
     }
-    print(json.dumps(result, indent=2))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ the per-step timings it writes to metrics.jsonl.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,30 +24,23 @@ ensure_fast_blas()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    from benchmarks.common import arguments, build_bench_model, emit, median, parameters, step_seconds, train_rows
+    from ppo.platform.blas import blas_in_use
+
+    parser = arguments(__doc__, iters=30, warmup=5, batch_size=2, max_tokens=32)
     parser.add_argument("--judge", choices=["rule", "llm"], default="rule",
                         help="llm: the same tiny model judges (judge.model = model.path)")
     args = parser.parse_args()
 
-    from mlx_lm import load
-    from mlx_lm.utils import get_total_parameters
-
-    from benchmarks.common import build_bench_model, median, step_seconds, train_rows
-    from ppo.platform.blas import blas_in_use
-
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "model")
-        n_params = get_total_parameters(load(str(model_dir))[0])
+        n_params = parameters(model_dir)
         overrides = [f"train.batch_size={args.batch_size}", f"generation.max_completion_length={args.max_tokens}"]
         overrides += ["judge=llm", f"judge.model={model_dir}"] if args.judge == "llm" else ["judge=rule"]
         rows = train_rows(model_dir, Path(tmp) / "run", args.iters, args.warmup, overrides)
     phases = step_seconds(rows)
 
-    print(json.dumps({
+    emit({
         "benchmark": "ppo_step",
         "model_parameters": n_params,
         "batch_prompts": args.batch_size,
@@ -63,7 +54,7 @@ def main() -> None:
         "mean_completion_tokens": median(rows, "completions/mean_length"),
         "mlx_lm_lora_reference_seconds_per_iter": 0.51,
         "blas": blas_in_use(),
-    }, indent=2))
+    })
 
 
 if __name__ == "__main__":

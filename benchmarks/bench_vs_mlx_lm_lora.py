@@ -28,7 +28,6 @@ Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -52,22 +51,14 @@ def run_ours(model_dir: Path, run_dir: Path, iters: int, warmup: int, batch: int
              extra: tuple[str, ...] = (), processes: int = 1) -> dict:
     """Ours through `ppo-train`; with `processes` > 1 launched as a user would, by
     `mlx.launch -n N --backend ring` (the global batch split over the ranks)."""
-    from benchmarks.common import QUIET_RUN, median, metrics_rows, step_seconds
+    from benchmarks.common import QUIET_RUN, median, run_ppo_train, step_seconds
 
-    exe = Path(sys.executable).with_name("ppo-train")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppo.tools.cli"]
-    if processes > 1:
-        cmd = [str(Path(sys.executable).with_name("mlx.launch")), "-n", str(processes), "--backend", "ring",
-               "--python", sys.executable, *cmd]
     overrides = [
         f"model.path={model_dir}", "judge=llm", f"judge.model={model_dir}", *extra,
         f"train.iters={iters + warmup}", f"train.batch_size={batch}",
         f"generation.max_completion_length={max_tokens}", "generation.temperature=0.8", *QUIET_RUN,
     ]
-    result = subprocess.run([*cmd, *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0 or not (run_dir / "metrics.jsonl").exists():  # mlx.launch exits 0 when a rank failed
-        raise SystemExit(f"ppo-train failed:\n{result.stderr[-3000:]}")
-    rows = metrics_rows(run_dir, skip=warmup)
+    rows = run_ppo_train(overrides, run_dir, skip=warmup, processes=processes)
     return {
         **step_seconds(rows),
         "mean_completion_tokens": median(rows, "completions/mean_length"),
@@ -109,26 +100,18 @@ def run_lora(lora_python: str, model_dir: Path, tmp: Path, iters: int, warmup: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    from benchmarks.common import BENCH_MODEL_NAME, arguments, build_bench_model, emit, machine, parameters
+    from ppo.platform.blas import find_fast_blas
+
+    parser = arguments(__doc__, iters=20, warmup=3, batch_size=2, max_tokens=32)
     parser.add_argument("--lora-python", default=os.environ.get("MLX_LM_LORA_PYTHON", "/tmp/lora-venv/bin/python"))
     args = parser.parse_args()
-
-    import mlx.core as mx
-    from mlx_lm import load
-    from mlx_lm.utils import get_total_parameters
-
-    from ppo.platform.blas import blas_in_use, find_fast_blas
-    from benchmarks.common import BENCH_MODEL_NAME, build_bench_model
 
     blas = find_fast_blas()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = build_bench_model(tmp / "model")
-        n_params = get_total_parameters(load(str(model_dir))[0])
+        n_params = parameters(model_dir)
         lora = {}
         if not Path(args.lora_python).exists():
             lora["as_shipped"] = {"error": f"{args.lora_python} not found: python -m venv /tmp/lora-venv && "
@@ -154,8 +137,7 @@ def main() -> None:
         "batch_prompts": args.batch_size,
         "completion_tokens_max": args.max_tokens,
         "judge": "LLM, the same tiny model",
-        "device": str(mx.default_device()),
-        "blas": blas_in_use(),
+        **machine(),
         "ours": ours,
         "ours_judging_each_pair_once": ours_once,
         "mlx_lm_lora_5_10_2": lora,
@@ -173,7 +155,7 @@ def main() -> None:
             "source": "an earlier measurement ( on this 2-core CPU, 2-token LLM judge), NOT measured in this run",
         }
         result["speedup_vs_earlier_measurement"] = EARLIER_MEASUREMENT_SECONDS / ours["seconds_per_iter"]
-    print(json.dumps(result, indent=2))
+    emit(result)
 
 
 if __name__ == "__main__":

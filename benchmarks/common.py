@@ -1,4 +1,6 @@
-"""What the benchmarks share: the benchmark model, the composed config, medians of a run.
+"""What the benchmarks share: the benchmark model, the composed config, medians of a run, and
+the runner every script uses (its argument parser, ppo-train in a subprocess, the machine it
+ran on, its one JSON object on stdout).
 
 The benchmark model is the foundation issue's setting (and the mlx-lm-lora comparison's
 figure): a tiny Qwen3 from `ppo.demo.tiny` with hidden 256, 4 layers, 4 heads and a 4096-token
@@ -7,9 +9,14 @@ vocabulary, about 4.2M parameters, random weights, built fresh into a temp folde
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BENCH_MODEL = {"hidden": 256, "layers": 4, "vocab": 4096, "heads": 4, "seed": 0}
 BENCH_MODEL_NAME = "ppo.demo.tiny qwen3 hidden=256 layers=4 vocab=4096"
@@ -22,6 +29,62 @@ def build_bench_model(path: Path, **changes) -> Path:
     from ppo.demo.tiny import build_tiny_model
 
     return build_tiny_model(Path(path), **{**BENCH_MODEL, **changes})
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner: what every benchmark script did for itself.
+
+
+def arguments(doc: str, **shared) -> argparse.ArgumentParser:
+    """The script's argument parser, described by the first line of its docstring, with the
+    options the benchmarks share, each given with the script's default: `iters=30, warmup=5`
+    adds `--iters 30 --warmup 5` (also `reps`, `batch_size` as --batch-size, `max_tokens`)."""
+    out = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in shared.items():
+        out.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    return out
+
+
+def emit(result: dict) -> dict:
+    """Print the benchmark's result as its one JSON object (what run_all.py reads) and return it."""
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def machine() -> dict:
+    """Where a benchmark ran: MLX's default device and the BLAS in this process."""
+    import mlx.core as mx
+
+    from ppo.platform.blas import blas_in_use
+
+    return {"device": str(mx.default_device()), "blas": blas_in_use()}
+
+
+def parameters(model_dir: Path) -> int:
+    """The parameter count of the mlx-lm model folder, as mlx-lm counts it."""
+    from mlx_lm import load
+    from mlx_lm.utils import get_total_parameters
+
+    return get_total_parameters(load(str(model_dir))[0])
+
+
+def run_ppo_train(overrides: list[str], run_dir: Path, skip: int = 0, processes: int = 1,
+                  env: dict | None = None) -> list[dict]:
+    """`ppo-train OVERRIDES hydra.run.dir=RUN_DIR` in its own process, as a user runs it (with
+    `processes` > 1 launched by `mlx.launch -n N --backend ring`, the global batch split over the
+    ranks); its metrics rows without the first `skip` (warm-up) steps. A failed run ends the
+    benchmark with the tail of its output."""
+    exe = Path(sys.executable).with_name("ppo-train")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppo.tools.cli"]
+    if processes > 1:
+        cmd = [str(Path(sys.executable).with_name("mlx.launch")), "-n", str(processes), "--backend", "ring",
+               "--python", sys.executable, *cmd]
+    result = subprocess.run([*cmd, *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True,
+                            env=env)
+    if result.returncode != 0 or not (Path(run_dir) / "metrics.jsonl").exists():  # mlx.launch exits 0 when a rank failed
+        raise SystemExit(f"ppo-train ({processes} process{'es' if processes > 1 else ''}) failed:\n"
+                         f"{(result.stdout + result.stderr)[-3000:]}")
+    return metrics_rows(run_dir, skip=skip)
 
 
 def metrics_rows(run_dir: Path, skip: int = 0) -> list[dict]:
@@ -163,6 +226,11 @@ def median_seconds(fn, reps: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - tic)
     return float(np.median(times))
+
+
+def median_ms(fn, reps: int) -> float:
+    """`median_seconds` in milliseconds, to 2 decimals (the microbenchmarks' unit)."""
+    return round(1000 * median_seconds(fn, reps), 2)
 
 
 def mlx_lm_sample(model, prompts: list[list[int]], *, eos_token_ids, max_tokens: int, temperature: float,

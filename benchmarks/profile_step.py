@@ -493,9 +493,9 @@ def decode(rung: str = "80m", batch: int = 8, max_tokens: int = 64, reps: int = 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    from benchmarks.common import arguments, emit
+
+    parser = arguments(__doc__, iters=30, warmup=5)
     parser.add_argument("--variants", nargs="*", default=[*VARIANTS, *MICROBENCHMARKS],
                         help=f"any of {', '.join([*VARIANTS, *MICROBENCHMARKS])}; NAME#TAG runs NAME again under another key")
     parser.add_argument("--reps", type=int, default=None,
@@ -560,7 +560,7 @@ def main() -> None:
     llm = results.get("llm", {}).get("seconds_per_iter")
     if llm and results.get("llm_all", {}).get("seconds_per_iter"):
         results["speedup_llm_all_vs_llm"] = llm / results["llm_all"]["seconds_per_iter"]
-    print(json.dumps({"benchmark": "profile_step", **results}, indent=2))
+    emit({"benchmark": "profile_step", **results})
 
 
 if __name__ == "__main__":
