@@ -22,6 +22,7 @@ import ast
 import dataclasses
 import hashlib
 import inspect
+import os
 import re
 import sys
 import textwrap
@@ -378,7 +379,9 @@ def fingerprint(config_dir: Path | None = None) -> str:
 
     config_dir = config_dir or resources.config_dir()
     digest = hashlib.sha256(Path(config.__file__).read_bytes())
-    for path in sorted(config_dir.rglob("*.yaml")):
+    # os.walk with followlinks: in a checkout conf/experiment is a link to experiments/ (rglob skips it).
+    paths = [Path(root) / name for root, _, names in os.walk(config_dir, followlinks=True) for name in names]
+    for path in sorted(p for p in paths if p.suffix == ".yaml"):
         digest.update(str(path.relative_to(config_dir)).encode() + path.read_bytes())
     return digest.hexdigest()
 
