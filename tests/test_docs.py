@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -43,8 +45,9 @@ def every_group_choice():
 @pytest.mark.slow
 def test_the_reference_lists_every_key_of_every_composed_config():
     page = config_reference.render()
-    printed = yaml.safe_load(subprocess.run([str(ROOT / ".venv" / "bin" / "ppo-train"), "--cfg", "job"], cwd=ROOT,
-                                            capture_output=True, text=True, check=True).stdout)
+    ppo_train = Path(sys.executable).parent / "ppo-train"  # the console script of the environment running the tests
+    printed = yaml.safe_load(subprocess.run([str(ppo_train), "--cfg", "job"], cwd=ROOT, capture_output=True, text=True,
+                                            check=True).stdout)
     assert set(leaf_keys(printed)) == set(leaf_keys(config_reference.composed()))  # the CLI composes the same
     choices = every_group_choice()
     assert {"judge=http", "eval_judge=llm", "experiment=demo", "hparams_search=eps_beta_pareto", "ppo_form=token"} <= set(choices)
