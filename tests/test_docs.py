@@ -110,6 +110,7 @@ def test_the_site_builds_strict(tmp_path, monkeypatch):
     assert (tmp_path / "site" / "demo" / "headline_win_rate.png").is_file()  # the README's picture, kept in place
     reference = (tmp_path / "site" / "reference" / "config" / "index.html").read_text()
     assert "loss.epsilon" in reference and "eval_judge.name" in reference
+    assert "bench_ladder.py" in (tmp_path / "site" / "benchmark-methods" / "index.html").read_text()  # benchmarks/README.md
 
 
 @pytest.mark.slow
