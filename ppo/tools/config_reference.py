@@ -40,9 +40,9 @@ from ppo import resources
 JUDGE_GROUPS = ("judge", "eval_judge")
 # Groups whose choices are named studies and searches: documented as the keys they change.
 STUDY_GROUPS = ("experiment", "hparams_search")
-# Hydra's own key in a judge node; no file comments it because it means the same everywhere.
 # The default shown for `judge` and `eval_judge` themselves: their keys are listed choice by choice.
 GROUP_NODE = "(a node per choice: below)"
+# Hydra's own key in a judge node; no file comments it because it means the same everywhere.
 TARGET_COMMENT = "The judge's class (Hydra's `_target_`): instantiated with the node's other keys, called on a list of pairs."
 
 
@@ -58,22 +58,18 @@ class KeyDoc:
 # Comments: above a dataclass field, above (or beside) a YAML key.
 
 
-def field_comments(cls) -> dict[str, str]:
-    """Field name -> the comment block right above it in the class's source (empty when none)."""
+def field_docs(cls) -> dict[str, tuple[str, str]]:
+    """Field name -> (its annotation as written, `Optional[list[str]]`; the comment block right above it
+    in the class's source, empty when none)."""
     source = textwrap.dedent(inspect.getsource(cls))
     lines = source.splitlines()
-    out = {}
-    for node in ast.parse(source).body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            out[node.target.id] = _comment_above(lines, node.lineno - 1)
-    return out
+    return {node.target.id: (ast.unparse(node.annotation), _comment_above(lines, node.lineno - 1))
+            for node in ast.parse(source).body[0].body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
 
 
-def field_types(cls) -> dict[str, str]:
-    """Field name -> its annotation as written (`Optional[list[str]]`)."""
-    source = textwrap.dedent(inspect.getsource(cls))
-    return {node.target.id: ast.unparse(node.annotation) for node in ast.parse(source).body[0].body
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+def field_comments(cls) -> dict[str, str]:
+    """Field name -> the comment above it (empty when none)."""
+    return {name: comment for name, (_, comment) in field_docs(cls).items()}
 
 
 def _comment_above(lines: list[str], index: int) -> str:
@@ -211,8 +207,7 @@ def schema_keys() -> list[KeyDoc]:
     keys: list[KeyDoc] = []
 
     def walk(cls, prefix):
-        comments, types = field_comments(cls), field_types(cls)
-        hints = typing.get_type_hints(cls)
+        docs, hints = field_docs(cls), typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             path = f"{prefix}{f.name}"
             if dataclasses.is_dataclass(hints[f.name]):
@@ -220,10 +215,10 @@ def schema_keys() -> list[KeyDoc]:
                 continue
             if f.name in JUDGE_GROUPS and not prefix:
                 node = GROUP_NODE if composed()[f.name] is not None else None  # eval_judge: null by default
-                keys.append(KeyDoc(path, types[f.name], node, comments[f.name]))
+                keys.append(KeyDoc(path, docs[f.name][0], node, docs[f.name][1]))
                 continue
             inner = sorted(k for k in default if k.startswith(f"{path}."))
-            keys.append(KeyDoc(path, types[f.name], _value_at(composed(), path), comments[f.name]))
+            keys.append(KeyDoc(path, docs[f.name][0], default.get(path, _nested(composed(), path)), docs[f.name][1]))
             for key in inner:  # the entries a mapping-typed field holds by default
                 keys.append(KeyDoc(key, _type_of(default[key]), default[key], f"An entry of `{path}` (above)."))
 
@@ -231,7 +226,8 @@ def schema_keys() -> list[KeyDoc]:
     return keys
 
 
-def _value_at(node, path: str):
+def _nested(node, path: str):
+    """The value at a dotted path of a nested mapping (a mapping-typed field's whole value)."""
     for part in path.split("."):
         node = node[part]
     return node
@@ -386,41 +382,47 @@ def fingerprint(config_dir: Path | None = None) -> str:
     return digest.hexdigest()
 
 
+INTRO = """# Every configuration key
+
+Generated from the schema (`ppo/train/config.py`: each field's type and the comment above it) and the
+config files under `conf/`, composed by Hydra as `ppo-train` composes them: once for the default config
+and once for every choice of every group. `python -m ppo.tools.config_reference` prints this page;
+`ppo-train [overrides] --cfg job` prints one composed config. Defaults are shown as written, before
+interpolation: `${ppo_cache:}` is the per-user cache, `${ppo_asset:NAME}` a file shipped in the package.
+"""
+
+
 @lru_cache(maxsize=4)
 def _render(_fingerprint: str) -> str:
+    composed.cache_clear()  # the schema or conf/ changed since (mkdocs serve): compose afresh
     config_dir = resources.config_dir()
     groups = config_groups(config_dir)
-    defaults_comments = yaml_comments_of_defaults(config_dir / "train.yaml")
     default_choice = default_choices(config_dir / "train.yaml")
-    out = [
-        "# Every configuration key",
-        "",
-        "Generated from the schema (`ppo/train/config.py`: each field's type and the comment above it) and the",
-        "config files under `conf/`, composed by Hydra as `ppo-train` composes them: once for the default config",
-        "and once for every choice of every group. `python -m ppo.tools.config_reference` prints this page;",
-        "`ppo-train [overrides] --cfg job` prints one composed config. Defaults are shown as written, before",
-        "interpolation: `${ppo_cache:}` is the per-user cache, `${ppo_asset:NAME}` a file shipped in the package.",
-        "",
-        "## Groups",
-        "",
-        "`ppo-train group=choice` picks a file of `conf/GROUP/`; `--config-dir DIR` adds your own.",
-        "",
-        "| group | default | choices | what it sets |",
-        "|---|---|---|---|",
-    ]
+    out = [INTRO]
+    out += _groups_section(config_dir, groups, default_choice)
+    out += _schema_section(groups)
+    out += _judge_sections(config_dir, groups, default_choice)
+    out += _study_sections(config_dir, groups)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _groups_section(config_dir: Path, groups: dict[str, list[str]], default_choice: dict[str, str]) -> list[str]:
+    comments = yaml_comments_of_defaults(config_dir / "train.yaml")
+    out = ["## Groups", "", "`ppo-train group=choice` picks a file of `conf/GROUP/`; `--config-dir DIR` adds your own.", "",
+           "| group | default | choices | what it sets |", "|---|---|---|---|"]
     for group, choices in groups.items():
         listed = ", ".join(f"`{c}`" for c in choices)
-        out.append(f"| `{group}` | `{default_choice.get(group, 'null')}` | {listed} | {_text(defaults_comments.get(group, ''))} |")
+        out.append(f"| `{group}` | `{default_choice.get(group, 'null')}` | {listed} | {_text(comments.get(group, ''))} |")
     launchers = sorted(p.stem for p in (config_dir / "hydra" / "launcher").glob("*.yaml"))
     out += [f"| `hydra/launcher` | Hydra's basic launcher | {', '.join(f'`{c}`' for c in launchers)} | "
             "where a sweep's jobs run ([Sweeps and reports](../how-to/sweeps.md)); not part of the job config |", ""]
+    return out
 
-    changes = choice_changes(groups)
-    sections = section_comments()
-    keys = schema_keys()
-    out += ["## Keys of the schema", "",
-            "`Changed by` names the group choices that give a key another value than the default config's.", ""]
-    top = [k for k in keys if "." not in k.path]
+
+def _schema_section(groups: dict[str, list[str]]) -> list[str]:
+    changes, sections, keys = choice_changes(groups), section_comments(), schema_keys()
+    out = ["## Keys of the schema", "",
+           "`Changed by` names the group choices that give a key another value than the default config's.", ""]
     by_section: dict[str, list[KeyDoc]] = {}
     for k in keys:  # a key goes under the innermost schema section holding it
         holders = [s for s in sections if k.path.startswith(f"{s}.")]
@@ -428,17 +430,25 @@ def _render(_fingerprint: str) -> str:
             by_section.setdefault(max(holders, key=len), []).append(k)
     for section, section_keys in by_section.items():
         out += [f"### `{section}`", "", _text(sections[section]), ""] + _table(section_keys, changes) + [""]
-    out += ["### Top-level keys", ""] + _table(top, changes) + [""]
+    out += ["### Top-level keys", ""] + _table([k for k in keys if "." not in k.path], changes) + [""]
+    return out
 
+
+def _judge_sections(config_dir: Path, groups: dict[str, list[str]], default_choice: dict[str, str]) -> list[str]:
+    schema_comments = {k.path: k.comment for k in schema_keys() if k.path in JUDGE_GROUPS}
+    out = []
     for group in JUDGE_GROUPS:
-        schema_comment = next(k.comment for k in top if k.path == group)
-        out += [f"## `{group}`: its choices", "", _text(schema_comment), ""]
+        out += [f"## `{group}`: its choices", "", _text(schema_comments[group]), ""]
         for choice in groups.get(group, []):
             mark = " (default)" if default_choice.get(group) == choice else ""
             out += [f"### `{group}={choice}`{mark}", "", header_comment(config_dir / group / f"{choice}.yaml"), ""]
             out += _table(judge_keys(group, choice, config_dir)) + [""]
+    return out
 
+
+def _study_sections(config_dir: Path, groups: dict[str, list[str]]) -> list[str]:
     default_flat = flatten(composed())
+    out = []
     for group in STUDY_GROUPS:
         out += [f"## `{group}`: what each choice changes", ""]
         for choice in groups.get(group, []):
@@ -453,10 +463,9 @@ def _render(_fingerprint: str) -> str:
                 out.append("")
             hydra_settings = flatten((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}, "hydra.")
             if hydra_settings:  # Hydra's own node: not in the job config, but what makes the search
-                out += ["Hydra settings it makes (not part of the job config):", "",
-                        "| key | value |", "|---|---|"]
+                out += ["Hydra settings it makes (not part of the job config):", "", "| key | value |", "|---|---|"]
                 out += [f"| `{k}` | {_value(v)} |" for k, v in hydra_settings.items()] + [""]
-    return "\n".join(out).rstrip() + "\n"
+    return out
 
 
 def yaml_comments_of_defaults(train_yaml: Path) -> dict[str, str]:
