@@ -138,7 +138,7 @@ def test_a_run_from_an_mlx_lm_lora_adapter(tmp_path, tiny_model_dir, prompts_fil
 
     base, _ = load(str(tiny_model_dir))
     start, _ = load(str(tiny_model_dir), adapter_path=str(sft))
-    trained, _ = load(str(tiny_model_dir), adapter_path=str(run_dir))  # as the README says
+    trained, _ = load(str(tiny_model_dir), adapter_path=str(run_dir))  # as docs/how-to/fine-tuning.md says
     assert not np.allclose(logits(start), logits(base), atol=1e-4)  # the fine-tune changed the model
     assert not np.allclose(logits(trained), logits(start), atol=1e-6)  # and PPO moved on from it
     # The run's adapters are the fine-tune's layers trained on: the same tensors, other values.

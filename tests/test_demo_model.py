@@ -84,7 +84,7 @@ def test_states_and_their_fix(tmp_path):
     assert demo_model.state(out)["state"] == "present"
 
 
-def test_a_missing_demo_model_names_the_readme_command(tmp_path, monkeypatch):
+def test_a_missing_demo_model_names_the_documented_command(tmp_path, monkeypatch):
     from ppo.errors import ConfigError
     from ppo.train.config import compose_train
     from ppo.train.models import load_model
@@ -94,8 +94,8 @@ def test_a_missing_demo_model_names_the_readme_command(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as info:
         load_model(path)
     assert "run `python -m ppo.demo_model` first" in str(info.value)
-    readme = (ROOT / "README.md").read_text()
-    assert "python -m ppo.demo_model" in readme  # the same command the README gives
+    install_page = (ROOT / "docs" / "getting-started" / "install.md").read_text()
+    assert "python -m ppo.demo_model" in install_page  # the same command the docs give
 
 
 def test_doctor_reports_the_demo_model(tmp_path):

@@ -1,4 +1,4 @@
-"""ppo.train.loss against an independent float64 numpy implementation of the formulas in README, "The loss"."""
+"""ppo.train.loss against an independent float64 numpy implementation of the formulas in docs/concepts/loss.md."""
 
 import math
 
@@ -12,7 +12,7 @@ MAX_LOG_RATIO = 20.0
 
 
 def reference_ppo(pc, pr, rc, rr, eps, beta, adv=None):
-    """The seed's loss (README, "The loss"), written out plainly in numpy float64 (log-ratio clamp as documented)."""
+    """The seed's loss (docs/concepts/loss.md), written out plainly in numpy float64 (log-ratio clamp as documented)."""
     pc, pr, rc, rr = (np.asarray(x, np.float64) for x in (pc, pr, rc, rr))
     if adv is None:
         gap = pc - pr
@@ -109,7 +109,7 @@ def test_judge_advantage_swap_changes_gradient():
 
 
 def test_logprob_gap_advantage_is_label_blind():
-    """The seed-literal advantage gives the same loss when chosen and rejected swap (README, "The loss")."""
+    """The seed-literal advantage gives the same loss when chosen and rejected swap (docs/concepts/loss.md)."""
     rng = np.random.default_rng(1)
     pc, pr, rc, rr = (mx.array(x, mx.float32) for x in _inputs(rng, 6, 1.0, 0.05))
     loss, _ = ppo_loss(pc, pr, rc, rr, epsilon=0.2, beta=0.1)

@@ -1,7 +1,8 @@
 """judge.on_order_disagreement: a pair whose two orders pick different answers is a tie.
 
-The position-following judge below is what SmolLM2-135M was as its own judge (README, "Chat
-models"): the answer shown first wins in both orders, with a small lean to the longer answer.
+The position-following judge below is what SmolLM2-135M was as its own judge
+(docs/how-to/real-models.md, "`judge=llm` on the real model"): the answer shown first wins in both
+orders, with a small lean to the longer answer.
 """
 
 import json
