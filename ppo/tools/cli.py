@@ -124,11 +124,16 @@ def compose_error_line(err: BaseException, args: list[str]) -> str:
 
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    from ppo.train.config import schema_paths, unknown_key_message
+    from ppo.train.config import OPEN_MAPPINGS, schema_paths, unknown_key_message
 
     cause, text = err.__cause__, str(err)
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        mapping = next((m for m in OPEN_MAPPINGS if key.startswith(f"{m}.") and m.startswith("data.")), None)
+        if mapping:  # any key is welcome there, but Hydra adds a new one only with a +
+            value = next((a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == key and "=" in a), "VALUE")
+            return (f"{key} is not set yet: add it with +{key}={value} ({mapping} takes any key the chat "
+                    "template reads)")
         if key.split(".")[0] in ("judge", "eval_judge"):
             group = key.split(".")[0]
             return (f"unknown key {key}: the chosen {group} has no such setting; `ppo-train {group}=NAME --cfg job` "

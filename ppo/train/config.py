@@ -404,6 +404,12 @@ def _check(ok: bool, key: str, value: Any, fix: str) -> None:
         raise ConfigError(f"invalid {key}={value!r}: {fix}")
 
 
+# Mappings whose keys are open-ended: the unknown-key check and "did you mean" never look inside them.
+# judge, eval_judge: each judge class checks its own settings. data.chat_template_kwargs: whatever the
+# tokenizer's chat template reads (enable_thinking, reasoning_effort, ...), passed on as given.
+OPEN_MAPPINGS = ("judge", "eval_judge", "data.chat_template_kwargs")
+
+
 def _unknown_keys(node, schema, prefix: str = "") -> list[str]:
     """Keys of `node` the schema does not have (Hydra's `+key=value` adds them to a struct config)."""
     out, known = [], set(schema.keys())  # (`in` is False for a key whose value is ???)
@@ -411,7 +417,8 @@ def _unknown_keys(node, schema, prefix: str = "") -> list[str]:
         path = f"{prefix}{key}"
         if key not in known:
             out.append(path)
-        elif path != "judge" and OmegaConf.is_dict(node._get_node(key)) and OmegaConf.is_dict(schema._get_node(key)):
+        elif (path not in OPEN_MAPPINGS and OmegaConf.is_dict(node._get_node(key))
+              and OmegaConf.is_dict(schema._get_node(key))):
             out.extend(_unknown_keys(node[key], schema[key], f"{path}."))
     return out
 
@@ -461,7 +468,7 @@ def schema_paths() -> list[str]:
     def walk(prefix, node):
         for key in node:
             paths.append(f"{prefix}{key}")
-            if OmegaConf.is_dict(node._get_node(key)) and key not in ("judge", "eval_judge"):
+            if OmegaConf.is_dict(node._get_node(key)) and f"{prefix}{key}" not in OPEN_MAPPINGS:
                 walk(f"{prefix}{key}.", node[key])
 
     walk("", OmegaConf.structured(PPOConfig))
