@@ -39,3 +39,68 @@ def test_a_run_passes_a_new_chat_template_setting_and_says_how_to_add_one(tmp_pa
                            + ["data.chat_template_kwargs.reasoning_effort=low"])
     _one_line_error(without_plus, "data.chat_template_kwargs.reasoning_effort is not set yet: add it with "
                                   "+data.chat_template_kwargs.reasoning_effort=low")
+
+
+# Item 3: W&B after a kill holds every step.
+
+def _wandb_rows(log_file: Path) -> list[dict]:
+    """The metrics rows of an offline W&B log, read by wandb's own reader."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(log_file)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    items = [json.loads(line).get("history", {}).get("item", {}) for line in out.stdout.splitlines()
+             if json.loads(line).get("type") == "history"]
+    return [item for item in items if "loss" in item]
+
+
+def _run_logs(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+@pytest.mark.slow
+def test_wandb_after_a_kill_holds_every_step(tmp_path, tiny_model_dir, prompts_file):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    from ppo.train import checkpoint
+
+    run_dir = tmp_path / "run"
+    args = _overrides(tiny_model_dir, prompts_file, run_dir, **{
+        "train.iters": 6, "train.save_every": 2, "logger": "wandb", "logger.wandb.mode": "offline"})
+    killed = subprocess.Popen([sys.executable, "-m", "ppo.tools.cli", *args], cwd=ROOT, env=os.environ,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 4):
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resume_step = checkpoint.read_state(checkpoint.latest(run_dir)).step
+    (first_log,) = _run_logs(run_dir)
+    lost = {1, 2, 3, 4} - {row["step"] for row in _wandb_rows(first_log)}
+    assert lost  # what this case is about: wandb had not written them when the process died
+
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    first, second = _run_logs(run_dir)
+    assert first.name == second.name  # one W&B run (one id), resumed
+    held = [row["step"] for log in (first, second) for row in _wandb_rows(log)]
+    assert sorted(set(held)) == [1, 2, 3, 4, 5, 6]
+    # Steps up to the checkpoint are in the W&B run once each, with metrics.jsonl's values.
+    assert sorted(s for s in held if s <= resume_step) == list(range(1, resume_step + 1))
+    expected = {row["step"]: row["loss"] for row in map(json.loads, metrics.read_text().splitlines())}
+    assert {row["step"]: row["loss"] for row in _wandb_rows(second)} == expected
+    assert "W&B: logged steps 1-" in (run_dir / "train.log").read_text()
+
+    # An extension of the finished run finds every step in the earlier logs: nothing is logged twice.
+    extended = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{
+        "train.iters": 7, "train.save_every": 2, "logger": "wandb", "logger.wandb.mode": "offline"}))
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    third = _run_logs(run_dir)[-1]
+    assert [row["step"] for row in _wandb_rows(third)] == [7]

@@ -53,10 +53,10 @@ def _strip_wandb_keys(config: dict) -> dict:
 
 def config_from_wandb_file(path: Path) -> dict:
     """The config stored in an offline wandb log, read by wandb's own reader."""
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    command = [str(wandb_cli)] if wandb_cli.exists() else [sys.executable, "-m", "wandb"]
+    from ppo.train.tracking import wandb_cli
+
     try:
-        out = subprocess.run([*command, "leet", "inspect", "--summary", "--json", str(path)],
+        out = subprocess.run([*wandb_cli(), "leet", "inspect", "--summary", "--json", str(path)],
                              capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.SubprocessError) as err:
         raise ReproduceError(f"cannot run wandb to read {path} ({err})") from None
