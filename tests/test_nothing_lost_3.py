@@ -104,3 +104,45 @@ def test_wandb_after_a_kill_holds_every_step(tmp_path, tiny_model_dir, prompts_f
     assert extended.returncode == 0, extended.stderr[-3000:]
     third = _run_logs(run_dir)[-1]
     assert [row["step"] for row in _wandb_rows(third)] == [7]
+
+
+# Item 8: ppo-reproduce compares what it ran with the original.
+
+def _reproduce(*args):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    return subprocess.run([sys.executable, "-m", "ppo.tools.reproduce", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_reproduce_says_whether_it_reproduced_and_names_a_hand_edit(tmp_path, tiny_model_dir, prompts_file):
+    run_dir = tmp_path / "run"
+    original = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{
+        "train.iters": 3, "train.learning_rate": 1e-3, "loss.beta": 0.1}))
+    assert original.returncode == 0, original.stderr[-3000:]
+
+    same = _reproduce(run_dir, f"hydra.run.dir={tmp_path / 'same'}")
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "reproduced exactly: 3 steps of metrics.jsonl equal the original's" in same.stdout
+
+    # A deliberate override: the difference is named, and expected.
+    steered = _reproduce(run_dir, "loss.beta=0.5", f"hydra.run.dir={tmp_path / 'steered'}")
+    assert steered.returncode == 0, steered.stderr[-3000:]
+    assert "the metrics differ from the original's from step" in steered.stdout
+    assert "as the overrides change loss.beta" in steered.stdout
+
+    # The same change made by hand in the saved config: not reproduced, the step and the key named.
+    saved = run_dir / ".hydra" / "config.yaml"
+    text = saved.read_text()
+    assert "beta: 0.1\n" in text
+    saved.write_text(text.replace("beta: 0.1\n", "beta: 0.5\n"))
+    edited = _reproduce(run_dir, f"hydra.run.dir={tmp_path / 'edited'}")
+    line = _one_line_error(edited, "not reproduced: the metrics differ from the original's from step ")
+    assert "the saved config differs from the one the original run trained with" in line
+    assert "loss.beta (0.1 there, 0.5 here)" in line and edited.returncode == 1
+    steered_line = next(x for x in steered.stdout.splitlines() if "differ from the original's" in x)
+    assert steered_line.split(" (")[0] in line  # the same first step as the deliberate change
