@@ -146,3 +146,58 @@ def test_reproduce_says_whether_it_reproduced_and_names_a_hand_edit(tmp_path, ti
     assert "loss.beta (0.1 there, 0.5 here)" in line and edited.returncode == 1
     steered_line = next(x for x in steered.stdout.splitlines() if "differ from the original's" in x)
     assert steered_line.split(" (")[0] in line  # the same first step as the deliberate change
+
+
+# Item 9: Ctrl-C stops a whole sweep or search.
+
+def _interrupt_after_first_step(args: list[str], sweep_dir: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "ppo.tools.cli", *args], cwd=ROOT, env=os.environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not any(p.read_text().count("\n") >= 1 for p in sweep_dir.glob("*/metrics.jsonl")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    return proc.returncode, out, err
+
+
+def _stopped_in_one_line(code: int, out: str, err: str, needle: str) -> str:
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], err[-3000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_grid_sweep_stops_the_sweep(tmp_path, tiny_model_dir, prompts_file):
+    sweep_dir = tmp_path / "sweep"
+    long_run = small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 500, "train.save_every": 1000})
+    code, out, err = _interrupt_after_first_step(["-m", *long_run, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}"],
+                                                 sweep_dir)
+    line = _stopped_in_one_line(code, out, err, "the sweep stopped: job ")
+    assert f"hydra.sweep.dir={sweep_dir} to continue" in line
+    (job,) = [p for p in sweep_dir.iterdir() if p.is_dir()]  # the next jobs never started
+    assert json.loads((job / "summary.json").read_text())["status"] == "interrupted"
+    assert (job / "checkpoints").is_dir()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_an_optuna_trial_stops_the_search_without_a_best(tmp_path, tiny_model_dir, prompts_file):
+    sweep_dir = tmp_path / "search"
+    args = ["hparams_search=eps_beta_win_rate", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}",
+            *small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 500, "train.save_every": 1000})]
+    code, out, err = _interrupt_after_first_step(args, sweep_dir)
+    line = _stopped_in_one_line(code, out, err, "the search stopped: job ")
+    assert "resume its stored study" in line
+    assert len([p for p in sweep_dir.iterdir() if p.is_dir()]) == 1  # no trial after the interrupted one
+    assert not (sweep_dir / "optimization_results.yaml").exists()
+    assert "Best" not in out + err and "best" not in out.lower()

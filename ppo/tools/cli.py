@@ -235,6 +235,16 @@ def _train_main() -> None:
             if not err.reported:
                 print(f"error: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
+        except (TrainingInterrupted, TrainingAborted) as err:
+            if multirun:  # Ctrl-C / SIGTERM stops the whole sweep or search, never only its running job
+                sweep_dir = hydra_cfg.sweep.dir
+                again = ("launch the same search with hydra.sweep.dir={} to resume its stored study (this trial is "
+                         "not scored)" if searching else "launch the same sweep with hydra.sweep.dir={} to continue "
+                         "(finished jobs are skipped, this one resumes)").format(sweep_dir)
+                print(f"error: the {'search' if searching else 'sweep'} stopped: job {run_dir} {err}; {again}",
+                      file=sys.stderr, flush=True)
+                sys.exit(err.exit_code)  # a SystemExit: Hydra's launchers and sweepers catch only Exception
+            _fail(str(err), err.exit_code)
         except one_line as err:
             if multirun:  # one line now; the other jobs run; ppo.tools.sweep.SweepOutcome exits 1 at the end
                 print(f"error: sweep job {run_dir} failed: {err}", file=sys.stderr)
