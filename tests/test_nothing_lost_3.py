@@ -3,6 +3,7 @@ W&B after a kill, ppo-reproduce that compares, Ctrl-C in a search or a sweep, bo
 numeric setting that can hang, overflow or exhaust memory, unreadable inputs and unwritable folders."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,59 @@ def test_ctrl_c_in_an_optuna_trial_stops_the_search_without_a_best(tmp_path, tin
     assert len([p for p in sweep_dir.iterdir() if p.is_dir()]) == 1  # no trial after the interrupted one
     assert not (sweep_dir / "optimization_results.yaml").exists()
     assert "Best" not in out + err and "best" not in out.lower()
+
+
+# Item 11: every numeric setting that can hang, overflow or exhaust memory has a bound.
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.rank_timeout=1e10", "invalid train.rank_timeout=10000000000.0: must be at most 86400 (a longer wait "
+                                "overflows the rank's timer thread"),
+    ("finetune.rank=1000000", "invalid finetune.rank=1000000: must be at most 1024 (an adapter wider than"),
+    ("train.batch_size=1000000", "invalid train.batch_size=1000000: must be at most 4096 (one process samples"),
+    ("loss.max_log_ratio=100", "invalid loss.max_log_ratio=100.0: must be at most 80 (exp() of a larger log-ratio "
+                               "overflows float32"),
+    ("seed=-1", "invalid seed=-1: must be >= 0"),
+    ("seed=4294967296", "invalid seed=4294967296: must be at most 4294967295 (NumPy"),
+])
+def test_values_that_hang_overflow_or_exhaust_memory_are_refused(override, needle, tiny_model_dir, prompts_file):
+    from ppo.train.config import validate
+
+    with pytest.raises(ConfigError) as info:
+        validate(compose(small_run_overrides(tiny_model_dir, prompts_file) + [override]))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_bound_lets_its_own_value_through_and_refuses_the_next(tiny_model_dir, prompts_file):
+    from ppo.train.config import limits, validate
+
+    bounded = dict(limits())
+    assert {"train.rank_timeout", "finetune.rank", "train.batch_size", "generation.samples_per_prompt",
+            "train.max_seq_length", "loss.ppo_epochs", "train.grad_accumulation_steps", "seed"} <= set(bounded)
+    base = small_run_overrides(tiny_model_dir, prompts_file)
+    for key, limit in bounded.items():
+        most = int(limit.most) if float(limit.most).is_integer() and key != "train.rank_timeout" else limit.most
+        validate(compose(base + [f"{key}={most}"]))
+        step = 1 if isinstance(most, int) else 0.5
+        shown = int(limit.most) if float(limit.most).is_integer() else limit.most
+        with pytest.raises(ConfigError, match=rf"invalid {re.escape(key)}=.*must be at most {shown} \("):
+            validate(compose(base + [f"{key}={most + step}"]))
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"timeout": 1e10}, "invalid judge.timeout=10000000000.0: must be at most 86400 s"),
+    ({"retries": 60}, "invalid judge.retries=60: with judge.backoff=1 the doubling waits"),
+    ({"retries": 17, "backoff": 1.0}, "invalid judge.retries=17"),
+    ({"concurrency": 100000}, "invalid judge.concurrency=100000: must be at most 256"),
+])
+def test_an_http_judge_that_could_wait_forever_is_refused(settings, needle):
+    from ppo.judges.http import HTTPJudge
+
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
+        HTTPJudge(**settings)
+    HTTPJudge(retries=16, backoff=1.0, timeout=86400, concurrency=256)  # the bounds themselves are allowed
+
+
+def test_a_huge_rank_timeout_is_one_line_at_the_command_line(tmp_path, tiny_model_dir, prompts_file):
+    result = run_cli(_overrides(tiny_model_dir, prompts_file, tmp_path / "run", **{"train.rank_timeout": 1e10}))
+    _one_line_error(result, "invalid train.rank_timeout=10000000000.0: must be at most 86400")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
