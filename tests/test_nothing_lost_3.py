@@ -258,3 +258,89 @@ def test_a_huge_rank_timeout_is_one_line_at_the_command_line(tmp_path, tiny_mode
     result = run_cli(_overrides(tiny_model_dir, prompts_file, tmp_path / "run", **{"train.rank_timeout": 1e10}))
     _one_line_error(result, "invalid train.rank_timeout=10000000000.0: must be at most 86400")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# Item 12: an unreadable starting adapter, an unwritable run folder, a run folder that is a file.
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "adapters.safetensors is empty"),
+    (b"not a safetensors file at all", "adapters.safetensors is not a safetensors file ([load_safetensors]"),
+])
+def test_a_garbage_starting_adapter_is_one_line(tmp_path, tiny_model_dir, content, needle):
+    from test_adapter_start import write_adapter
+
+    from ppo.train.models import load_policy_and_reference
+
+    adapter = write_adapter(tiny_model_dir, tmp_path / "sft", "lora")
+    (adapter / "adapters.safetensors").write_bytes(content)
+    cfg = compose([f"model.path={tiny_model_dir}", f"model.adapter_path={adapter}"])
+    with pytest.raises(ConfigError) as info:
+        load_policy_and_reference(cfg.model, cfg.finetune)
+    assert needle in str(info.value) and f"model.adapter_path={adapter}" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture
+def read_only():
+    """Makes a folder read-only: by its mode, or, for root (whom modes do not stop), by a
+    read-only bind mount of it over itself; skips where neither is possible."""
+    import os
+    import subprocess
+
+    mounted = []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() != 0:
+            for path in [folder, *folder.rglob("*")]:
+                path.chmod(0o555 if path.is_dir() else 0o444)
+            return
+        for command in (["mount", "--bind", str(folder), str(folder)],
+                        ["mount", "-o", "remount,bind,ro", str(folder)]):
+            if subprocess.run(command, capture_output=True).returncode != 0:
+                pytest.skip("cannot mount a read-only folder here")
+            if command[1] == "--bind":
+                mounted.append(folder)
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_a_read_only_run_folder_is_one_line_for_the_trainer_and_the_report(tmp_path, tiny_model_dir, prompts_file,
+                                                                             read_only):
+    from ppo.tools.report import main as report_main
+
+    run_dir = tmp_path / "run"
+    assert run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 1})).returncode == 0
+    for name in ("report.md", "curves_win_rate.png", "curves_kl.png", "curves_clip_fraction.png"):
+        (run_dir / name).unlink(missing_ok=True)  # the report to be written again
+    read_only(run_dir)
+
+    again = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 2}))
+    line = _one_line_error(again, f"cannot write the run folder: {run_dir}")
+    assert "choose a writable hydra.run.dir" in line
+
+    inside = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir / "new", **{"train.iters": 1}))
+    _one_line_error(inside, f"cannot write the run folder: {run_dir / 'new'}")
+
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    report = subprocess.run([sys.executable, "-c", "import sys; from ppo.tools.report import main; sys.exit(main())",
+                             str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = _one_line_error(report, "cannot write the report: ")
+    assert f"--out DIR (ppo-report {run_dir} --out DIR)" in line
+    assert report_main([str(run_dir), "--out", str(tmp_path / "elsewhere")]) == 0
+
+
+def test_a_run_folder_that_is_a_file_is_one_line(tmp_path, tiny_model_dir, prompts_file):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    result = run_cli(_overrides(tiny_model_dir, prompts_file, afile, **{"train.iters": 1}))
+    _one_line_error(result, f"cannot make the run folder: {afile} is a file, not a folder; choose another hydra.run.dir")
+    below = run_cli(_overrides(tiny_model_dir, prompts_file, afile / "run", **{"train.iters": 1}))
+    _one_line_error(below, f"cannot make the run folder: {afile / 'run'} lies under a file")
+    assert afile.read_text() == "mine"

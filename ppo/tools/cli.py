@@ -168,6 +168,23 @@ def compose_error_line(err: BaseException, args: list[str]) -> str:
     return "; ".join(lines[:3]) or type(err).__name__
 
 
+def run_folder_error_line(err: BaseException) -> str | None:
+    """One line for an OSError raised while Hydra sets up the run folder (its mkdir, the
+    train.log handler, which logging wraps in a ValueError), or None for any other error."""
+    cause = err
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    where = cause.filename or "the run folder"
+    if isinstance(cause, (FileExistsError, NotADirectoryError)):
+        what = "is a file" if isinstance(cause, FileExistsError) else "lies under a file"
+        return (f"cannot make the run folder: {where} {what}, not a folder; choose another hydra.run.dir "
+                "(hydra.sweep.dir in a sweep)")
+    return (f"cannot write the run folder: {where} ({cause.strerror or cause}); choose a writable hydra.run.dir "
+            "(hydra.sweep.dir in a sweep)")
+
+
 def _config_groups() -> list[str]:
     from ppo.resources import config_dir
 
@@ -279,7 +296,7 @@ def _train_main() -> None:
                                                     OverrideParseException))  # a later sweep job's config
         if not composing or user_full_error == "1":
             raise
-        _fail(compose_error_line(err, sys.argv[1:]))
+        _fail(run_folder_error_line(err) or compose_error_line(err, sys.argv[1:]))
 
 
 def _prepare_ranks() -> None:
