@@ -49,6 +49,10 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RESPONSE_BYTES = 4 << 20
 # The longest Retry-After honoured (seconds); a server asking for more is retried after this.
 MAX_RETRY_AFTER = 60.0
+# The longest a request, or the waits between its tries, may be set to take (seconds).
+MAX_WAIT = 86400.0
+# The most requests in flight at once.
+MAX_CONCURRENCY = 256
 
 
 class _Invalid(Exception):
@@ -224,6 +228,16 @@ class HTTPJudge:
             raise ConfigError(f"invalid judge.retries={retries!r}: must be an integer >= 0")
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"invalid judge.concurrency={concurrency!r}: must be an integer >= 1")
+        # Bounds where a value would hang a run or overflow (a timer above threading.TIMEOUT_MAX).
+        if timeout > MAX_WAIT:
+            raise ConfigError(f"invalid judge.timeout={timeout!r}: must be at most {MAX_WAIT:g} s (a day) per request")
+        if retries > 100 or backoff * (2 ** retries - 1) > MAX_WAIT:
+            raise ConfigError(f"invalid judge.retries={retries!r}: with judge.backoff={backoff:g} the doubling waits "
+                              f"between tries add up to more than {MAX_WAIT:g} s (a day); use fewer retries or a "
+                              "shorter backoff")
+        if concurrency > MAX_CONCURRENCY:
+            raise ConfigError(f"invalid judge.concurrency={concurrency!r}: must be at most {MAX_CONCURRENCY} (one "
+                              "thread and one connection each)")
         root = base_url.rstrip("/")
         self.url = root + ("/chat/completions" if root.endswith("/v1") else "/v1/chat/completions")
         self.model, self.system, self.labels = model, rubric(system), check_labels(labels)

@@ -174,8 +174,9 @@ class LLMJudge:
     ):
         self.system = rubric(system)
         self.labels = check_labels(labels)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"invalid judge.batch_size={batch_size!r}: must be an integer >= 1")
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= 4096:
+            raise ConfigError(f"invalid judge.batch_size={batch_size!r}: must be an integer from 1 to 4096 (prompts "
+                              "scored at once; more exhausts memory)")
         self.batch_size = batch_size
         self.model_name = model
         if preloaded is not None:

@@ -124,11 +124,16 @@ def compose_error_line(err: BaseException, args: list[str]) -> str:
 
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    from ppo.train.config import schema_paths, unknown_key_message
+    from ppo.train.config import OPEN_MAPPINGS, schema_paths, unknown_key_message
 
     cause, text = err.__cause__, str(err)
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        mapping = next((m for m in OPEN_MAPPINGS if key.startswith(f"{m}.") and m.startswith("data.")), None)
+        if mapping:  # any key is welcome there, but Hydra adds a new one only with a +
+            value = next((a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == key and "=" in a), "VALUE")
+            return (f"{key} is not set yet: add it with +{key}={value} ({mapping} takes any key the chat "
+                    "template reads)")
         if key.split(".")[0] in ("judge", "eval_judge"):
             group = key.split(".")[0]
             return (f"unknown key {key}: the chosen {group} has no such setting; `ppo-train {group}=NAME --cfg job` "
@@ -161,6 +166,23 @@ def compose_error_line(err: BaseException, args: list[str]) -> str:
                 return f"{name} is a config group: choose one of {', '.join(_group_options(name))}{number}"
     lines = [line.strip() for line in text.strip().splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
     return "; ".join(lines[:3]) or type(err).__name__
+
+
+def run_folder_error_line(err: BaseException) -> str | None:
+    """One line for an OSError raised while Hydra sets up the run folder (its mkdir, the
+    train.log handler, which logging wraps in a ValueError), or None for any other error."""
+    cause = err
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    where = cause.filename or "the run folder"
+    if isinstance(cause, (FileExistsError, NotADirectoryError)):
+        what = "is a file" if isinstance(cause, FileExistsError) else "lies under a file"
+        return (f"cannot make the run folder: {where} {what}, not a folder; choose another hydra.run.dir "
+                "(hydra.sweep.dir in a sweep)")
+    return (f"cannot write the run folder: {where} ({cause.strerror or cause}); choose a writable hydra.run.dir "
+            "(hydra.sweep.dir in a sweep)")
 
 
 def _config_groups() -> list[str]:
@@ -230,6 +252,16 @@ def _train_main() -> None:
             if not err.reported:
                 print(f"error: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
+        except (TrainingInterrupted, TrainingAborted) as err:
+            if multirun:  # Ctrl-C / SIGTERM stops the whole sweep or search, never only its running job
+                sweep_dir = hydra_cfg.sweep.dir
+                again = ("launch the same search with hydra.sweep.dir={} to resume its stored study (this trial is "
+                         "not scored)" if searching else "launch the same sweep with hydra.sweep.dir={} to continue "
+                         "(finished jobs are skipped, this one resumes)").format(sweep_dir)
+                print(f"error: the {'search' if searching else 'sweep'} stopped: job {run_dir} {err}; {again}",
+                      file=sys.stderr, flush=True)
+                sys.exit(err.exit_code)  # a SystemExit: Hydra's launchers and sweepers catch only Exception
+            _fail(str(err), err.exit_code)
         except one_line as err:
             if multirun:  # one line now; the other jobs run; ppo.tools.sweep.SweepOutcome exits 1 at the end
                 print(f"error: sweep job {run_dir} failed: {err}", file=sys.stderr)
@@ -264,7 +296,7 @@ def _train_main() -> None:
                                                     OverrideParseException))  # a later sweep job's config
         if not composing or user_full_error == "1":
             raise
-        _fail(compose_error_line(err, sys.argv[1:]))
+        _fail(run_folder_error_line(err) or compose_error_line(err, sys.argv[1:]))
 
 
 def _prepare_ranks() -> None:

@@ -20,6 +20,10 @@ in turn, plus `reproduce.json` naming its source.
 On the same machine (same packages, BLAS and device) the new `metrics.jsonl` equals the
 original one except for measurements of the machine (timing/*, tokens_per_second,
 memory/*, judge/seconds): the trainer re-seeds from (seed, step) at every step.
+It checks so at the end: "reproduced exactly: N steps ...", or an error line naming the first
+step and key that differ, exit 1 (unless the overrides change the run, which it then names).
+It also compares the saved config with the one the original trained with (its newest
+checkpoint's record): a `.hydra/config.yaml` edited after the run is named key by key, exit 1.
 """
 
 from __future__ import annotations
@@ -53,10 +57,10 @@ def _strip_wandb_keys(config: dict) -> dict:
 
 def config_from_wandb_file(path: Path) -> dict:
     """The config stored in an offline wandb log, read by wandb's own reader."""
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    command = [str(wandb_cli)] if wandb_cli.exists() else [sys.executable, "-m", "wandb"]
+    from ppo.train.tracking import wandb_cli
+
     try:
-        out = subprocess.run([*command, "leet", "inspect", "--summary", "--json", str(path)],
+        out = subprocess.run([*wandb_cli(), "leet", "inspect", "--summary", "--json", str(path)],
                              capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.SubprocessError) as err:
         raise ReproduceError(f"cannot run wandb to read {path} ({err})") from None
@@ -216,16 +220,100 @@ def default_output(run_dir: Path | None) -> Path:
     return candidate
 
 
-def reproduce(source: str, overrides: list[str] | None = None, out: Path | None = None) -> tuple[Path, dict]:
-    """Re-run SOURCE (with overrides) into a new folder; return (folder, summary)."""
-    from omegaconf import OmegaConf
+def _flat_differences(original: dict, current: dict, keys: list[str], limit: int = 3) -> str:
+    """`loss.beta (0.1 there, 0.5 here)` for the first `limit` keys, and how many more."""
+    shown = ", ".join(f"{k} ({original.get(k)!r} there, {current.get(k)!r} here)" for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def original_fingerprint(run_dir: Path | None) -> tuple[dict, Path] | None:
+    """(the config the source run trained with, as its newest checkpoint recorded it, that
+    checkpoint), or None when the source has no checkpoint. The checkpoint is written by the
+    trainer itself, so an edit of `.hydra/config.yaml` after the run does not change it."""
+    from ppo.errors import CheckpointError
+    from ppo.train import checkpoint
+
+    path = checkpoint.latest(run_dir) if run_dir is not None else None
+    if path is None:
+        return None
+    try:
+        return checkpoint.read_state(path).config_fingerprint, path
+    except CheckpointError:
+        return None
+
+
+def first_difference(original: list[dict], new: list[dict]) -> tuple[int, str, object, object] | None:
+    """(step, key, original's value, new value) of the first metrics.jsonl row that differs,
+    over the steps both runs reached; measurements of the machine (timing, memory) left out.
+    Exact: the trainer re-seeds from (seed, step), so the same machine gives the same bits."""
+    old_rows, new_rows = ({row.get("step"): comparable(row) for row in rows} for rows in (original, new))
+    last = min(max(old_rows, default=0), max(new_rows, default=0))
+    for step in range(1, last + 1):
+        a, b = old_rows.get(step), new_rows.get(step)
+        if a is None or b is None:
+            return step, "(the row itself)", "present" if a else "missing", "present" if b else "missing"
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, "absent") != b.get(key, "absent"):
+                return step, key, a.get(key, "absent"), b.get(key, "absent")
+    return None
+
+
+def compared_steps(original: list[dict], new: list[dict]) -> int:
+    return min(max((r.get("step", 0) for r in original), default=0), max((r.get("step", 0) for r in new), default=0))
+
+
+def reproduce_and_compare(source: str, overrides: list[str] | None = None,
+                          out: Path | None = None) -> tuple[Path, dict, list[str]]:
+    """Re-run SOURCE (with overrides) into a new folder and compare it with the original:
+    (folder, summary, verdict) where verdict is [] when the metrics and the config agree with
+    the original's (or differ only as the overrides make them), else the lines saying how not."""
+    from ppo.io import METRICS_FILE, read_jsonl
+    from ppo.train.checkpoint import config_fingerprint, fingerprint_differences
 
     overrides = list(overrides or [])
+    loaded = load_source(source)
+    config, run_dir = loaded[0], loaded[3]
+    saved = config_fingerprint(build_config(config, []))
+    recorded = original_fingerprint(run_dir)
+    # Keys the saved config holds other than the original run trained with (a hand edit), and
+    # keys the overrides change on purpose.
+    edited = fingerprint_differences(recorded[0], saved) if recorded else []
+    out, summary = rerun(loaded, overrides, out)
+    wanted = fingerprint_differences(saved, config_fingerprint(build_config(config, [o for o in overrides
+                                                                                      if not o.startswith("hydra.")])))
+    verdict = []
+    if edited:
+        verdict.append(f"the saved config differs from the one the original run trained with (its checkpoint "
+                       f"{recorded[1].name}): {_flat_differences(recorded[0], saved, edited)}; it was edited after the run")
+    original_rows = read_jsonl(run_dir / METRICS_FILE) if run_dir is not None else []
+    new_rows = read_jsonl(out / METRICS_FILE)
+    if not original_rows:
+        print(f"no metrics.jsonl in the source to compare with; the new run's is in {out}")
+        return out, summary, verdict
+    difference = first_difference(original_rows, new_rows)
+    if difference is None:
+        steps = compared_steps(original_rows, new_rows)
+        if not verdict:
+            print(f"reproduced exactly: {steps} steps of metrics.jsonl equal the original's "
+                  "(measurements of the machine left out)")
+        return out, summary, verdict
+    step, key, was, now = difference
+    line = f"the metrics differ from the original's from step {step} ({key}: {was!r} there, {now!r} here)"
+    if wanted and not edited:
+        print(f"{line}, as the overrides change {', '.join(wanted)}")
+        return out, summary, verdict
+    return out, summary, [line] + verdict
+
+
+def rerun(loaded: tuple, overrides: list[str], out: Path | None) -> tuple[Path, dict]:
+    """Re-run a source `load_source` read (with overrides) into a new folder; return (folder, summary)."""
+    from omegaconf import OmegaConf
+
     run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
     overrides = [o for o in overrides if not o.startswith("hydra.")]
     if run_dirs:
         out = Path(run_dirs[-1])
-    config, original_overrides, description, run_dir = load_source(source)
+    config, original_overrides, description, run_dir = loaded
     cfg = build_config(config, overrides)
     out = Path(out) if out else default_output(run_dir)
     if out.exists() and any(out.iterdir()):
@@ -265,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                             TrainingDiverged, TrainingInterrupted, TrainingStopped)
 
     try:
-        out, summary = reproduce(args.source, args.overrides, args.out)
+        out, summary, verdict = reproduce_and_compare(args.source, args.overrides, args.out)
     except (ReproduceError, ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -274,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     win = (summary.get("eval") or {}).get("eval/win_rate")
     print(f"reproduced into {out}: status {summary.get('status')}, eval win rate {win}")
+    if verdict:
+        print(f"error: not reproduced: {'; '.join(verdict)}", file=sys.stderr)
+        return 1
     return 0 if summary.get("status") == "finished" else 1
 
 

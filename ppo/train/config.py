@@ -33,6 +33,20 @@ from ppo.train.pairs import PAIR_RULES
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The largest value of a numeric setting beyond which a run hangs, overflows or exhausts
+    memory instead of training; `validate` refuses it with `why`."""
+
+    most: float
+    why: str
+
+
+def at_most(default, most: float, why: str):
+    """A schema field whose default and upper bound are written side by side."""
+    return field(default=default, metadata={"limit": Limit(most, why)})
+
+
 @dataclass
 class ModelConfig:
     # The policy: an mlx-lm hub id or local folder. Set by the model group (model=demo) or directly.
@@ -97,7 +111,7 @@ class GenerationConfig:
     top_p: float = 1.0
     # Completions per prompt, k >= 2, sampled in one batched decode; the judge compares all k(k-1)/2 pairs of
     # each prompt's completions (a round robin). 2 (default): one pair per prompt, the seed's rollout.
-    samples_per_prompt: int = 2
+    samples_per_prompt: int = at_most(2, 64, "the judge compares k(k-1)/2 pairs per prompt, 2016 at 64")
     # Which judged pairs enter the loss (ppo.train.pairs): best_vs_worst (default) the best against the worst
     # completion by Borda score over the round robin, one pair per prompt, with the judge's verdict on that pair |
     # all_pairs every judged pair. The same for k = 2.
@@ -119,13 +133,13 @@ class LossConfig:
     # The seed's key, kept with its default; ppo_clip passes it through unused.
     dpo_cpo_loss_type: str = "sigmoid"
     # |logp - ref| is clamped here before exp(), so no ratio overflows at any length.
-    max_log_ratio: float = 20.0
+    max_log_ratio: float = at_most(20.0, 80.0, "exp() of a larger log-ratio overflows float32, which ends at exp(88.7)")
     # The ppo_form group sets the next four together (seed: reference, 1, sum, k1; textbook: rollout, 2, mean, k3;
     # token: textbook's with loss.ratio_level=token and loss.minibatches=4).
     # reference (the seed's) | rollout (the policy at sampling time: textbook PPO).
     ratio: str = MISSING
     # Optimizer updates per rollout batch.
-    ppo_epochs: int = MISSING
+    ppo_epochs: int = at_most(MISSING, 100, "each epoch takes loss.minibatches optimizer steps on the same rollout")
     # sum | mean of the completion tokens' log-probs per sequence.
     logprob_reduction: str = MISSING
     # k1 (the seed's logp - ref) | k3 (per token, exp(ref-logp) - (ref-logp) - 1).
@@ -159,7 +173,8 @@ class FinetuneConfig:
     # lora | dora | full. Set by the finetune group (default lora).
     type: str = MISSING
     # LoRA/DoRA rank (mlx-lm's default).
-    rank: int = 8
+    rank: int = at_most(8, 1024, "an adapter wider than the layers it adapts only takes memory; finetune=full "
+                                 "trains the layers themselves")
     # LoRA/DoRA scale (mlx-lm's default).
     scale: float = 20.0
     # Dropout on the adapter input.
@@ -175,9 +190,10 @@ class TrainConfig:
     # Training steps (each: rollout, judge, score, update).
     iters: int = 200
     # Prompts per step; two completions each.
-    batch_size: int = 8
+    batch_size: int = at_most(8, 4096, "one process samples a batch's completions at once: more exhausts memory "
+                                       "before a step ends; train.grad_accumulation_steps makes larger updates")
     # Micro-batches of batch_size whose gradients are averaged into one update.
-    grad_accumulation_steps: int = 1
+    grad_accumulation_steps: int = at_most(1, 1024, "one update would take that many rollouts")
     # adam | adamw | sgd (mlx.optimizers).
     optimizer: str = "adamw"
     # Peak learning rate (mlx-lm's LoRA default).
@@ -193,7 +209,8 @@ class TrainConfig:
     # Recompute activations in the backward pass (mlx-lm's grad_checkpoint): less memory, more time.
     grad_checkpoint: bool = False
     # Prompt + completion tokens; longer prompts are left-truncated (counted in summary.json).
-    max_seq_length: int = 2048
+    max_seq_length: int = at_most(2048, 1 << 20, "longer than any model's context; completions that long "
+                                                 "exhaust memory")
     # Write metrics every this many steps (averaged over them).
     steps_per_report: int = 1
     # samples.jsonl rows (prompt, both completions, what the judge read, verdict) kept from each report step's
@@ -206,7 +223,7 @@ class TrainConfig:
     # Completions drawn per held-out prompt at each evaluation (a policy/reference pair per draw, each judged);
     # eval/pairs and the win rate's interval count every draw. 1 keeps evaluation as cheap as it was (and every
     # recorded run identical); experiments/demo.yaml sets 4, about +-0.05 at 95% on 64 prompts, at 4x the cost.
-    eval_samples_per_prompt: int = 1
+    eval_samples_per_prompt: int = at_most(1, 64, "every draw is sampled and judged at every evaluation")
     # judge=human only: also put the evaluation pairs (policy against reference, labelled) to
     # the person; off: the run does not evaluate and says so once.
     human_eval: bool = False
@@ -225,7 +242,8 @@ class TrainConfig:
     progress: bool = True
     # With several processes (mlx.launch): seconds a rank waits at a collective for the others
     # before it stops the run with one line (a rank died or hangs). Long enough for the slowest rank's rollout.
-    rank_timeout: float = 300.0
+    rank_timeout: float = at_most(300.0, 86400.0, "a longer wait overflows the rank's timer thread and guards "
+                                                  "against no hang; a day is longer than any step")
 
 
 @dataclass
@@ -286,7 +304,7 @@ class PPOConfig:
     # learning from judge gaming. Its records go to judgments_eval_NAME.jsonl.
     eval_judge: Any = None
     # Seeds MLX at every step from (seed, step), the data order and the judge's order draws.
-    seed: int = 0
+    seed: int = at_most(0, 2**32 - 1, "NumPy's RandomState, which seeds Optuna's sampler, takes 32 bits")
     # Names the study: the multirun folder and a W&B tag (experiment files set it).
     experiment_name: str = "default"
     # What the run returns to a Hydra sweeper (Optuna), read from its summary (the last
@@ -294,7 +312,7 @@ class PPOConfig:
     objectives: list[str] = field(default_factory=lambda: ["eval/win_rate"])
     # An Optuna search (hparams_search=...): seeds each trial trains (seed, seed+1, ...; one
     # run folder each, TRIAL/seed=K) and whose objectives it returns averaged. 1: one run per trial.
-    seeds_per_trial: int = 1
+    seeds_per_trial: int = at_most(1, 100, "each seed is a whole run of the trial")
 
 
 def schema_defaults() -> dict:
@@ -404,6 +422,12 @@ def _check(ok: bool, key: str, value: Any, fix: str) -> None:
         raise ConfigError(f"invalid {key}={value!r}: {fix}")
 
 
+# Mappings whose keys are open-ended: the unknown-key check and "did you mean" never look inside them.
+# judge, eval_judge: each judge class checks its own settings. data.chat_template_kwargs: whatever the
+# tokenizer's chat template reads (enable_thinking, reasoning_effort, ...), passed on as given.
+OPEN_MAPPINGS = ("judge", "eval_judge", "data.chat_template_kwargs")
+
+
 def _unknown_keys(node, schema, prefix: str = "") -> list[str]:
     """Keys of `node` the schema does not have (Hydra's `+key=value` adds them to a struct config)."""
     out, known = [], set(schema.keys())  # (`in` is False for a key whose value is ???)
@@ -411,7 +435,8 @@ def _unknown_keys(node, schema, prefix: str = "") -> list[str]:
         path = f"{prefix}{key}"
         if key not in known:
             out.append(path)
-        elif path != "judge" and OmegaConf.is_dict(node._get_node(key)) and OmegaConf.is_dict(schema._get_node(key)):
+        elif (path not in OPEN_MAPPINGS and OmegaConf.is_dict(node._get_node(key))
+              and OmegaConf.is_dict(schema._get_node(key))):
             out.extend(_unknown_keys(node[key], schema[key], f"{path}."))
     return out
 
@@ -461,7 +486,7 @@ def schema_paths() -> list[str]:
     def walk(prefix, node):
         for key in node:
             paths.append(f"{prefix}{key}")
-            if OmegaConf.is_dict(node._get_node(key)) and key not in ("judge", "eval_judge"):
+            if OmegaConf.is_dict(node._get_node(key)) and f"{prefix}{key}" not in OPEN_MAPPINGS:
                 walk(f"{prefix}{key}.", node[key])
 
     walk("", OmegaConf.structured(PPOConfig))
@@ -483,6 +508,26 @@ def check_known_keys(cfg) -> None:
     unknown = _unknown_keys(cfg, schema)
     if unknown:
         raise ConfigError(unknown_key_message(unknown[0]) + " (a + in front of a key adds a key the trainer never reads)")
+
+
+def limits(schema=PPOConfig, prefix: str = ""):
+    """(dotted key, Limit) of every schema field declared with `at_most`."""
+    import dataclasses
+
+    for f in dataclasses.fields(schema):
+        if "limit" in f.metadata:
+            yield f"{prefix}{f.name}", f.metadata["limit"]
+        elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            yield from limits(f.default_factory, f"{prefix}{f.name}.")
+
+
+def check_limits(cfg) -> None:
+    """Refuse a value above its field's Limit, naming the key, the bound and why."""
+    for key, limit in limits():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit.most:
+            most = int(limit.most) if float(limit.most).is_integer() else limit.most
+            raise ConfigError(f"invalid {key}={value!r}: must be at most {most} ({limit.why})")
 
 
 def validate(cfg) -> None:
@@ -556,6 +601,8 @@ def validate(cfg) -> None:
     _check(train.min_learning_rate >= 0, "train.min_learning_rate", train.min_learning_rate, "must be >= 0")
     _check(loss.delta >= 0, "loss.delta", loss.delta, "dpop's penalty weight must be >= 0, e.g. 50")
     _check(train.rank_timeout > 0, "train.rank_timeout", train.rank_timeout, "must be > 0 seconds, e.g. 300")
+    _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0 (NumPy and MLX seeds are unsigned)")
+    check_limits(cfg)
     for key in ("steps_per_report", "steps_per_eval", "save_every", "eval_samples_per_prompt"):
         _check(getattr(train, key) >= 1, f"train.{key}", getattr(train, key), "must be >= 1")
     _check(ft.type in ("lora", "dora", "full"), "finetune.type", ft.type, "choose lora, dora or full (finetune=NAME)")

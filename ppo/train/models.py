@@ -230,7 +230,13 @@ def add_starting_adapter(model: nn.Module, path: str, dropout: float) -> None:
     model.freeze()
     linear_to_lora_layers(model, config["num_layers"], {**config["lora_parameters"], "dropout": dropout},
                           use_dora=config.get("fine_tune_type") == "dora")
-    weights = mx.load(str(Path(path).expanduser() / ADAPTER_FILE))
+    weights_file = Path(path).expanduser() / ADAPTER_FILE
+    try:
+        weights = mx.load(str(weights_file))
+    except (RuntimeError, ValueError, OSError) as err:  # MLX: "[load_safetensors] Invalid json header length ..."
+        what = "is empty" if weights_file.stat().st_size == 0 else f"is not a safetensors file ({str(err).splitlines()[0]})"
+        raise ConfigError(f"model.adapter_path={path}: {ADAPTER_FILE} {what}; give the folder `mlx_lm.lora` wrote "
+                          "(or copy its adapters.safetensors again)") from None
     trainable = dict(tree_flatten(model.trainable_parameters()))
     wrong = sorted(k for k, w in weights.items() if k not in trainable or trainable[k].shape != w.shape)
     if wrong or set(weights) != set(trainable):

@@ -223,6 +223,40 @@ def offline_sync_hint(sync_dir) -> str:
     return f"W&B run saved offline; upload it with: wandb sync {sync_dir}"
 
 
+def wandb_cli() -> list[str]:
+    """The wandb command of this Python (its console script, else `python -m wandb`)."""
+    import sys
+
+    script = Path(sys.executable).parent / "wandb"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "wandb"]
+
+
+def logged_steps(log_file: Path) -> set[int]:
+    """The `step` of every metrics row in an offline W&B log (run-ID.wandb), read by wandb's own
+    reader (`wandb leet inspect --json`: one JSON record per line; this wandb has no Python reader
+    of the format). A log a SIGKILL left torn or empty holds the rows before the tear, or none."""
+    import subprocess
+
+    try:
+        out = subprocess.run([*wandb_cli(), "leet", "inspect", "--json", str(log_file)],
+                             capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    steps = set()
+    for line in out.stdout.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("type") != "history":
+            continue
+        item = (record.get("history") or {}).get("item") or {}
+        # A metrics row, not the `samples` table's own row at the same step.
+        if isinstance(item.get("step"), (int, float)) and any(not k.startswith(("_", "samples", "step")) for k in item):
+            steps.add(int(item["step"]))
+    return steps
+
+
 class WandbRun:
     """A thin guard around a wandb run: any wandb error is logged once, then ignored."""
 
@@ -274,6 +308,39 @@ class WandbRun:
             self._run.log({"step": step, **{k: _clean(v) for k, v in metrics.items()}})
         except Exception as err:
             self._warn(err)
+
+    def steps_held(self) -> set[int]:
+        """The steps whose metrics the resumed W&B run already holds. Offline: those in the logs
+        of this run id's earlier attempts (RUN_DIR/wandb/offline-run-*-ID/run-ID.wandb; a killed
+        attempt's log keeps only what wandb had written when it died, often nothing). Online:
+        1 to the last `step` the server's summary holds (wandb's resume fetches it)."""
+        if self._run.settings.mode not in ("offline", "dryrun"):
+            last = self._run.summary.get("step")
+            return set(range(1, int(last) + 1)) if isinstance(last, (int, float)) else set()
+        current = Path(self._run.settings.sync_dir).resolve()
+        held = set()
+        for log_file in sorted(self._run_dir.glob(f"wandb/offline-run-*-{self._run.id}/run-{self._run.id}.wandb")):
+            if log_file.parent.resolve() != current:
+                held |= logged_steps(log_file)
+        return held
+
+    def restore_history(self, rows: list[dict], resume_step: int) -> list[int]:
+        """Log again, from metrics.jsonl's `rows`, the steps up to the checkpoint being resumed that
+        the W&B run lacks (what a killed attempt never wrote), so that it holds every step: wandb's
+        resume (the same run id) continues a run but cannot bring back what was never written.
+        Returns the steps logged. Steps past the checkpoint that a killed attempt did write are
+        logged again by the resumed training (W&B keeps both rows; metrics.jsonl only the new)."""
+        if self._run is None:
+            return []
+        try:
+            held = self.steps_held()
+            missing = [row for row in rows if row.get("step", 0) <= resume_step and row.get("step") not in held]
+            for row in missing:  # metrics.jsonl stores NaN and inf as null: left out, as a non-finite log would be
+                self._run.log({k: v for k, v in row.items() if v is not None})
+            return [row["step"] for row in missing]
+        except Exception as err:
+            self._warn(err)
+            return []
 
     def log_table(self, step: int, key: str, rows: list[dict]) -> None:
         """`rows` (dicts with the same keys) as one wandb.Table under `key` at `step`."""
@@ -331,6 +398,17 @@ class WandbRun:
             log.info(offline_sync_hint(sync_dir))
 
 
+def _ranges(steps: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    parts, start = [], None
+    for i, step in enumerate(steps):
+        start = step if start is None else start
+        if i + 1 == len(steps) or steps[i + 1] != step + 1:
+            parts.append(f"{start}-{step}" if step != start else f"{step}")
+            start = None
+    return ", ".join(parts)
+
+
 class Tracker:
     """Both sinks behind one call, so the trainer logs each metric once."""
 
@@ -339,6 +417,11 @@ class Tracker:
         self.samples = SamplesFile(run_dir, resume_step)
         self.wandb = (WandbRun(cfg.wandb, run_dir, config, wandb_id, config.get("experiment_name", "default"))
                       if cfg.kind == "wandb" else None)
+        if self.wandb and resume_step is not None:
+            restored = self.wandb.restore_history(read_jsonl(self.file.path), resume_step)
+            if restored:
+                log.info("W&B: logged steps %s again from metrics.jsonl (the W&B run lacked them: an earlier attempt "
+                         "was stopped before wandb wrote them)", _ranges(restored))
 
     @property
     def wandb_id(self) -> str | None:

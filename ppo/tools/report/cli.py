@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only or full folder: nothing of the runs themselves is touched
+        where = err.filename or (args.out or args.sweep_dir)
+        print(f"error: cannot write the report: {where} ({err.strerror or err}); give a writable folder with "
+              f"--out DIR (ppo-report {args.sweep_dir} --out DIR)", file=sys.stderr)
+        return 2
     finished = sum(r.status == "finished" for r in runs)
     print(f"{len(runs)} runs ({finished} finished) in {len(configurations(runs))} configurations; report: {report}")
     print(f"best configuration: {verdict_text(v)}")
