@@ -8,7 +8,6 @@ step, so a run resumed from a checkpoint samples exactly what the uninterrupted 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
@@ -350,8 +349,10 @@ def save(run: Session, state: RunState, step: int, tracker) -> None:
 def _train(cfg, run_dir: Path, world: World) -> dict:
     train_cfg = cfg.train
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Every setting, not only the fingerprint's: ranks that disagree on train.iters or on how
+    # long to wait would meet at different collectives and hang until train.rank_timeout.
+    world.check_same_config(checkpoint.flat_config(cfg))
     fingerprint = checkpoint.config_fingerprint(cfg)
-    world.check_same("configs", json.dumps(fingerprint, sort_keys=True, default=str))
     if (done := checkpoint.finished_summary(cfg, run_dir)) is not None:  # a finished sweep job: skip it
         return done
     started = time.perf_counter()
