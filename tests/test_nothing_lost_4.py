@@ -119,3 +119,132 @@ def test_ranks_with_different_iterations_are_refused_at_start(tmp_path, tiny_mod
     assert "ranks were started with different configs: train.iters=6 on rank 0 but 12 on rank 1" in out, out[-3000:]
     assert "Traceback" not in out and "checkpoint is intact" not in out
     assert not (run_dir / "metrics.jsonl").exists()
+
+
+# Item 7: a reference or a starting adapter made for another model is refused.
+
+def test_reference_with_another_tokenizer_of_the_same_size_is_refused(tmp_path, tiny_model_dir):
+    from conftest import compose
+    from ppo.demo.tiny import build_tiny_model
+    from ppo.errors import ConfigError
+    from ppo.train.models import load_policy_and_reference
+
+    # The same architecture and 512 tokens, but a BPE trained on other text: other token strings.
+    other = build_tiny_model(tmp_path / "other", hidden=64, layers=2, vocab=512, seed=1, corpus_sentences=300)
+    cfg = compose([f"model.path={tiny_model_dir}", f"model.reference_path={other}"])
+    with pytest.raises(ConfigError, match=r"has another tokenizer than the policy .*the same 512 ids, but token \d+ "
+                                          r"is .* there and .* here") as err:
+        load_policy_and_reference(cfg.model, cfg.finetune)
+    assert "\n" not in str(err.value)
+    # A reference with the policy's own tokenizer (other weights) is accepted.
+    same = build_tiny_model(tmp_path / "same", hidden=64, layers=2, vocab=512, seed=0)
+    cfg = compose([f"model.path={tiny_model_dir}", f"model.reference_path={same}"])
+    assert load_policy_and_reference(cfg.model, cfg.finetune)[1] is not None
+
+
+def test_adapter_naming_another_base_model_is_refused_in_one_line(tmp_path, tiny_model_dir, prompts_file):
+    from test_adapter_start import write_adapter
+    from conftest import run_cli
+    from test_nothing_lost import _one_line_error, _overrides
+
+    adapter = write_adapter(tiny_model_dir, tmp_path / "sft", "lora")  # tensors that fit model.path's layers
+    config_file = adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "model": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
+    run_dir = tmp_path / "run"
+    line = _one_line_error(run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{"model.adapter_path": adapter})),
+                           "was trained on another base model")
+    assert "'HuggingFaceTB/SmolLM2-135M-Instruct'" in line and f'set "model" in {config_file}' in line
+    assert not (run_dir / "metrics.jsonl").exists()
+
+    # The documented way to accept it deliberately; a hub id naming model.path's folder is accepted as well.
+    from conftest import compose
+    from ppo.train.models import load_policy_and_reference, same_model_name
+
+    assert same_model_name("org/" + Path(tiny_model_dir).name, str(tiny_model_dir))
+    config_file.write_text(json.dumps({**config, "model": str(tiny_model_dir)}))
+    cfg = compose([f"model.path={tiny_model_dir}", f"model.adapter_path={adapter}"])
+    assert load_policy_and_reference(cfg.model, cfg.finetune)[1] is not None
+
+
+# Item 14: messages that name the file, the line and what is wrong.
+
+def test_a_lone_surrogate_is_named_by_file_and_line_and_skipped_when_asked(tmp_path, tiny_model_dir):
+    from mlx_lm import load
+
+    from ppo.errors import ConfigError
+    from ppo.train.data import read_prompts
+
+    tokenizer = load(str(tiny_model_dir))[1]
+    path = tmp_path / "prompts.jsonl"
+    # Line 3 (after a blank line) escapes half of a UTF-16 pair: valid JSON, not text.
+    path.write_text('{"prompt": "a dog"}\n\n{"prompt": "a cat \\ud800 runs"}\n{"prompt": "a fox"}\n')
+    with pytest.raises(ConfigError) as err:
+        read_prompts(str(path), "train", "prompt", tokenizer, "error")
+    message = str(err.value)
+    assert f"bad row in {path}: line 3: field 'prompt' holds a lone surrogate" in message
+    assert "chat template" not in message and "data.on_bad_row=skip" in message and "\n" not in message
+    prompts, skipped = read_prompts(str(path), "train", "prompt", tokenizer, "skip")
+    assert [p.text for p in prompts] == ["a dog", "a fox"] and skipped == 1
+    # In a message list too.
+    path.write_text('{"prompt": [{"role": "user", "content": "\\udc00"}]}\n{"prompt": "a fox"}\n')
+    with pytest.raises(ConfigError, match="line 1: field 'prompt' holds a lone surrogate"):
+        read_prompts(str(path), "train", "prompt", tokenizer, "error")
+
+
+@pytest.mark.parametrize("break_folder,needle", [
+    (lambda d: (d / "config.json").write_text("{oops"), "config.json is not valid JSON (Expecting property name"),
+    (lambda d: (d / "config.json").write_text(json.dumps({"hidden_size": 64})), 'config.json has no "model_type"'),
+    (lambda d: (d / "config.json").unlink(), "has no config.json, so it is not an mlx-lm model folder"),
+    (lambda d: (d / "tokenizer.json").unlink(), "has no tokenizer (none of tokenizer.json"),
+    (lambda d: (d / "config.json").write_text(json.dumps({k: v for k, v in json.loads(
+        (d / "config.json").read_text()).items() if k != "hidden_size"})), "config.json does not describe the model"),
+])
+def test_a_broken_model_folder_names_the_file_and_what_is_missing(tmp_path, tiny_model_dir, break_folder, needle):
+    import shutil
+
+    from ppo.errors import ConfigError
+    from ppo.train.models import load_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    break_folder(folder)
+    with pytest.raises(ConfigError) as err:
+        load_model(str(folder))
+    assert needle in str(err.value) and str(folder) in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_starting_adapter_holding_nan_is_named_not_the_learning_rate(tmp_path, tiny_model_dir, prompts_file):
+    import mlx.core as mx
+
+    from conftest import run_cli
+    from test_adapter_start import write_adapter
+    from test_nothing_lost import _one_line_error, _overrides
+
+    adapter = write_adapter(tiny_model_dir, tmp_path / "sft", "lora")
+    weights = mx.load(str(adapter / "adapters.safetensors"))
+    name = sorted(weights)[-1]
+    weights[name] = weights[name] * mx.array(float("nan"))
+    mx.save_safetensors(str(adapter / "adapters.safetensors"), weights)
+    run_dir = tmp_path / "run"
+    line = _one_line_error(run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{"model.adapter_path": adapter})),
+                           "the starting adapter holds NaN or inf values")
+    assert f"{adapter / 'adapters.safetensors'}, tensor {name}" in line and "learning_rate" not in line
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
+def test_a_full_disk_under_metrics_jsonl_names_the_file(tmp_path):
+    from ppo.train.loop import run_folder_write_error
+    from ppo.train.tracking import MetricsFile
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    metrics = MetricsFile(tmp_path)
+    metrics._file.close()
+    metrics._file = open("/dev/full", "a", encoding="utf-8")  # a device that is always full: every write fails
+    with pytest.raises(OSError) as err:
+        for step in range(1, 1000):  # past the file buffer: the flush of each line writes it
+            metrics.write(step, {"loss": 1.0})
+    assert err.value.filename == str(tmp_path / "metrics.jsonl")
+    line = str(run_folder_write_error(err.value, tmp_path))
+    assert line.startswith(f"I/O error on {tmp_path / 'metrics.jsonl'} (no space left on device)"), line
