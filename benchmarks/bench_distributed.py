@@ -5,7 +5,9 @@ and the share of each step spent waiting at collectives, at the same global batc
 
 The demo configuration (`experiment=demo`: the demo model, batch 16, 48-token completions,
 the rule judge, textbook PPO form), without evaluation or checkpoints, launched exactly as a
-user would (`mlx.launch -n N --backend ring ... ppo-train ...`; N=1 is a plain `ppo-train`).
+user would (`ppo-launch -n N --backend ring ...`, which runs `mlx.launch` on free ports; N=1 is a
+plain `ppo-train`). Each rank runs its share of the machine's cores as BLAS threads
+(ppo/platform/cores.py): cores // local ranks, recorded as `blas_threads_per_rank`.
 Seconds per step are the trainer's own `timing/step_seconds` (the slowest rank's), median
 over the steps after the warm-up. Prints one JSON object.
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ppo.platform.cores import rank_threads, user_blas_threads
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 QUIET_RUN = ["train.steps_per_eval=1000000", "train.save_every=1000000", "train.progress=false", "logger=none",
@@ -29,17 +33,18 @@ QUIET_RUN = ["train.steps_per_eval=1000000", "train.save_every=1000000", "train.
 
 
 def run(procs: int, iters: int, warmup: int, run_dir: Path) -> dict:
-    train = [str(BIN / "ppo-train"), "experiment=demo", f"train.iters={iters + warmup}", *QUIET_RUN,
-             f"hydra.run.dir={run_dir}"]
-    cmd = train if procs == 1 else [str(BIN / "mlx.launch"), "-n", str(procs), "--backend", "ring",
-                                    "--python", sys.executable, *train]
+    overrides = ["experiment=demo", f"train.iters={iters + warmup}", *QUIET_RUN, f"hydra.run.dir={run_dir}"]
+    cmd = ([str(BIN / "ppo-train"), *overrides] if procs == 1 else
+           [str(BIN / "ppo-launch"), "-n", str(procs), "--backend", "ring", *overrides])
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_SILENT": "true"})
     if result.returncode != 0 or not (run_dir / "metrics.jsonl").exists():
         raise SystemExit(f"{procs} processes failed: {(result.stdout + result.stderr)[-2000:]}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][warmup:]
     step = float(np.median([r["timing/step_seconds"] for r in rows]))
     waited = [r.get("timing/collective_seconds", 0.0) / r["timing/step_seconds"] for r in rows]
-    return {"processes": procs, "seconds_per_step": step, "steps_per_second": 1.0 / step,
+    threads = user_blas_threads() or (rank_threads(procs) if procs > 1 else os.cpu_count())
+    return {"processes": procs, "blas_threads_per_rank": int(threads),
+            "seconds_per_step": step, "steps_per_second": 1.0 / step,
             "collective_share": float(np.median(waited)), "steps_measured": len(rows)}
 
 

@@ -248,3 +248,50 @@ def test_a_full_disk_under_metrics_jsonl_names_the_file(tmp_path):
     assert err.value.filename == str(tmp_path / "metrics.jsonl")
     line = str(run_folder_write_error(err.value, tmp_path))
     assert line.startswith(f"I/O error on {tmp_path / 'metrics.jsonl'} (no space left on device)"), line
+
+
+# Issue 26 item 3: ranks on one machine split its cores (ppo.platform.cores).
+
+THREADS = """
+import os
+from ppo.platform.cores import share_cores_env
+share_cores_env()
+print("rank", os.environ["MLX_RANK"], "threads", os.environ.get("OPENBLAS_NUM_THREADS"),
+      os.environ.get("OMP_NUM_THREADS"), flush=True)
+"""
+
+
+def _launch_threads(tmp_path, n: int, env: dict) -> list[str]:
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS)
+    cmd = [str(BIN / "mlx.launch"), "-n", str(n), "--backend", "ring", "--starting-port",
+           str(ppo_launch.free_port_block(2 * n)), "--python", sys.executable, str(script)]
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run(cmd, cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120).stdout
+    return sorted(line for line in out.splitlines() if line.startswith("rank"))
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_ranks_on_one_machine_split_its_cores(tmp_path, ranks):
+    share = str(max(1, (os.cpu_count() or 1) // ranks))
+    assert _launch_threads(tmp_path, ranks, {}) == [f"rank {r} threads {share} {share}" for r in range(ranks)]
+
+
+def test_a_thread_count_the_user_set_wins(tmp_path):
+    assert _launch_threads(tmp_path, 2, {"OPENBLAS_NUM_THREADS": "3"}) == [f"rank {r} threads 3 3" for r in range(2)]
+    assert _launch_threads(tmp_path, 2, {"OMP_NUM_THREADS": "5"}) == [f"rank {r} threads 5 5" for r in range(2)]
+
+
+def test_local_ranks_count_the_hostfiles_entries_on_this_rank_s_machine(tmp_path, monkeypatch):
+    from ppo.platform import cores
+
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([["10.0.0.1:5000"], ["10.0.0.1:5001"], ["10.0.0.2:5002"]]))
+    monkeypatch.setenv("MLX_HOSTFILE", str(hostfile))
+    monkeypatch.setenv("MLX_RANK", "1")
+    assert cores.local_ranks() == 2
+    monkeypatch.setenv("MLX_RANK", "2")
+    assert cores.local_ranks() == 1
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "4")  # mpirun says it outright
+    assert cores.local_ranks() == 4
+    assert cores.rank_threads(1000) == 1
