@@ -5,7 +5,9 @@ and the share of each step spent waiting at collectives, at the same global batc
 
 The demo configuration (`experiment=demo`: the demo model, batch 16, 48-token completions,
 the rule judge, textbook PPO form), without evaluation or checkpoints, launched exactly as a
-user would (`mlx.launch -n N --backend ring ... ppo-train ...`; N=1 is a plain `ppo-train`).
+user would (`ppo-launch -n N --backend ring ...`, which runs `mlx.launch` on free ports; N=1 is a
+plain `ppo-train`). Each rank runs its share of the machine's cores as BLAS threads
+(ppo/platform/cores.py): cores // local ranks, recorded as `blas_threads_per_rank`.
 Seconds per step are the trainer's own `timing/step_seconds` (the slowest rank's), median
 over the steps after the warm-up. Prints one JSON object.
 """
@@ -22,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import QUIET_RUN, arguments, emit, run_ppo_train  # noqa: E402
+from ppo.platform.cores import rank_threads, user_blas_threads  # noqa: E402
 
 
 def run(procs: int, iters: int, warmup: int, run_dir: Path) -> dict:
@@ -29,7 +32,9 @@ def run(procs: int, iters: int, warmup: int, run_dir: Path) -> dict:
                          run_dir, skip=warmup, processes=procs, env={**os.environ, "WANDB_SILENT": "true"})
     step = float(np.median([r["timing/step_seconds"] for r in rows]))
     waited = [r.get("timing/collective_seconds", 0.0) / r["timing/step_seconds"] for r in rows]
-    return {"processes": procs, "seconds_per_step": step, "steps_per_second": 1.0 / step,
+    threads = user_blas_threads() or (rank_threads(procs) if procs > 1 else os.cpu_count())
+    return {"processes": procs, "blas_threads_per_rank": int(threads),
+            "seconds_per_step": step, "steps_per_second": 1.0 / step,
             "collective_share": float(np.median(waited)), "steps_measured": len(rows)}
 
 

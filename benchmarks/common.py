@@ -71,14 +71,13 @@ def parameters(model_dir: Path) -> int:
 def run_ppo_train(overrides: list[str], run_dir: Path, skip: int = 0, processes: int = 1,
                   env: dict | None = None) -> list[dict]:
     """`ppo-train OVERRIDES hydra.run.dir=RUN_DIR` in its own process, as a user runs it (with
-    `processes` > 1 launched by `mlx.launch -n N --backend ring`, the global batch split over the
+    `processes` > 1 launched by `ppo-launch -n N --backend ring`, the global batch split over the
     ranks); its metrics rows without the first `skip` (warm-up) steps. A failed run ends the
     benchmark with the tail of its output."""
     exe = Path(sys.executable).with_name("ppo-train")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppo.tools.cli"]
-    if processes > 1:
-        cmd = [str(Path(sys.executable).with_name("mlx.launch")), "-n", str(processes), "--backend", "ring",
-               "--python", sys.executable, *cmd]
+    if processes > 1:  # ppo-launch: mlx.launch on a free block of ports, the worst rank's exit code
+        cmd = [str(Path(sys.executable).with_name("ppo-launch")), "-n", str(processes), "--backend", "ring"]
     result = subprocess.run([*cmd, *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True,
                             env=env)
     if result.returncode != 0 or not (Path(run_dir) / "metrics.jsonl").exists():  # mlx.launch exits 0 when a rank failed

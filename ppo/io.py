@@ -8,6 +8,7 @@ leave only a torn last line, which readers skip.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -63,6 +64,19 @@ def write_error_reason(err: BaseException, folder: Path | None = None) -> str:
     if isinstance(err, OSError):
         return err.strerror or str(err)
     return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+@contextlib.contextmanager
+def naming_file(path: Path):
+    """Writes to an open file, whose OSError carries no file name (a full disk: "[Errno 28] No
+    space left on device"): it is given `path`, so that the run's one line names the file, not
+    only its folder."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)
+        raise
 
 
 def is_write_error(err: BaseException) -> bool:

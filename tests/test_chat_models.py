@@ -90,7 +90,7 @@ def test_a_prompt_ending_with_an_assistant_turn_is_named(tmp_path, think_tok):
     ]
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ConfigError, match=r"row 1: field 'prompt' ends with an assistant turn.*data.on_bad_row=skip") as err:
+    with pytest.raises(ConfigError, match=r"line 2: field 'prompt' ends with an assistant turn.*data.on_bad_row=skip") as err:
         read_prompts(str(path), "train", "prompt", think_tok, "error")
     assert "\n" not in str(err.value)
     prompts, skipped = read_prompts(str(path), "train", "prompt", think_tok, "skip")

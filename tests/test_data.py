@@ -39,7 +39,7 @@ def test_string_and_chat_prompts_are_templated(tmp_path, tokenizer):
 def test_bad_row_is_named_or_skipped(tmp_path, tokenizer, bad, reason):
     rows = [{"prompt": "tell me about the dog", "other": "x"}, {"prompt": "write about a cat", "other": "y"}, {"other": "z", **bad}]
     path = _write_jsonl(tmp_path / "p.jsonl", rows)
-    with pytest.raises(ConfigError, match=rf"row 2: field 'prompt'.*{reason}.*data.on_bad_row=skip"):
+    with pytest.raises(ConfigError, match=rf"line 3: field 'prompt'.*{reason}.*data.on_bad_row=skip"):
         read_prompts(str(path), "train", "prompt", tokenizer, "error")
     prompts, skipped = read_prompts(str(path), "train", "prompt", tokenizer, "skip")
     assert len(prompts) == 2 and skipped == 1
@@ -50,7 +50,7 @@ def test_non_text_prompt_is_named(tmp_path, tokenizer):
         {"prompt": [{"role": "user", "content": "hi"}]},
         {"prompt": [{"role": "user"}]},
     ])
-    with pytest.raises(ConfigError, match=r"row 1: field 'prompt' must be a string or a list of \{role, content\} messages"):
+    with pytest.raises(ConfigError, match=r"line 2: field 'prompt' must be a string or a list of \{role, content\} messages"):
         read_prompts(str(path), "train", "prompt", tokenizer, "error")
 
 

@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from ppo.io import read_jsonl
+from ppo.io import naming_file, read_jsonl
 from ppo.judges.base import Pair, text_hash
 
 VERDICTS = ("a", "b", "tie", "invalid")
@@ -59,12 +59,13 @@ class JudgmentLog:
     def write(self, records: list[dict]) -> None:
         if not records:
             return
-        for record in records:
-            clean = {k: ([_json_number(v) for v in val] if k == "p_shown" else _json_number(val) if k in ("p", "p_raw") else val)
-                     for k, val in ((k, record[k]) for k in record)}
-            self._file.write(json.dumps(clean, sort_keys=True) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with naming_file(self.path):
+            for record in records:
+                clean = {k: ([_json_number(v) for v in val] if k == "p_shown" else _json_number(val) if k in ("p", "p_raw") else val)
+                         for k, val in ((k, record[k]) for k in record)}
+                self._file.write(json.dumps(clean, sort_keys=True) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if not self._file.closed:

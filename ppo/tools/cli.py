@@ -192,6 +192,9 @@ def _config_groups() -> list[str]:
 
 
 def _train_main() -> None:
+    from ppo.platform.cores import share_cores_env
+
+    share_cores_env()  # a launched rank's BLAS threads: its share of the cores (before OpenBLAS loads)
     ensure_fast_blas()
     if "--version" in sys.argv[1:]:  # Hydra's own flag would print "Hydra 1.3.x"
         print(version_text())
@@ -303,6 +306,7 @@ def _prepare_ranks() -> None:
     """Under mlx.launch every rank runs this same command: they must agree on one run folder
     (rank 0's clock names it when hydra.run.dir is not given), and only rank 0 may write
     Hydra's files there (.hydra/, train.log); the other ranks log to the console."""
+    from ppo.errors import ConfigError
     from ppo.train.distributed import World, launch_rank, launched
 
     if not launched():
@@ -316,7 +320,10 @@ def _prepare_ranks() -> None:
 
         import mlx.core as mx
 
-        world = World.current()
+        try:
+            world = World.current()
+        except ConfigError as err:  # ranks of two launches paired up
+            _fail(str(err))
         stamp = world.all_sum(mx.array(int(time.time()) if world.is_main else 0, dtype=mx.int64)).item()
         extra.append(f"hydra.run.dir={time.strftime('outputs/%Y-%m-%d/%H-%M-%S', time.localtime(stamp))}")
     if launch_rank() > 0:

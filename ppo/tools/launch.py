@@ -16,6 +16,13 @@ when it failed before any rank ran. A failed run gets one `error:` line naming t
 its `summary.json` is marked `failed` when it says `finished` or `running`, so the file the
 README tells users to check never calls it finished.
 `mlx.launch` itself stays usable: without PPO_LAUNCH_STATUS no rank prints a status line.
+
+Ports: every `mlx.launch --backend ring` listens on 32323 and up unless given
+`--starting-port`, and MLX's ring backend shares a port between processes (SO_REUSEPORT), so
+two runs started at once on one machine pair their ranks across the runs at random. Unless
+`--starting-port` (`-p`) is given, ppo-launch gives the ring a block of ports free on this
+machine, from a random start, and one id (PPO_LAUNCH_ID) to every rank, by which ranks of two
+launches that paired up anyway refuse to run (ppo.train.distributed).
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+
+from ppo.platform.cores import ENV_LAUNCH_ID  # one id per launch in every rank's environment
 
 # Set (to 1) in every rank's environment; ppo.tools.cli.train_main then prints STATUS_LINE.
 ENV = "PPO_LAUNCH_STATUS"
@@ -90,6 +102,45 @@ def expected_ranks(launch: list[str]) -> int | None:
         hosts = hosts.get("hosts") if isinstance(hosts, dict) else hosts
         return per_host * len(hosts) if isinstance(hosts, list) else None
     return per_host * len((_option(launch, "--hosts") or "127.0.0.1").split(","))
+
+
+# Where free ring ports are looked for: below Linux's ephemeral range (32768-60999), whose ports
+# outgoing connections take, and away from mlx.launch's default 32323.
+PORT_RANGE = (20000, 32000)
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing on this machine listens on (or holds) `port`: a plain bind, without the
+    SO_REUSEPORT that would let it share a port a ring rank is listening on, fails then."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(count: int, tries: int = 100) -> int:
+    """The first of `count` consecutive free ports, from a random start (two launches at the same
+    moment rarely draw the same one; the ranks' launch ids catch the rest)."""
+    low, high = PORT_RANGE
+    for _ in range(tries):
+        start = random.randrange(low, high - count)
+        if all(port_free(p) for p in range(start, start + count)):
+            return start
+    raise OSError(f"no {count} consecutive free ports in {low}-{high} after {tries} tries")
+
+
+def ring_ports(launch: list[str]) -> list[str]:
+    """`--starting-port N` for mlx.launch's ring backend when the user gave none (else [])."""
+    if _option(launch, "--starting-port", "-p") is not None or (_option(launch, "--backend") or "ring") != "ring":
+        return []
+    try:
+        per_ip = int(_option(launch, "--connections-per-ip") or 1)
+    except ValueError:
+        return []
+    # Twice the ranks' count: a host with two ips takes two ports per connection.
+    return ["--starting-port", str(free_port_block(2 * (expected_ranks(launch) or 16) * per_ip))]
 
 
 def _beside_python(name: str) -> str | None:
@@ -160,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if _option(launch, "--python") is None:
         launch += ["--python", sys.executable]
-    cmd = [launcher_bin, *launch, "--env", f"{ENV}=1", train_bin, *overrides]
+    try:
+        launch += ring_ports(launch)
+    except OSError as err:
+        print(f"error: {err}; give mlx.launch's --starting-port yourself", file=sys.stderr)
+        return 2
+    launch_id = f"ppo-launch-{uuid.uuid4().hex[:12]}"
+    cmd = [launcher_bin, *launch, "--env", f"{ENV}=1", "--env", f"{ENV_LAUNCH_ID}={launch_id}", train_bin, *overrides]
     # Ctrl-C reaches the ranks and the launcher from the terminal; this process waits for them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, ENV: "1"})

@@ -167,17 +167,10 @@ def load(path: Path, model, optimizer, fingerprint: dict | None = None) -> Train
     return state
 
 
-def config_fingerprint(cfg) -> dict:
-    """The parts of a config that must not change across a resume (flattened key -> value)."""
+def flat_config(cfg) -> dict:
+    """The whole resolved config as flattened key -> value (`train.iters` -> 6; lists are values)."""
     from omegaconf import OmegaConf
 
-    container = OmegaConf.to_container(cfg, resolve=True)
-    changeable = {"train.iters", "train.progress", "train.resume", "train.save_every", "train.keep_checkpoints",
-                  "train.human_eval", "train.rank_timeout", "train.resume_with_changed_inputs", "experiment_name",
-                  "objectives"}
-    # How long and how often a judge is waited for changes no verdict it gives, so a resume
-    # after a judge outage may raise them.
-    changeable |= {"judge.timeout", "judge.backoff", "judge.retries", "judge.concurrency"}
     flat = {}
 
     def walk(prefix, node):
@@ -187,8 +180,19 @@ def config_fingerprint(cfg) -> dict:
         else:
             flat[prefix[:-1]] = node
 
-    walk("", container)
-    return {k: v for k, v in flat.items() if k not in changeable and not k.startswith("logger.")}
+    walk("", OmegaConf.to_container(cfg, resolve=True))
+    return flat
+
+
+def config_fingerprint(cfg) -> dict:
+    """The parts of a config that must not change across a resume (flattened key -> value)."""
+    changeable = {"train.iters", "train.progress", "train.resume", "train.save_every", "train.keep_checkpoints",
+                  "train.human_eval", "train.rank_timeout", "train.resume_with_changed_inputs", "experiment_name",
+                  "objectives"}
+    # How long and how often a judge is waited for changes no verdict it gives, so a resume
+    # after a judge outage may raise them.
+    changeable |= {"judge.timeout", "judge.backoff", "judge.retries", "judge.concurrency"}
+    return {k: v for k, v in flat_config(cfg).items() if k not in changeable and not k.startswith("logger.")}
 
 
 def introduced_defaults() -> dict:

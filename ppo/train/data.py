@@ -95,8 +95,8 @@ def _load_rows(path: str, split: str, on_bad_row: str = "error"):
         raise ConfigError(f"could not read data.path={path} (split {split!r}): {first_line}") from err
 
 
-def _prompt_text(value, row: int, field: str) -> str | list[dict]:
-    """The prompt of one row, or a ValueError naming the row and the field."""
+def _prompt_text(value, row: str, field: str) -> str | list[dict]:
+    """The prompt of one row, or a ValueError naming the row (`row`: "line 3" or "row 2") and the field."""
     if value is None:
         raise ValueError(f"row {row}: field {field!r} is missing")
     if isinstance(value, str):
@@ -136,7 +136,20 @@ class PromptFormat:
         return cls(getattr(data_cfg, "system_prompt", "") or "", kwargs)
 
 
-def check_last_turn(prompt: str | list[dict], row: int, field: str) -> None:
+def check_text(prompt: str | list[dict], row: str, field: str) -> None:
+    """Refuse a prompt that is not text: a lone surrogate (JSON's "\\ud800" escape, half of a
+    pair) decodes to a Python string that no tokenizer can encode, and would otherwise fail
+    later inside the chat template, with no word of the row."""
+    texts = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt] + [m["role"] for m in prompt]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"{row}: field {field!r} holds a lone surrogate ({text[err.start]!r} at character "
+                             f"{err.start + 1}), half of a UTF-16 pair, which is not text: fix its \\u escape") from None
+
+
+def check_last_turn(prompt: str | list[dict], row: str, field: str) -> None:
     """A message list must leave the next turn to the assistant: templating one that ends with
     an assistant turn would open a second assistant turn after it, silently."""
     if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
@@ -192,15 +205,20 @@ def read_prompts(path: str, split: str, field: str, tokenizer, on_bad_row: str,
         )
     prompts, skipped = [], 0
     for row, value in enumerate(rows[field]):
+        where = rows.where(row) if hasattr(rows, "where") else f"row {row}"  # a JSON-lines file's line
         try:
-            prompt = _prompt_text(value, row, field)
-            check_last_turn(prompt, row, field)
+            prompt = _prompt_text(value, where, field)
+            check_text(prompt, where, field)
+            check_last_turn(prompt, where, field)
         except ValueError as err:
             if on_bad_row == "skip":
                 skipped += 1
                 continue
             raise ConfigError(f"bad row in {path}: {err} (fix the row or set data.on_bad_row=skip)") from None
-        text, ids = format_prompt(tokenizer, prompt, prompt_format)
+        try:
+            text, ids = format_prompt(tokenizer, prompt, prompt_format)
+        except ConfigError as err:
+            raise ConfigError(f"{path}, {where}: {err}") from None
         prompts.append(Prompt(id=f"{split}:{row}", text=text, tokens=tuple(ids)))
     if skipped:
         log.warning("skipped %d bad rows of %s (data.on_bad_row=skip)", skipped, path)

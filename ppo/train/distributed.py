@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -37,21 +38,9 @@ import numpy as np
 
 from ppo.errors import ConfigError, RankTimeout
 
-# Environment variables by which the launchers MLX supports tell a process its rank.
-LAUNCH_VARIABLES = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MLX_JACCL_COORDINATOR", "NCCL_COMM_ID")
-
-
-def launched() -> bool:
-    """Whether this process was started by a distributed launcher (mlx.launch, mpirun)."""
-    return any(os.environ.get(name) for name in LAUNCH_VARIABLES)
-
-
-def launch_rank() -> int:
-    """This process's rank as the launcher's environment says it, before any group exists (0 if none)."""
-    for name in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
+# `launched` and `launch_rank` read the launcher's environment; they live with the thread
+# settings that must be made before MLX is imported.
+from ppo.platform.cores import ENV_LAUNCH_ID, launch_rank, launched, rank_threads, user_blas_threads  # noqa: F401
 
 
 @dataclass
@@ -73,18 +62,42 @@ class World:
         if group.size() == 1:
             return cls(timeout=timeout)
         world = cls(group, group.rank(), group.size(), timeout)
-        world.share_cores()
+        world.check_one_launch_and_share_cores()
         return world
 
-    def share_cores(self) -> None:
-        """Ranks on one machine split its cores between their BLAS thread pools: two ranks on
-        two cores each running two OpenBLAS threads would oversubscribe the CPU."""
+    def check_one_launch_and_share_cores(self) -> None:
+        """Refuse ranks of two launches that paired up, then split this machine's cores.
+
+        Every `mlx.launch --backend ring` listens on the same ports unless told otherwise
+        (`--starting-port`, default 32323), and MLX's ring backend binds them with SO_REUSEPORT:
+        two runs started at once on one machine both listen on 32323, and the kernel hands
+        each connecting rank to either run's rank 0 at random. Their ranks then pair across
+        the runs, and every collective mixes them (this was the intermittent "ranks were
+        started with different configs" refusal of identical commands: another run was
+        starting on the machine at the same time). Ranks of one launch share its launcher
+        (`launch_identity`), so a pairing across launches is told apart and refused here,
+        before anything else is exchanged; `ppo-launch` picks free ports so it does not happen.
+
+        Ranks on one machine then split its cores between their BLAS thread pools: two
+        ranks on two cores each running two OpenBLAS threads would oversubscribe the CPU."""
         import socket
 
         from ppo.platform.blas import set_blas_threads
 
-        hosts = self.gather_objects(socket.gethostname())
-        set_blas_threads((os.cpu_count() or 1) // hosts.count(hosts[self.rank]))
+        me = {"host": socket.gethostname(), "launch": launch_identity()}
+        ranks = self.gather_objects(me)
+        for rank, other in enumerate(ranks):
+            if other["host"] == me["host"] and other["launch"] != me["launch"] and None not in (other["launch"],
+                                                                                                me["launch"]):
+                raise ConfigError(
+                    f"rank {self.rank} and rank {rank} belong to two different launches ({me['launch']} and "
+                    f"{other['launch']}): two distributed runs started on this machine at once on the same ports "
+                    "(mlx.launch's default --starting-port 32323; MLX's ring backend shares ports between "
+                    "processes), so their ranks paired across the runs; relaunch with ppo-launch, which picks free "
+                    "ports, or give each run its own mlx.launch --starting-port")
+        hosts = [r["host"] for r in ranks]
+        if user_blas_threads() is None:
+            set_blas_threads(rank_threads(hosts.count(me["host"])))
 
     @property
     def is_main(self) -> bool:
@@ -174,12 +187,27 @@ class World:
         return out
 
     def check_same(self, what: str, value: str) -> None:
-        """Refuse to run when the ranks disagree on `value` (e.g. were started with different configs)."""
+        """Refuse to run when the ranks disagree on `value` (e.g. a checkpoint only some could read)."""
         values = self.gather_objects(value)
         if len(set(values)) > 1:
             differing = [r for r, v in enumerate(values) if v != values[0]]
             raise ConfigError(f"ranks were started with different {what} (rank 0 differs from rank {differing[0]}): "
                               "launch every rank with the same command and overrides")
+
+    def check_same_config(self, flat_config: dict) -> None:
+        """Refuse to run when any rank's full config (flattened key -> value) differs from rank 0's,
+        naming the first differing key and both values. Done first, before a model is loaded: ranks
+        that disagree on, say, train.iters would otherwise meet at different collectives and wait
+        for each other until train.rank_timeout."""
+        configs = self.gather_objects(json.loads(json.dumps(flat_config, default=str)))
+        for rank, other in enumerate(configs[1:], start=1):
+            key = first_difference(configs[0], other)
+            if key is not None:
+                missing = "(not set)"
+                raise ConfigError(
+                    f"ranks were started with different configs: {key}={configs[0].get(key, missing)!r} on rank 0 "
+                    f"but {other.get(key, missing)!r} on rank {rank}; launch every rank with the same command and "
+                    "overrides")
 
     def in_sync(self, params) -> bool:
         """Whether every rank holds bit-identical `params` (a sha256 of their bytes)."""
@@ -188,6 +216,37 @@ class World:
             digest.update(name.encode())
             digest.update(np.array(value.astype(mx.float32)).tobytes())
         return len(set(self.gather_objects(digest.hexdigest()))) == 1
+
+
+def first_difference(a: dict, b: dict) -> str | None:
+    """The first key (in sorted order) whose value differs between two flattened configs."""
+    return next((k for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k] != b[k]), None)
+
+
+# Programs whose process starts the ranks of one launch, looked for among a rank's ancestors.
+LAUNCHERS = ("mlx.launch", "mpirun", "mpiexec", "orterun", "prterun", "prted", "orted")
+
+
+def launch_identity() -> str | None:
+    """What the ranks of one launch share and another launch's do not: ppo-launch's id, else the
+    process id of the launcher this rank descends from (mlx.launch starts its local ranks as
+    children; an `mpirun` alike), else None (not known: not compared)."""
+    if os.environ.get(ENV_LAUNCH_ID):
+        return os.environ[ENV_LAUNCH_ID]
+    pid = os.getppid()
+    for _ in range(16):  # a few wrapper scripts at most between a rank and its launcher
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        if any(os.path.basename(arg) in LAUNCHERS for arg in argv[:2]):  # the program, or the script a Python runs
+            return f"launcher pid {pid}"
+        parent = int(stat.rpartition(")")[2].split()[1])  # the field after the state, past a name with spaces
+        if parent <= 1:
+            return None
+        pid = parent
+    return None
 
 
 # The world of a plain `ppo-train`: the default of every function that takes a world.

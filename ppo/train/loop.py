@@ -8,7 +8,6 @@ step, so a run resumed from a checkpoint samples exactly what the uninterrupted 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
@@ -37,7 +36,7 @@ from ppo.train.data import PromptSampler, load_prompts
 from ppo.train.distributed import World, check_batch, reduce_metrics
 from ppo.train.evaluation import HeldOutJudge, evaluate, evaluation_enabled
 from ppo.train.loss import adaptive_kl_beta
-from ppo.train.models import check_reference_fits, float_dtype, frozen_base, load_policy_and_reference
+from ppo.train.models import float_dtype, frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
 from ppo.train.progress import Progress
 from ppo.train.pairs import trained_completions_per_prompt
@@ -163,10 +162,16 @@ def train(cfg, run_dir: Path) -> dict:
             # Checkpoint saves report their own (CheckpointError); MLX's writes raise RuntimeError.
             if not is_write_error(err):
                 raise
-            raise RunFolderWriteError(
-                f"I/O error on {getattr(err, 'filename', None) or run_dir} ({write_error_reason(err, run_dir)}); "
-                f"{_kept_checkpoint(run_dir)}; fix it (free space, permissions) and run the same command again "
-                "(train.resume=auto continues)") from None
+            raise run_folder_write_error(err, run_dir) from None
+
+
+def run_folder_write_error(err: BaseException, run_dir: Path) -> RunFolderWriteError:
+    """The one line for a failed write during a run: the file (writes to an open file are given
+    its name by ppo.io.naming_file), else the run folder, the reason, and what is kept."""
+    return RunFolderWriteError(
+        f"I/O error on {getattr(err, 'filename', None) or run_dir} ({write_error_reason(err, run_dir)}); "
+        f"{_kept_checkpoint(run_dir)}; fix it (free space, permissions) and run the same command again "
+        "(train.resume=auto continues)")
 
 
 def _kept_checkpoint(run_dir: Path, which: str = "newest") -> str:
@@ -214,8 +219,7 @@ def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
     """Models, prompts, judge and optimizer, in the order that keeps runs reproducible."""
     train_cfg = cfg.train
     mx.random.seed(cfg.seed)
-    policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)
-    check_reference_fits(policy, reference, cfg.model)
+    policy, reference, tokenizer = load_policy_and_reference(cfg.model, cfg.finetune)  # checks the reference fits
     if train_cfg.grad_checkpoint:
         from mlx_lm.tuner.trainer import grad_checkpoint
 
@@ -350,8 +354,10 @@ def save(run: Session, state: RunState, step: int, tracker) -> None:
 def _train(cfg, run_dir: Path, world: World) -> dict:
     train_cfg = cfg.train
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Every setting, not only the fingerprint's: ranks that disagree on train.iters or on how
+    # long to wait would meet at different collectives and hang until train.rank_timeout.
+    world.check_same_config(checkpoint.flat_config(cfg))
     fingerprint = checkpoint.config_fingerprint(cfg)
-    world.check_same("configs", json.dumps(fingerprint, sort_keys=True, default=str))
     if (done := checkpoint.finished_summary(cfg, run_dir)) is not None:  # a finished sweep job: skip it
         return done
     started = time.perf_counter()

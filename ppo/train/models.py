@@ -93,6 +93,38 @@ def missing_model_fix(folder: Path) -> str:
     return "give a local mlx-lm model folder or a hub id (org/name); `ppo-fetch --gguf FILE` imports a GGUF file"
 
 
+# Files of which a model folder needs one for mlx-lm to build its tokenizer (Hugging Face's
+# fast tokenizer, a SentencePiece model, or a byte-level BPE's vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "*.tiktoken")
+
+
+def check_model_folder(folder: Path, path: str) -> None:
+    """One line naming the file and what is missing, where mlx-lm would fail with a fragment
+    (`'model_type'`) or, without any tokenizer file, load some other tokenizer silently."""
+    import json
+
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model path {path} has no config.json, so it is not an mlx-lm model folder: "
+                          f"{missing_model_fix(folder)}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{config_file} is not UTF-8 text: fix or re-download it") from None
+    except ValueError as err:
+        raise ConfigError(f"{config_file} is not valid JSON ({getattr(err, 'msg', err)} at line "
+                          f"{getattr(err, 'lineno', '?')} column {getattr(err, 'colno', '?')}): fix or re-download it") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{config_file} holds a JSON {type(config).__name__}, not an object: fix or re-download it")
+    if not config.get("model_type"):
+        raise ConfigError(f'{config_file} has no "model_type" (the architecture, e.g. "llama" or "qwen3"), so mlx-lm '
+                          "cannot build the model: fix or re-download it")
+    if not any(p.is_file() for name in TOKENIZER_FILES for p in folder.glob(name)):
+        raise ConfigError(f"model path {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the "
+                          "tokenizer files of the model it was made from into it")
+
+
 def load_model(path: str, trust_remote_code: bool = False, dtype: str | None = None):
     """mlx_lm.load on a local folder or a hub id, with a one-line error when it fails; `dtype`:
     a model.dtype choice to cast to (`cast_model`), None keeps the checkpoint's dtype."""
@@ -102,10 +134,14 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: str | None = N
     looks_local = path.startswith((".", "/", "~")) or local.exists() or path.count("/") != 1
     if looks_local and not local.is_dir():
         raise ConfigError(f"model path {path} does not exist: {missing_model_fix(local)}")
+    if looks_local:
+        check_model_folder(local, path)
     try:
         model, tokenizer = load(str(local) if looks_local else path, trust_remote_code=trust_remote_code)
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if looks_local and isinstance(err, (KeyError, TypeError, AttributeError)):  # a field config.json lacks
+            first_line = f"{local / 'config.json'} does not describe the model ({first_line}); fix or re-download it"
         raise ConfigError(f"could not load model {path}: {first_line}") from err
     if dtype is not None:
         cast_model(model, dtype)
@@ -216,7 +252,30 @@ def starting_adapter_config(path: str) -> dict:
     return config
 
 
-def add_starting_adapter(model: nn.Module, path: str, dropout: float) -> None:
+def same_model_name(named: str, path: str) -> bool:
+    """Whether an adapter_config.json's "model" (as `mlx_lm.lora --model` was given it: a folder or
+    a hub id) names the model at `path`: the same folder, or the same last name (a hub id
+    `org/SmolLM2-135M-Instruct` and a local converted copy `.../SmolLM2-135M-Instruct`)."""
+    a, b = Path(named).expanduser(), Path(path).expanduser()
+    if a.exists() and b.exists() and a.resolve() == b.resolve():
+        return True
+    return a.name.lower() == b.name.lower()
+
+
+def check_adapter_base(path: str, base_path: str) -> None:
+    """Refuse a starting adapter whose adapter_config.json names another base model than model.path,
+    even when its tensors have the shapes of model.path's layers: adapters of another model (a sibling
+    of the same architecture and size) would load and train on silently."""
+    named = starting_adapter_config(path).get("model")
+    if isinstance(named, str) and named and not same_model_name(named, base_path):
+        config_file = Path(path).expanduser() / ADAPTER_CONFIG_FILE
+        raise ConfigError(f"model.adapter_path={path} was trained on another base model ({config_file} names "
+                          f"{named!r}, model.path is {base_path!r}); give the base model it was trained on, or, if it "
+                          f'does fit this one (the same weights under another name), set "model" in {config_file} '
+                          f"to {str(base_path)!r}")
+
+
+def add_starting_adapter(model: nn.Module, path: str, dropout: float, base_path: str | None = None) -> None:
     """Freeze the base and add the adapter layers of `path` with its weights (as mlx-lm's
     `load_adapters` does), trainable: the policy starts as the supervised fine-tune.
 
@@ -245,6 +304,15 @@ def add_starting_adapter(model: nn.Module, path: str, dropout: float) -> None:
                           + (f"{len(wrong)} tensors without a matching layer (e.g. {wrong[0]})" if wrong
                              else f"{len(missing)} adapter tensors missing (e.g. {missing[0]})")
                           + "; give the base model the adapter was trained on")
+    if base_path is not None:  # the tensors fit: is it this model's adapter, or a same-shaped sibling's?
+        check_adapter_base(path, base_path)
+    # A NaN or inf in the starting adapter makes step 1's loss non-finite, which would read as
+    # a diverged run (and a too-high learning rate): say where it comes from instead.
+    broken = next((k for k in sorted(weights) if not bool(mx.isfinite(weights[k]).all().item())), None)
+    if broken is not None:
+        raise ConfigError(f"model.adapter_path={path}: the starting adapter holds NaN or inf values "
+                          f"({Path(path).expanduser() / ADAPTER_FILE}, tensor {broken}); give an adapter saved before "
+                          "its training diverged, or retrain it")
     model.load_weights(list(weights.items()), strict=False)
     mx.eval(model.parameters())
 
@@ -275,12 +343,13 @@ class StartingAdapters:
             model.update(tree_unflatten(current))
 
 
-def load_frozen(path: str, model_cfg, like_trainable: bool = False) -> nn.Module:
-    model, _ = load_model(path, model_cfg.trust_remote_code, getattr(model_cfg, "dtype", "auto"))
+def load_frozen(path: str, model_cfg, like_trainable: bool = False):
+    """(model, its tokenizer), quantized like the policy, frozen, in eval mode."""
+    model, tokenizer = load_model(path, model_cfg.trust_remote_code, getattr(model_cfg, "dtype", "auto"))
     quantize_base(model, model_cfg, trainable=like_trainable)
     model.freeze()
     model.eval()
-    return model
+    return model, tokenizer
 
 
 def load_policy_and_reference(model_cfg, ft):
@@ -304,17 +373,18 @@ def load_policy_and_reference(model_cfg, ft):
     quantize_base(policy, model_cfg, trainable=ft.type == "full")
     start = getattr(model_cfg, "adapter_path", "") or ""
     if start and ft.type != "full":
-        add_starting_adapter(policy, start, ft.dropout)
+        add_starting_adapter(policy, start, ft.dropout, base_path=model_cfg.path)
     else:
         if start:  # full fine-tuning from the supervised fine-tune: its adapter folded into the base
-            add_starting_adapter(policy, start, 0.0)
+            add_starting_adapter(policy, start, 0.0, base_path=model_cfg.path)
             fuse_adapters(policy)
         add_adapters(policy, ft)
     reference = None
     if model_cfg.reference_path:
-        reference = load_frozen(model_cfg.reference_path, model_cfg)
+        reference, reference_tokenizer = load_frozen(model_cfg.reference_path, model_cfg)
+        check_reference_fits(policy, reference, model_cfg, tokenizer, reference_tokenizer)
     elif ft.type == "full":
-        reference = load_frozen(model_cfg.path, model_cfg, like_trainable=True)
+        reference, _ = load_frozen(model_cfg.path, model_cfg, like_trainable=True)
         if start:
             add_starting_adapter(reference, start, 0.0)
             fuse_adapters(reference)
@@ -337,11 +407,14 @@ def warn_quantized_base(policy: nn.Module, reference, model_cfg) -> None:
                           "a float (unquantized) checkpoint of the model")
 
 
-def check_reference_fits(policy: nn.Module, reference: nn.Module | None, model_cfg) -> None:
+def check_reference_fits(policy: nn.Module, reference: nn.Module | None, model_cfg, tokenizer=None,
+                         reference_tokenizer=None) -> None:
     """Refuse a reference whose log-probs do not mean the same tokens as the policy's: the
     KL and every ratio would compare different vocabularies (or gather past its logits).
     Only a reference loaded from `model.reference_path` can differ: the others are the
-    policy's own base, a frozen copy of it, or the starting adapter swapped in."""
+    policy's own base, a frozen copy of it, or the starting adapter swapped in. The sizes
+    alone do not tell two tokenizers apart (two BPEs of 49,152 tokens trained on other text):
+    given both tokenizers, their token strings are compared id by id."""
     if reference is None or not model_cfg.reference_path:
         return
 
@@ -350,11 +423,31 @@ def check_reference_fits(policy: nn.Module, reference: nn.Module | None, model_c
         return getattr(model, "model_type", None) or getattr(args, "model_type", None), getattr(args, "vocab_size", None)
 
     (policy_type, policy_vocab), (ref_type, ref_vocab) = describe(policy), describe(reference)
+    fix = ("use a reference of the same architecture and tokenizer, or leave model.reference_path empty (the "
+           "policy's own base)")
     if policy_vocab != ref_vocab or policy_type != ref_type:
         raise ConfigError(
             f"model.reference_path={model_cfg.reference_path} does not fit the policy {model_cfg.path} "
-            f"({ref_type} with {ref_vocab} tokens there, {policy_type} with {policy_vocab} tokens here); use a reference of the "
-            "same architecture and tokenizer, or leave model.reference_path empty (the policy's own base)")
+            f"({ref_type} with {ref_vocab} tokens there, {policy_type} with {policy_vocab} tokens here); {fix}")
+    if tokenizer is not None and reference_tokenizer is not None:
+        differing = tokenizer_difference(tokenizer, reference_tokenizer)
+        if differing is not None:
+            token_id, here, there = differing
+            raise ConfigError(
+                f"model.reference_path={model_cfg.reference_path} has another tokenizer than the policy "
+                f"{model_cfg.path} (the same {policy_vocab} ids, but token {token_id} is {there!r} there and {here!r} "
+                f"here), so its log-probs are of other tokens; {fix}")
+
+
+def tokenizer_difference(a, b) -> tuple[int, str | None, str | None] | None:
+    """The first token id whose string differs between two tokenizers (id, a's, b's), or None
+    when their vocabularies (added and special tokens included) map every id alike."""
+    by_id_a = {i: t for t, i in a.get_vocab().items()}
+    by_id_b = {i: t for t, i in b.get_vocab().items()}
+    if by_id_a == by_id_b:
+        return None
+    token_id = min(i for i in set(by_id_a) | set(by_id_b) if by_id_a.get(i) != by_id_b.get(i))
+    return token_id, by_id_a.get(token_id), by_id_b.get(token_id)
 
 
 def frozen_base(policy: nn.Module, reference: nn.Module | None, model_cfg, ft) -> nn.Module | None:

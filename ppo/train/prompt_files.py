@@ -18,8 +18,9 @@ from ppo.errors import ConfigError
 class Rows:
     """The two things `read_prompts` asks of a `datasets.Dataset`: column names and a column."""
 
-    def __init__(self, rows: list[dict | None]):
+    def __init__(self, rows: list[dict | None], lines: list[int]):
         self._rows = rows
+        self._lines = lines  # the file's line number of each row (blank lines are no rows)
         names: dict[str, None] = {}
         for row in rows:
             names.update(dict.fromkeys(row or {}))
@@ -31,6 +32,10 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def where(self, row: int) -> str:
+        """Where row `row` is in the file, for messages: its line."""
+        return f"line {self._lines[row]}"
 
 
 def _empty(path: Path, data: bytes) -> ConfigError:
@@ -49,6 +54,7 @@ def read_jsonl(path: Path, on_bad_row: str) -> Rows:
     if not data.strip():
         raise _empty(path, data)
     rows: list[dict | None] = []
+    lines: list[int] = []
     for number, raw in enumerate(data.split(b"\n"), 1):
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte order mark
@@ -66,13 +72,15 @@ def read_jsonl(path: Path, on_bad_row: str) -> Rows:
             else:
                 if isinstance(value, dict):
                     rows.append(value)
+                    lines.append(number)
                     continue
                 problem, fix = f"a JSON {type(value).__name__}, not an object", 'write one object per line, e.g. {"prompt": "..."}'
         if on_bad_row == "skip":
             rows.append(None)
+            lines.append(number)
             continue
         raise ConfigError(f"bad row in {path}: line {number} is {problem}; {fix}, or set data.on_bad_row=skip")
-    return Rows(rows)
+    return Rows(rows, lines)
 
 
 def check_file(path: Path, text: bool) -> None:

@@ -23,7 +23,7 @@ import json
 import math
 from pathlib import Path
 
-from ppo.io import SAMPLES_FILE, atomic_write_text, read_jsonl
+from ppo.io import SAMPLES_FILE, atomic_write_text, naming_file, read_jsonl
 from ppo.judges.record import verdict_of
 
 
@@ -64,8 +64,9 @@ class SamplesFile:
             return
         if self._file is None:  # opened on the first rows: a run that samples nothing leaves no file
             self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write("".join(json.dumps({**row, "step": step}, ensure_ascii=False) + "\n" for row in rows))
-        self._file.flush()
+        with naming_file(self.path):
+            self._file.write("".join(json.dumps({**row, "step": step}, ensure_ascii=False) + "\n" for row in rows))
+            self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:

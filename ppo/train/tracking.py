@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-from ppo.io import METRICS_FILE, atomic_write_text, read_jsonl
+from ppo.io import METRICS_FILE, atomic_write_text, naming_file, read_jsonl
 from ppo.metrics import EVAL_WIN_RATE_WILSON_HIGH, EVAL_WIN_RATE_WILSON_LOW, held_out_names, wilson_interval
 from ppo.train.samples import SamplesFile
 
@@ -51,8 +51,9 @@ class MetricsFile:
 
     def write(self, step: int, metrics: dict) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with naming_file(self.path):
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
         self._file.close()
