@@ -238,3 +238,36 @@ def test_another_program_gets_the_advice_in_words(monkeypatch):
 
     monkeypatch.setattr("sys.argv", ["/venv/bin/ppo-reproduce", "/runs/a"])
     assert continue_command("/runs/a b") == "the same command with hydra.run.dir='/runs/a b' (train.resume=auto, the default)"
+
+
+@pytest.mark.slow
+def test_a_person_skips_quits_and_the_printed_command_continues_the_run(tmp_path, tiny_model_dir, prompts_file):
+    """No hydra.run.dir given (Hydra's time-stamped folder): a skip gets the person's own line, q
+    prints the command that continues, and that command, run as printed, asks only what is left."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import small_run_overrides
+
+    args = small_run_overrides(tiny_model_dir, prompts_file, judge="human", **{"train.iters": 2})
+    first = subprocess.run([sys.executable, "-m", "ppo.tools.cli", *args], input="s\n1\n1\nq\n", capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path)
+    out = first.stdout + first.stderr
+    assert first.returncode == 3, out[-3000:]
+    assert "step 1: you skipped 1 of 2 pairs" in out and "no usable verdict" not in out
+    assert "step 2 · pair 2 of 2" in out and "train.resume=auto" not in out and "Traceback" not in out
+    command = shlex.split(out.split("to continue from it, run: ", 1)[1].splitlines()[0])
+    (run_dir,) = [Path(a.split("=", 1)[1]) for a in command if a.startswith("hydra.run.dir=")]
+    assert command[0] == "ppo-train" and run_dir.parent.parent == tmp_path / "outputs"
+    assert command[1:-1] == args  # the same command, the run folder named
+
+    ppo_train = Path(sys.executable).parent / "ppo-train"
+    second = subprocess.run([str(ppo_train), *command[1:]], input="2\n", capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-3000:]
+    assert re.findall(r"step \d+ · pair \d+ of \d+", out) == ["step 2 · pair 2 of 2"]  # only the unanswered pair
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
