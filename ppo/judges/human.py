@@ -5,12 +5,15 @@ at the length cap. The layout is one per session, chosen by the terminal's width
 starts: side by side (two equal columns, each wrapping its text) from SIDE_BY_SIDE_MIN_WIDTH
 columns on, one above the other below that; a long completion never switches it. Each question
 is numbered by the training step and the pair's place in that step's batch ("step 3 · pair 2 of
-4"), so the numbers continue where they were after a resume. Keys: 1 / 2 (that one is better), t (tie: p = 0.5,
-zero advantage), s (skip: invalid, excluded from the loss), q (quit). Anything else is
-asked again. q, or a closed stdin, raises :class:`JudgeQuit`: every decision made so far
+4"), so the numbers continue where they were after a resume.
+
+Keys: 1 / 2 (that one is better), t (tie: p = 0.5, zero advantage), s (skip: invalid, excluded
+from the loss; the trainer counts the skips at each report step in a line of their own), q (quit).
+Anything else is asked again. q, or a closed stdin, raises :class:`JudgeQuit`: every decision made so far
 is already recorded (``chunk_size = 1`` makes the pipeline record each pair as soon as it
 is decided), the trainer saves a checkpoint and exits, and on resume the recorded pairs
-are answered from the record, not asked again.
+are answered from the record, not asked again; the trainer's last line is the command that
+continues the run (`ppo.train.run_folder.continue_command`).
 
 While a question is on screen the trainer's live progress bar is paused
 (`ppo.console.paused_live`), so its refreshes never overwrite the question. Evaluation
