@@ -180,7 +180,8 @@ def lean_summary(summary: dict, rows: list[dict]) -> dict:
                                         "eval/length_ratio")},
               # a held-out judge's eval/NAME/* (eval_judge=NAME)
               **{k: v for name in held_out_names(ev) for k, v in ev.items() if k.startswith(f"eval/{name}/")},
-              "kl": final.get("kl"), "entropy": final.get("entropy"), "clip_fraction": clip_fraction, "clip_fraction/health": health,
+              "kl": final.get("kl"), "entropy": final.get("entropy"),
+              "clip_fraction": clip_fraction, "clip_fraction/health": health,
               "wall_seconds": summary.get("wall_seconds")}
     return {k: v for k, v in values.items() if v is not None}
 
