@@ -263,8 +263,10 @@ def decode_comparison(model, tokenizer, *, batch: int, max_tokens: int, reps: in
     """The rollout alone, ms per decode step: the shipped `ppo.train.rollout.sample` (BLAS
     threads chosen by model size), the same forced to one and to all BLAS threads, and mlx-lm's
     BatchGenerator (`benchmarks.common.mlx_lm_sample`, one BLAS thread: the harness's rollout
-    before its own loop). 2 x `batch` rows of chat-templated demo prompts, as `sample_pairs`
-    decodes them, `max_tokens` steps each (a stop id outside the vocabulary: no row ends early).
+    before its own loop), and the shipped loop measuring the policy's entropy at every token as
+    training does (`sample(entropy=True)`, the `entropy` metric: `entropy_over_shipped`). 2 x
+    `batch` rows of chat-templated demo prompts, as `sample_pairs` decodes them, `max_tokens`
+    steps each (a stop id outside the vocabulary: no row ends early).
     The variants take turns within each repetition, so a change of load hits them alike."""
     import mlx.core as mx
     import numpy as np
@@ -282,6 +284,7 @@ def decode_comparison(model, tokenizer, *, batch: int, max_tokens: int, reps: in
 
     variants = {
         "shipped": lambda: sample(model, prompts, **kwargs).token_ids,
+        "shipped_with_entropy": lambda: sample(model, prompts, entropy=True, **kwargs).token_ids,
         "shipped_one_blas_thread": lambda: sample(model, prompts, one_blas_thread=True, **kwargs).token_ids,
         "shipped_all_blas_threads": lambda: sample(model, prompts, one_blas_thread=False, **kwargs).token_ids,
         "mlx_lm_batch_generator": mlx_lm_one_thread,
@@ -300,6 +303,7 @@ def decode_comparison(model, tokenizer, *, batch: int, max_tokens: int, reps: in
         "ms_per_decode_step": ms,
         "shipped_speedup_vs_mlx_lm": ms["mlx_lm_batch_generator"] / ms["shipped"],
         "all_over_one_blas_thread": ms["shipped_all_blas_threads"] / ms["shipped_one_blas_thread"],
+        "entropy_over_shipped": ms["shipped_with_entropy"] / ms["shipped"],
         "shipped_uses_one_blas_thread": decodes_with_one_blas_thread(model, len(prompts)),
         "same_tokens_as_mlx_lm": all(tokens[k] == tokens["mlx_lm_batch_generator"] for k in variants),
         "loadavg_after": list(os.getloadavg()),

@@ -315,7 +315,8 @@ def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
     # 16 rows x hidden 256 x vocab 4096 = 16.8M multiply-adds per LM head: every BLAS thread
     assert decode["same_tokens_as_mlx_lm"] is True and decode["shipped_uses_one_blas_thread"] is False
     assert set(decode["ms_per_decode_step"]) == {"shipped", "shipped_one_blas_thread", "shipped_all_blas_threads",
-                                                 "mlx_lm_batch_generator"}
+                                                 "mlx_lm_batch_generator", "shipped_with_entropy"}
+    assert decode["entropy_over_shipped"] > 0  # the entropy metric's cost in the decode, measured
     from benchmarks.bench_ladder import markdown_table
 
     row = markdown_table(result).splitlines()[-1]

@@ -1,6 +1,7 @@
 """The human judge driven by scripted keys; every decision recorded at once; quit and resume."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def test_the_live_display_pauses_while_a_question_is_open_and_evaluation_is_labe
     finally:
         console.unregister_live(display)
     assert seen == [False, False] and display.running  # paused for each question, running again after
-    assert "evaluation" in out.getvalue().split("prompt 1")[0].split("pair 2")[1]  # the second question is labelled
+    assert "evaluation" in out.getvalue().split("prompt 1")[0].split("prompt 0")[1]  # the second question is labelled
 
 
 def _human_run(tmp_path, tiny_model_dir, prompts_file, *extra, **kwargs):
@@ -157,3 +158,116 @@ def test_on_a_terminal_the_question_stays_on_screen_while_the_bar_is_on(tmp_path
     assert proc.wait(timeout=30) == 0, screen[-3000:].decode(errors="replace")
     assert answered == 2 and quiet_after_question == [True, True]
     assert b"prompt" in screen and b"ppo" in screen  # the question and the bar both reached the terminal
+
+
+LONG = Pair("tell me about the dog", "short one", "a much longer answer " * 40, prompt_id="long")
+
+
+def _lines_with_both(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "short one" in line and "a much longer" in line]
+
+
+def test_one_layout_per_session_decided_by_the_width_not_the_text():
+    wide = io.StringIO()
+    JudgePipeline(HumanJudge(io.StringIO("1\n1\n"), wide, width=100), order="fixed")([LONG, PAIRS[0]])
+    assert _lines_with_both(wide.getvalue())  # a long completion stays beside the short one
+    assert [line for line in wide.getvalue().splitlines() if "first answer 0" in line and "second answer 0" in line]
+    narrow = io.StringIO()
+    JudgePipeline(HumanJudge(io.StringIO("1\n1\n"), narrow, width=60), order="fixed")([PAIRS[0], LONG])
+    assert not _lines_with_both(narrow.getvalue())  # one above the other, short texts too
+    assert not [line for line in narrow.getvalue().splitlines() if "first answer 0" in line and "second answer 0" in line]
+    assert narrow.getvalue().index("first answer 0") < narrow.getvalue().index("second answer 0")
+
+
+def test_pair_numbers_count_from_the_step_and_continue_after_a_resume(tmp_path):
+    path = tmp_path / "judgments.jsonl"
+    out = io.StringIO()
+    judge = JudgePipeline(human("1\n2\nq\n", out), order="random", seed=0, log=JudgmentLog(path))
+    with pytest.raises(JudgeQuit):
+        judge(PAIRS, step=3)
+    judge.close()
+    assert "step 3 · pair 1 of 4" in out.getvalue() and "step 3 · pair 3 of 4" in out.getvalue()  # q on the third
+    resumed_out = io.StringIO()
+    resumed = JudgePipeline(human("1\n" * 5, resumed_out), order="random", seed=0, log=JudgmentLog(path))
+    resumed(PAIRS, step=3)
+    titles = re.findall(r"step \d+ · pair \d+ of \d+", resumed_out.getvalue())
+    assert titles == ["step 3 · pair 3 of 4", "step 3 · pair 4 of 4"]  # not "pair 1" again
+    # a step's micro-batches are separate calls: the numbers go on over them; a new step starts at 1
+    fresh = [Pair(f"prompt {i}", f"third answer {i}", f"fourth answer {i}", prompt_id=str(i)) for i in range(3)]
+    resumed(fresh[:2], step=3)
+    resumed(fresh[2:], step=4)
+    titles = re.findall(r"step \d+ · pair \d+ of \d+", resumed_out.getvalue())
+    assert titles[2:] == ["step 3 · pair 5 of 6", "step 3 · pair 6 of 6", "step 4 · pair 1 of 1"]
+
+
+def test_skips_by_a_person_are_counted_in_their_own_words(caplog):
+    import logging
+
+    from ppo.train.loop import warn_judge_invalid
+
+    steps = [{"judge/pairs": 2.0, "judge/invalid_rate": 0.5}, {"judge/pairs": 2.0, "judge/invalid_rate": 0.0}]
+    with caplog.at_level(logging.INFO, logger="ppo.train.loop"):
+        warn_judge_invalid(2, {"judge/invalid_rate": 0.5}, "human", steps[:1])
+        warn_judge_invalid(4, {"judge/invalid_rate": 0.25}, "human", steps, micro_batches=2)
+        warn_judge_invalid(5, {"judge/invalid_rate": 0.0}, "human", steps[1:])  # nothing skipped: nothing said
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "you skipped 1 of 2 pairs" in lines[0] and "you skipped 2 of 8 pairs" in lines[1]
+    assert all("left out of the loss" in line and "server" not in line for line in lines)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ppo.train.loop"):
+        warn_judge_invalid(2, {"judge/invalid_rate": 0.5}, "llm", steps[:1])  # a model's or server's failure
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "no usable verdict for most of the pairs" in line and "check the judge's prompt, labels or server" in line
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["/venv/bin/ppo-train", "judge=human", "train.resume=never", "loss.beta=0.05"],
+     "ppo-train judge=human loss.beta=0.05 hydra.run.dir=/runs/a"),
+    (["/src/ppo/tools/cli.py", "judge=human", "hydra.run.dir=old dir"], "ppo-train judge=human hydra.run.dir=/runs/a"),
+    (["/venv/bin/ppo-train", "-m", "judge=human", "seed=1,2"], "ppo-train -m judge=human seed=1,2 hydra.sweep.dir=/runs"),
+])
+def test_the_command_that_continues_a_run(monkeypatch, argv, expected):
+    from ppo.train.run_folder import continue_command
+
+    monkeypatch.setattr("sys.argv", argv)
+    assert continue_command("/runs/a") == expected
+
+
+def test_another_program_gets_the_advice_in_words(monkeypatch):
+    from ppo.train.run_folder import continue_command
+
+    monkeypatch.setattr("sys.argv", ["/venv/bin/ppo-reproduce", "/runs/a"])
+    assert continue_command("/runs/a b") == "the same command with hydra.run.dir='/runs/a b' (train.resume=auto, the default)"
+
+
+@pytest.mark.slow
+def test_a_person_skips_quits_and_the_printed_command_continues_the_run(tmp_path, tiny_model_dir, prompts_file):
+    """No hydra.run.dir given (Hydra's time-stamped folder): a skip gets the person's own line, q
+    prints the command that continues, and that command, run as printed, asks only what is left."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import small_run_overrides
+
+    args = small_run_overrides(tiny_model_dir, prompts_file, judge="human", **{"train.iters": 2})
+    first = subprocess.run([sys.executable, "-m", "ppo.tools.cli", *args], input="s\n1\n1\nq\n", capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path)
+    out = first.stdout + first.stderr
+    assert first.returncode == 3, out[-3000:]
+    assert "step 1: you skipped 1 of 2 pairs" in out and "no usable verdict" not in out
+    assert "step 2 · pair 2 of 2" in out and "train.resume=auto" not in out and "Traceback" not in out
+    command = shlex.split(out.split("to continue from it, run: ", 1)[1].splitlines()[0])
+    (run_dir,) = [Path(a.split("=", 1)[1]) for a in command if a.startswith("hydra.run.dir=")]
+    assert command[0] == "ppo-train" and run_dir.parent.parent == tmp_path / "outputs"
+    assert command[1:-1] == args  # the same command, the run folder named
+
+    ppo_train = Path(sys.executable).parent / "ppo-train"
+    second = subprocess.run([str(ppo_train), *command[1:]], input="2\n", capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-3000:]
+    assert re.findall(r"step \d+ · pair \d+ of \d+", out) == ["step 2 · pair 2 of 2"]  # only the unanswered pair
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]

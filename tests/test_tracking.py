@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,11 @@ def wandb_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in _leet("--json", _wandb_log(run_dir)).splitlines() if line.strip()]
 
 
+def _history(records: list[dict], key: str) -> list:
+    """`key`'s value in every history record of the offline log that has it, in order."""
+    return [r["history"]["item"][key] for r in records if r.get("type") == "history" and key in r["history"]["item"]]
+
+
 def wandb_run_record(run_dir: Path) -> dict:
     (run,) = [r["run"] for r in wandb_records(run_dir) if r.get("type") == "run"]
     return run
@@ -59,12 +65,12 @@ def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, pr
     summary = {k: v for k, v in record["summary"].items() if not k.startswith("_")}
     # wandb's default summary, the last value of every logged key (the runs table sorts by any of them) ...
     assert set(last) <= set(summary)
-    for key in ("kl_penalty", "rewards/margins", "loss", "learning_rate"):
+    for key in ("kl_penalty", "rewards/margins", "loss", "learning_rate", "entropy"):
         assert summary[key] == pytest.approx(last[key]), key
     # ... with the curated keys on top: the Wilson interval, length control, clip_fraction's health, the status.
     assert {"status", "step", "eval/win_rate", "eval/win_rate_wilson_low", "eval/win_rate_wilson_high", "eval/pairs", "eval/win_rate_lc",
             "eval/win_rate_lc_low", "eval/win_rate_lc_high", "eval/length_ratio", "kl", "clip_fraction",
-            "clip_fraction/health", "wall_seconds"} <= set(summary)
+            "clip_fraction/health", "wall_seconds", "entropy"} <= set(summary)
     assert summary["eval/win_rate_lc_low"] <= summary["eval/win_rate_lc"] <= summary["eval/win_rate_lc_high"]
     for key in ("win_rate", "win_rate_low", "win_rate_high", "pairs"):  # the held-out judge beside the training one
         assert summary[f"eval/length/{key}"] == pytest.approx(last[f"eval/length/{key}"]), key
@@ -81,6 +87,10 @@ def test_wandb_offline_run_holds_config_and_metrics(tmp_path, tiny_model_dir, pr
     console = "".join(r["output_raw"]["line"] for r in records if r.get("type") == "output_raw")
     assert "step 4/4" in console
     assert any(r.get("type") == "stats" for r in records)
+    # The policy's entropy per sampled token, in the history at every report step, as metrics.jsonl has it.
+    logged = [json.loads(line)["entropy"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 4 and all(0 < h <= math.log(512) for h in logged)  # the tiny model's 512 ids
+    assert _history(records, "entropy") == pytest.approx(logged)
     # An offline run ends with the one line that uploads it.
     (hint,) = [line for line in (result.stdout + result.stderr).splitlines() if "wandb sync" in line]
     sync_dir = Path(hint.split("wandb sync ", 1)[1])
@@ -181,14 +191,14 @@ def test_run_name_mode_and_lean_summary_rules(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode("online") == "online" and wandb_mode(None) == "disabled"  # the config first, then wandb's own
     monkeypatch.delenv("WANDB_MODE")
-    rows = [{"step": s, "clip_fraction": 0.5 if s > 8 else 0.0, "ratio/max": 1.5, "ratio/min": 0.5, "kl": 0.1 * s}
-            for s in range(1, 11)]
+    rows = [{"step": s, "clip_fraction": 0.5 if s > 8 else 0.0, "ratio/max": 1.5, "ratio/min": 0.5, "kl": 0.1 * s,
+             "entropy": 3.0 - 0.1 * s} for s in range(1, 11)]
     summary = lean_summary({"status": "finished", "step": 10, "eval": {"eval/win_rate": 1.0, "eval/pairs": 4},
                             "final": rows[-1]}, rows)
     assert summary["clip_fraction"] == 0.5 and summary["clip_fraction/health"] == "moving too far"  # last 20%
     assert (round(summary["eval/win_rate_wilson_low"], 2), summary["eval/win_rate_wilson_high"]) == (0.51, 1.0)
     assert "eval/win_rate_low" not in summary  # that name is the logged normal approximation's (ppo.metrics)
-    assert summary["kl"] == pytest.approx(1.0)
+    assert summary["kl"] == pytest.approx(1.0) and summary["entropy"] == pytest.approx(2.0)  # the final step's
 
 
 def test_console_setting_and_table_columns():

@@ -10,7 +10,7 @@ NAMED_METRICS = [
     "loss", "policy_loss", "kl", "kl_penalty", "clip_fraction", "ratio/mean", "ratio/max", "advantage/mean",
     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "completions/mean_length",
     "completions/eos_rate", "tokens_per_second", "timing/step_seconds", "memory/peak_gb", "learning_rate",
-    "judge/tie_rate", "judge/invalid_rate",
+    "judge/tie_rate", "judge/invalid_rate", "entropy",
 ]
 
 

@@ -238,10 +238,15 @@ class JudgePipeline:
         got: dict[tuple, list[float]] = {key: [] for key in todo}
         latency: dict[tuple, float] = {key: 0.0 for key in todo}
         chunk = getattr(self.inner, "chunk_size", None) or max(len(shown), 1)
-        if hasattr(self.inner, "phase"):  # a judge that shows the phase (the human judge labels evaluation pairs)
-            self.inner.phase = phase
+        # A judge that labels and numbers its questions (the human judge): the step, the phase and
+        # each asked pair's place among the call's pairs, which a resume does not change.
+        numbering = hasattr(self.inner, "start_batch")
+        if numbering:
+            self.inner.start_batch(step, phase, len(pairs))
         for start in range(0, len(shown), chunk):
             part = shown[start : start + chunk]
+            if numbering:
+                self.inner.numbers = [todo[k][0] + 1 for k, _ in part]
             asked = [pairs[todo[k][0]] if o == "ab" else swap(pairs[todo[k][0]]) for k, o in part]
             tic = time.perf_counter()
             verdicts, p_part = self._ask(asked)

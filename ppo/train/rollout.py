@@ -19,12 +19,16 @@ as it does there. Why a loop of our own instead of `BatchGenerator` (measured:
 - it builds no per-row response objects, token buffers or cache extracts per step, which
   bound the decode of small models;
 - it never runs the forward after the last step when every row stops at the length cap
-  (it still builds that step's sampler call, so the random key advances as in mlx-lm).
+  (it still builds that step's sampler call, so the random key advances as in mlx-lm);
+- with `entropy=True` it measures the policy's entropy at every sampled token from the logits
+  the step already holds (`token_entropy`), which no mlx-lm generator returns: the logged
+  `entropy` metric costs one pass over those logits and no forward of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -52,10 +56,34 @@ class Completions:
     finished: list[bool]  # True when the completion ended with EOS (not cut at the cap)
     seconds: float
     num_tokens: int
+    # With sample(entropy=True): per completion, the sum over its tokens (the ending EOS included,
+    # as the loss's completion mask counts them) of the policy's entropy at that token, in nats.
+    entropy_sums: list[float] | None = None
 
     @property
     def tokens_per_second(self) -> float:
         return self.num_tokens / max(self.seconds, 1e-9)
+
+
+def mean_token_entropy(groups) -> float:
+    """The policy's entropy per sampled token (nats) over every completion of `groups`
+    (`Completions` sampled with entropy=True): summed over tokens, divided by their count; NaN
+    when no group measured it or no token was sampled."""
+    measured = [g for g in groups if g.entropy_sums is not None]
+    tokens = sum(len(t) for g in measured for t in g.token_ids)
+    return sum(sum(g.entropy_sums) for g in measured) / tokens if tokens else math.nan
+
+
+def token_entropy(logits: mx.array) -> mx.array:
+    """H(softmax(logits)) per row, in nats, in float32: log Z - sum(e * (l - m)) / Z with
+    e = exp(l - m), m the row's max and Z = sum(e), so one exp over the vocabulary (not the two
+    of logsumexp then softmax). At temperature 1: the distribution the loss's log-probs are taken
+    from (ppo.train.scoring), not the temperature-scaled one the tokens were drawn from."""
+    shifted = logits.astype(mx.float32)
+    shifted = shifted - shifted.max(axis=-1, keepdims=True)
+    e = mx.exp(shifted)
+    z = e.sum(axis=-1)
+    return mx.log(z) - (e * shifted).sum(axis=-1) / z
 
 
 def sample(
@@ -68,30 +96,35 @@ def sample(
     top_p: float = 1.0,
     batch_size: int = 64,
     one_blas_thread: bool | None = None,
+    entropy: bool = False,
 ) -> Completions:
     """One completion per prompt, stopping at EOS or after `max_tokens` tokens.
 
     At most `batch_size` rows decode together (the KV cache grows with the rows); more
     prompts are decoded in consecutive groups of `batch_size`. `one_blas_thread`: decode
     with one BLAS thread (True) or all of them (False); None chooses by the model's size
-    (MULTI_THREAD_DECODE_MACS).
+    (MULTI_THREAD_DECODE_MACS). `entropy`: also measure the policy's entropy at every sampled
+    token (`Completions.entropy_sums`); the sampled tokens are the same either way.
     """
     if any(len(p) < 1 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     tic = time.perf_counter()
     token_ids: list[list[int]] = []
     finished: list[bool] = []
+    entropy_sums: list[float] | None = [] if entropy else None
     if one_blas_thread is None:
         one_blas_thread = decodes_with_one_blas_thread(model, min(len(prompts), batch_size))
     eos = set(eos_token_ids)
     with single_threaded_blas() if one_blas_thread else contextlib.nullcontext():
         for start in range(0, len(prompts), batch_size):
-            ids, ended = _decode(model, prompts[start:start + batch_size], eos=eos, max_tokens=max_tokens,
-                                 temperature=temperature, top_p=top_p)
+            ids, ended, entropies = _decode(model, prompts[start:start + batch_size], eos=eos, max_tokens=max_tokens,
+                                            temperature=temperature, top_p=top_p, entropy=entropy)
             token_ids += ids
             finished += ended
+            if entropy_sums is not None:
+                entropy_sums += entropies
     return Completions(token_ids=token_ids, finished=finished, seconds=time.perf_counter() - tic,
-                       num_tokens=sum(len(t) for t in token_ids))
+                       num_tokens=sum(len(t) for t in token_ids), entropy_sums=entropy_sums)
 
 
 def sample_pairs(model, prompts: list[list[int]], samples_per_prompt: int = 2, **kwargs) -> tuple[Completions, ...]:
@@ -105,17 +138,23 @@ def sample_pairs(model, prompts: list[list[int]], samples_per_prompt: int = 2, *
 
     def group(g: int) -> Completions:
         ids = every.token_ids[g * n:(g + 1) * n]
-        return Completions(ids, every.finished[g * n:(g + 1) * n], every.seconds / k, sum(len(t) for t in ids))
+        entropies = None if every.entropy_sums is None else every.entropy_sums[g * n:(g + 1) * n]
+        return Completions(ids, every.finished[g * n:(g + 1) * n], every.seconds / k, sum(len(t) for t in ids),
+                           entropies)
 
     return tuple(group(g) for g in range(k))
 
 
 def _decode(model, prompts: list[list[int]], *, eos: set[int], max_tokens: int, temperature: float,
-            top_p: float) -> tuple[list[list[int]], list[bool]]:
+            top_p: float, entropy: bool = False) -> tuple[list[list[int]], list[bool], list[float]]:
     """Prefill every prompt but its last token, then decode all rows together. Like mlx-lm's
     `GenerationBatch`, step k's forward and sample are queued before step k-1's tokens are
     read back (the host check overlaps the next forward), and a row that just produced EOS
-    or reached the cap is in step k's forward and sample, and leaves the batch after."""
+    or reached the cap is in step k's forward and sample, and leaves the batch after.
+    Returns the tokens, whether each row ended with EOS, and (with `entropy`) each row's sum of
+    the policy's entropy at its sampled tokens (else zeros): the entropy of the distribution each
+    token is drawn from is filtered with it, so a row's sum covers exactly its own tokens, up to
+    and including its EOS, and nothing after."""
     nucleus = 0.0 < top_p < 1.0
     sampler = make_sampler(temp=temperature, top_p=top_p if nucleus else 0.0)
 
@@ -124,24 +163,29 @@ def _decode(model, prompts: list[list[int]], *, eos: set[int], max_tokens: int, 
     prefill.prompt([p[:-1] for p in prompts])
     cache = prefill.prompt_cache
 
-    def forward_and_sample(inputs: mx.array, run: bool = True) -> mx.array:
+    def forward_and_sample(inputs: mx.array, run: bool = True) -> tuple[mx.array, mx.array | None]:
         logits = model(inputs[:, None], cache=cache)[:, -1, :] if run else mx.zeros((inputs.shape[0], 1))
+        entropies = token_entropy(logits) if entropy else None  # draws nothing from the random key
         if nucleus:
             logits = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        return sampler(logits)
+        return sampler(logits), entropies
+
+    def queue(*arrays) -> None:
+        mx.async_eval(*(a for a in arrays if a is not None))
 
     tokens: list[list[int]] = [[] for _ in prompts]
     ended = [False] * len(prompts)
+    entropy_sums = [0.0] * len(prompts)
     rows = list(range(len(prompts)))  # the prompt index of each row still decoding
-    sampled = forward_and_sample(mx.array([p[-1] for p in prompts]))
-    mx.async_eval(sampled)
+    sampled, entropies = forward_and_sample(mx.array([p[-1] for p in prompts]))
+    queue(sampled, entropies)
     for step in range(1, max_tokens + 1):
-        current = sampled
+        current, current_entropies = sampled, entropies
         # After the cap's step no row goes on: the sampler is still called (the random key
         # advances as in mlx-lm), on a stand-in, and nothing is computed.
-        sampled = forward_and_sample(current, run=step < max_tokens)
+        sampled, entropies = forward_and_sample(current, run=step < max_tokens)
         if step < max_tokens:
-            mx.async_eval(sampled)
+            queue(sampled, entropies)
         keep = []
         for i, (row, token) in enumerate(zip(rows, current.tolist())):
             tokens[row].append(token)
@@ -149,14 +193,19 @@ def _decode(model, prompts: list[list[int]], *, eos: set[int], max_tokens: int, 
                 ended[row] = True
             elif step < max_tokens:
                 keep.append(i)
+        if current_entropies is not None:
+            for row, h in zip(rows, current_entropies.tolist()):
+                entropy_sums[row] += h
         if not keep:
             break
         if len(keep) < len(rows):
             for c in cache:
                 c.filter(keep)
-            sampled = sampled[mx.array(keep)]
+            kept = mx.array(keep)
+            sampled = sampled[kept]
+            entropies = None if entropies is None else entropies[kept]
             rows = [rows[i] for i in keep]
-    return tokens, ended
+    return tokens, ended, entropy_sums
 
 
 def decodes_with_one_blas_thread(model, rows: int) -> bool:

@@ -185,3 +185,36 @@ def save_hydra_files(run_dir: Path, cfg) -> None:
     except OSError as err:
         raise RunFolderWriteError(f"could not write {out} ({write_error_reason(err, out.parent)}); "
                                   "free space or choose a writable hydra.run.dir") from None
+
+
+def continue_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` from its newest checkpoint: the `ppo-train`
+    command that started it, with the run folder named (`hydra.run.dir=RUN_DIR`, or in a sweep
+    `hydra.sweep.dir=SWEEP_DIR`: without it Hydra opens a new time-stamped folder) and without any
+    `train.resume=` (the default, auto, resumes; never would set the run aside and start over).
+    Under a distributed launcher, or from another program (ppo-reproduce, a script), the advice
+    in words."""
+    import shlex
+
+    from ppo.train.distributed import launched
+
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    if launched() or program not in ("ppo-train", "cli.py"):  # cli.py: python -m ppo.tools.cli
+        return f"the same command with hydra.run.dir={shlex.quote(str(run_dir))} (train.resume=auto, the default)"
+    named = ("hydra.run.dir=", "hydra.sweep.dir=", "train.resume=", "+train.resume=", "++train.resume=")
+    args = [a for a in sys.argv[1:] if not a.startswith(named)]
+    if any(a in ("-m", "--multirun") for a in args):
+        folder = f"hydra.sweep.dir={_sweep_dir(run_dir)}"
+    else:
+        folder = f"hydra.run.dir={Path(run_dir).resolve()}"
+    return shlex.join(["ppo-train", *args, folder])
+
+
+def _sweep_dir(run_dir: Path) -> Path:
+    """The sweep folder of a sweep job's run folder (Hydra's sweep.dir; outside Hydra, its parent)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().sweep.dir).resolve()
+    except Exception:  # noqa: BLE001 - no Hydra job: the job folder's parent
+        return Path(run_dir).resolve().parent

@@ -31,7 +31,7 @@ from ppo.train.loss import (approx_kl, dpo_loss, implicit_rewards, logprob_gap_a
                             ppo_loss, ppo_token_loss, sequence_kl)
 from ppo.train.models import reference_model
 from ppo.train.pairs import round_robin, select_pairs
-from ppo.train.rollout import Completions, sample_pairs
+from ppo.train.rollout import Completions, mean_token_entropy, sample_pairs
 from ppo.train.samples import sample_rows
 from ppo.train.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
 
@@ -142,6 +142,17 @@ def judge_metrics(diagnostics: dict) -> dict:
     return {k: v for k, v in diagnostics.items() if k.startswith("judge/") and k != "judge/cache_hit_rate"}
 
 
+def token_entropy_metric(groups) -> dict:
+    """`entropy` (TRL's name): the policy's entropy in nats per sampled token, over every token of
+    every completion of the micro-batch (all k samples of each prompt, each up to and including its
+    EOS: the tokens the loss's completion mask holds), at temperature 1 (the distribution the loss
+    scores). A falling entropy is a policy growing sure of itself; a collapse to near 0 is one that
+    stopped exploring. {} when the sampler did not measure it (a benchmark's stand-in)."""
+    if all(g.entropy_sums is None for g in groups):
+        return {}
+    return {"entropy": mean_token_entropy(groups)}
+
+
 def chosen_longer_rate(first_lengths: np.ndarray, second_lengths: np.ndarray, first_is_chosen: np.ndarray,
                        decided: np.ndarray) -> float:
     """How often the judge chose the longer completion, over the pairs it decided (not ties): 1
@@ -175,9 +186,10 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
     prompt_ids = [list(p.tokens) for p in prompts]
     k, n = sampling.samples_per_prompt, len(prompts)
 
-    # 1. Rollout: k completions per prompt, one batched decode, ids kept.
+    # 1. Rollout: k completions per prompt, one batched decode, ids kept, and the policy's entropy
+    # at every sampled token taken from the decode's own logits (no forward of its own).
     policy.eval()
-    groups = tuple(sample_fn(policy, prompt_ids, samples_per_prompt=k, **sampling.kwargs()))
+    groups = tuple(sample_fn(policy, prompt_ids, samples_per_prompt=k, entropy=True, **sampling.kwargs()))
     if len(groups) != k:
         raise ValueError(f"sample_fn returned {len(groups)} completions per prompt; generation.samples_per_prompt={k}")
     rollout_seconds = sum(g.seconds for g in groups)
@@ -247,6 +259,7 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
     metrics = {
         "completions/mean_length": lengths.mean(),
         "completions/eos_rate": np.mean(finished),
+        **token_entropy_metric(groups),
         **judge_metrics(verdicts.diagnostics),
         "judge/chosen_longer_rate": chosen_longer_rate(lengths[a_rows], lengths[b_rows], first_is_chosen,
                                                        valid & (confidence > 0)),

@@ -169,7 +169,7 @@ def lean_summary(summary: dict, rows: list[dict]) -> dict:
     key) when a run finishes: the final eval win rate with its Wilson interval (under its own
     names, eval/win_rate_wilson_low/high: eval/win_rate_low/high keep the logged normal
     approximation, `ppo.metrics.EVAL_WIN_RATE_LOW`), the
-    length-controlled one and the length ratio, the final KL, clip_fraction over the last 20%
+    length-controlled one and the length ratio, the final KL and policy entropy, clip_fraction over the last 20%
     of steps and its health word, the status, the step and the wall time."""
     ev, final = summary.get("eval") or {}, summary.get("final") or {}
     clip_fraction, health = clip_health(rows)
@@ -181,7 +181,8 @@ def lean_summary(summary: dict, rows: list[dict]) -> dict:
                                         "eval/length_ratio")},
               # a held-out judge's eval/NAME/* (eval_judge=NAME)
               **{k: v for name in held_out_names(ev) for k, v in ev.items() if k.startswith(f"eval/{name}/")},
-              "kl": final.get("kl"), "clip_fraction": clip_fraction, "clip_fraction/health": health,
+              "kl": final.get("kl"), "entropy": final.get("entropy"),
+              "clip_fraction": clip_fraction, "clip_fraction/health": health,
               "wall_seconds": summary.get("wall_seconds")}
     return {k: v for k, v in values.items() if v is not None}
 
