@@ -125,3 +125,28 @@ def test_compiled_decode_samples_the_eager_tokens(policy, seed, temperature, top
             eager_ref = sample(policy, DECODE_PROMPTS, **kwargs)
             mx.random.seed(seed)
             assert sample(policy, DECODE_PROMPTS, decode_step=step, **kwargs).token_ids == eager_ref.token_ids
+
+
+@pytest.mark.slow
+def test_a_run_with_every_phase_compiled_trains_as_the_eager_run(tmp_path, tiny_model_dir, prompts_file):
+    import json
+
+    from conftest import run_cli, small_run_overrides
+
+    rows = {}
+    for name, flag in (("eager", "false"), ("compiled", "true")):
+        run_dir = tmp_path / name
+        overrides = small_run_overrides(tiny_model_dir, prompts_file, **{
+            "train.iters": 2, "train.steps_per_eval": 100, "train.save_every": 100, "hydra.run.dir": run_dir,
+            "train.learning_rate": 1e-3, "ppo_form": "textbook", "train.compile_scoring": flag,
+            "train.compile_update": flag, "train.compile_decode": flag})
+        result = run_cli(overrides)
+        assert result.returncode == 0, result.stderr[-2000:]
+        rows[name] = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for eager, compiled in zip(rows["eager"], rows["compiled"], strict=True):
+        # the same tokens and verdicts (the second step samples from the updated policy)
+        for key in ("completions/mean_length", "completions/eos_rate", "judge/pairs"):
+            if key in eager:
+                assert compiled[key] == eager[key], key
+        for key in ("loss", "kl", "policy_loss", "ratio/mean", "rewards/margins"):
+            assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
