@@ -80,7 +80,11 @@ def phase_result(first: dict, median: dict, compiles: int, **extra) -> dict:
             "first_call_seconds": first, "compiles": compiles, **extra}
 
 
-def run_size(size: str, reps: int, tmp: Path) -> dict:
+def progress(message: str) -> None:
+    print(f"bench_compile: {message}", file=sys.stderr, flush=True)
+
+
+def run_size(size: str, reps: int, tmp: Path, batch: int | None = None, tokens: int | None = None) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten, tree_map
@@ -94,7 +98,7 @@ def run_size(size: str, reps: int, tmp: Path) -> dict:
     from ppo.train.scoring import build_scoring_batch, token_logps
     from ppo.train.step import JudgedBatch, make_loss_fn
 
-    batch, tokens = SIZES[size]
+    batch, tokens = batch or SIZES[size][0], tokens or SIZES[size][1]
     tic = time.perf_counter()
     model_dir = build_model(size, tmp / size)
     build_seconds = time.perf_counter() - tic
@@ -119,6 +123,7 @@ def run_size(size: str, reps: int, tmp: Path) -> dict:
             return sample(policy, prompts, decode_step=decode_step if compiled else None, **kwargs).token_ids
         return run
 
+    progress(f"{size}: decode")
     first, median, results = timed_rounds({"eager": decode(False), "compiled": decode(True)}, reps)
     out["decode"] = phase_result(first, median, decode_step.compiles,
                                  ms_per_step={k: 1000 * v / tokens for k, v in median.items()},
@@ -137,6 +142,7 @@ def run_size(size: str, reps: int, tmp: Path) -> dict:
             return logps
         return run
 
+    progress(f"{size}: scoring")
     first, median, results = timed_rounds({"eager": score(token_logps), "compiled": score(scorer)}, reps)
     out["scoring"] = phase_result(first, median, scorer.compiles,
                                   max_relative_difference=max_relative_difference(results["compiled"], results["eager"]))
@@ -157,6 +163,7 @@ def run_size(size: str, reps: int, tmp: Path) -> dict:
             return loss, grads
         return run
 
+    progress(f"{size}: update")
     policy.train()
     first, median, results = timed_rounds({"eager": update(eager_loss), "compiled": update(compiled_loss)}, reps)
     policy.eval()
@@ -173,6 +180,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["toy", "smollm2"])
     parser.add_argument("--reps", type=int, default=3, help="timed calls per variant after the first")
+    parser.add_argument("--batch", type=int, default=None, help="prompts (2 rows each); default: per size (8)")
+    parser.add_argument("--tokens", type=int, default=None, help="decode steps; default: per size (64)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
 
@@ -185,7 +194,7 @@ def main(argv=None) -> dict:
               "mlx": mx.__version__, "device": str(mx.default_device()), "cpus": os.cpu_count(), "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            result["sizes"][size] = run_size(size, args.reps, Path(tmp))
+            result["sizes"][size] = run_size(size, args.reps, Path(tmp), args.batch, args.tokens)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

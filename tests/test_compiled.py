@@ -150,3 +150,21 @@ def test_a_run_with_every_phase_compiled_trains_as_the_eager_run(tmp_path, tiny_
                 assert compiled[key] == eager[key], key
         for key in ("loss", "kl", "policy_loss", "ratio/mean", "rewards/margins"):
             assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_bench_compile_smallest_prints_its_json():
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_compile.py"), "--sizes", "toy", "--reps", "1",
+                           "--batch", "1", "--tokens", "4"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    toy = json.loads(proc.stdout)["sizes"]["toy"]
+    assert toy["rows"] == 2 and toy["decode"]["same_tokens"]
+    for phase in ("decode", "scoring", "update"):
+        assert toy[phase]["compiles"] == 1 and toy[phase]["speedup"] > 0
+    assert toy["scoring"]["max_relative_difference"] < 1e-5
