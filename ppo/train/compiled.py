@@ -94,8 +94,7 @@ class CompiledScorer:
         return out[:, : batch.input_ids.shape[1]]
 
 
-# The JudgedBatch fields that are arrays (besides the scoring batch), in the order the compiled
-# graph takes them; the per-token ones are padded with the batch.
+# The JudgedBatch fields of shape (rows, length): padded with the scoring batch.
 _PER_TOKEN = ("ref_token_logps", "old_token_logps")
 
 
