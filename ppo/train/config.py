@@ -244,6 +244,17 @@ class TrainConfig:
     # before it stops the run with one line (a rank died or hangs). Long enough for the slowest rank's rollout.
     rank_timeout: float = at_most(300.0, 86400.0, "a longer wait overflows the rank's timer thread and guards "
                                                   "against no hang; a day is longer than any step")
+    # mx.compile the reference / sampling-time scoring (ppo.train.compiled). Lengths are padded to multiples of 32
+    # (one compile per shape), which moves log-probs by float rounding (~1e-7 relative): a run is no longer
+    # bit-identical to an eager one. Defaults of the three: what benchmarks/bench_compile.py measured on a 2-core
+    # CPU (benchmarks/README.md, "Compiled scoring, update and decode").
+    compile_scoring: bool = False
+    # mx.compile the update's loss-and-gradient (nn.value_and_grad, the model's state as the graph's input and
+    # output), lengths padded as for compile_scoring.
+    compile_update: bool = False
+    # mx.compile the decode step, with a KV cache of fixed width passed in and returned (mlx-lm's caches grow in
+    # place); the same tokens as the eager decode for the same seed. One compile per row count and width.
+    compile_decode: bool = False
 
 
 @dataclass

@@ -8,6 +8,7 @@ step, so a run resumed from a checkpoint samples exactly what the uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import signal
@@ -30,6 +31,7 @@ from ppo.judges import build_judge
 from ppo.judges.pipeline import reliability
 from ppo.judges.record import read_judgments
 from ppo.train import checkpoint, inputs, run_folder
+from ppo.train.compiled import CompiledDecodeStep, CompiledScorer, make_loss_and_grad
 from ppo.train.completions import CompletionReader
 from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
@@ -40,6 +42,7 @@ from ppo.train.models import float_dtype, frozen_base, load_policy_and_reference
 from ppo.train.optimizer import learning_rate_at, learning_rate_schedule, make_optimizer
 from ppo.train.progress import Progress
 from ppo.train.pairs import trained_completions_per_prompt
+from ppo.train.rollout import sample_pairs
 from ppo.train.step import Sampling, make_loss_fn, mean_dicts, train_step
 from ppo.train.tracking import SilentTracker, Tracker
 
@@ -235,6 +238,10 @@ class Session:
     held_out: tuple = ()
     # The content of the inputs (ppo.train.inputs), saved in every checkpoint.
     inputs: dict = field(default_factory=dict)
+    # The reference / sampling-time scorer and the decode step: compiled or eager (train.compile_scoring,
+    # train.compile_decode; ppo.train.compiled). None: eager.
+    scorer: Any = None
+    decode_step: Any = None
 
 
 def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
@@ -257,7 +264,9 @@ def set_up(cfg, run_dir: Path, world: World, fingerprint: dict) -> Session:
         tokenizer=tokenizer, splits=splits,
         sampler=PromptSampler(splits.train, train_cfg.batch_size, cfg.seed, cfg.data.shuffle),
         judge=judge, optimizer=make_optimizer(train_cfg, lr_schedule), lr_schedule=lr_schedule,
-        loss_and_grad=nn.value_and_grad(policy, make_loss_fn(cfg.loss)),
+        loss_and_grad=make_loss_and_grad(policy, make_loss_fn(cfg.loss), train_cfg.compile_update),
+        scorer=CompiledScorer() if train_cfg.compile_scoring else None,
+        decode_step=CompiledDecodeStep() if train_cfg.compile_decode else None,
         sampling=Sampling.from_config(cfg.generation, tokenizer),
         reader=CompletionReader.for_judge(judge, tokenizer),  # what the judge reads of a completion
         evaluating=evaluation_enabled(judge, train_cfg, len(splits.eval)),
@@ -320,6 +329,16 @@ def updates_per_step(loss_cfg) -> int:
     return loss_cfg.ppo_epochs * loss_cfg.minibatches
 
 
+def compiled_variants(run: Session) -> dict:
+    """train_step's `token_logps_fn` and `sample_fn` where train.compile_scoring / compile_decode are on."""
+    variants = {}
+    if run.scorer is not None:
+        variants["token_logps_fn"] = run.scorer
+    if run.decode_step is not None:
+        variants["sample_fn"] = functools.partial(sample_pairs, decode_step=run.decode_step)
+    return variants
+
+
 def collect_and_update(run: Session, step: int, tracker, state: RunState | None = None) -> dict:
     """One training step on every rank: `train_step`, then the metrics reduced over the ranks.
     With loss.kl_control=adaptive the step uses `state.kl_beta` (logged as kl/beta), then the
@@ -333,7 +352,8 @@ def collect_and_update(run: Session, step: int, tracker, state: RunState | None 
                          step=step, sampling=run.sampling, loss_cfg=cfg.loss,
                          grad_accumulation_steps=train_cfg.grad_accumulation_steps,
                          dropout=cfg.finetune.dropout, world=world, reader=run.reader, samples_out=rows,
-                         max_samples=train_cfg.samples_per_report, seed=cfg.seed, beta=beta)
+                         max_samples=train_cfg.samples_per_report, seed=cfg.seed, beta=beta,
+                         **compiled_variants(run))
     if world.size > 1:  # the time this rank waited for the others (the slowest rank's is logged)
         metrics["timing/collective_seconds"] = world.take_wait_seconds()
     metrics = reduce_metrics(world.gather_objects(metrics))

@@ -97,6 +97,7 @@ def sample(
     batch_size: int = 64,
     one_blas_thread: bool | None = None,
     entropy: bool = False,
+    decode_step=None,
 ) -> Completions:
     """One completion per prompt, stopping at EOS or after `max_tokens` tokens.
 
@@ -104,7 +105,9 @@ def sample(
     prompts are decoded in consecutive groups of `batch_size`. `one_blas_thread`: decode
     with one BLAS thread (True) or all of them (False); None chooses by the model's size
     (MULTI_THREAD_DECODE_MACS). `entropy`: also measure the policy's entropy at every sampled
-    token (`Completions.entropy_sums`); the sampled tokens are the same either way.
+    token (`Completions.entropy_sums`); the sampled tokens are the same either way. `decode_step`:
+    a `ppo.train.compiled.CompiledDecodeStep` to decode through (train.compile_decode); None
+    decodes eagerly through mlx-lm's caches.
     """
     if any(len(p) < 1 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -118,7 +121,8 @@ def sample(
     with single_threaded_blas() if one_blas_thread else contextlib.nullcontext():
         for start in range(0, len(prompts), batch_size):
             ids, ended, entropies = _decode(model, prompts[start:start + batch_size], eos=eos, max_tokens=max_tokens,
-                                            temperature=temperature, top_p=top_p, entropy=entropy)
+                                            temperature=temperature, top_p=top_p, entropy=entropy,
+                                            decode_step=decode_step)
             token_ids += ids
             finished += ended
             if entropy_sums is not None:
@@ -146,7 +150,8 @@ def sample_pairs(model, prompts: list[list[int]], samples_per_prompt: int = 2, *
 
 
 def _decode(model, prompts: list[list[int]], *, eos: set[int], max_tokens: int, temperature: float,
-            top_p: float, entropy: bool = False) -> tuple[list[list[int]], list[bool], list[float]]:
+            top_p: float, entropy: bool = False,
+            decode_step=None) -> tuple[list[list[int]], list[bool], list[float]]:
     """Prefill every prompt but its last token, then decode all rows together. Like mlx-lm's
     `GenerationBatch`, step k's forward and sample are queued before step k-1's tokens are
     read back (the host check overlaps the next forward), and a row that just produced EOS
@@ -162,9 +167,20 @@ def _decode(model, prompts: list[list[int]], *, eos: set[int], max_tokens: int, 
                                     caches=[make_prompt_cache(model) for _ in prompts])
     prefill.prompt([p[:-1] for p in prompts])
     cache = prefill.prompt_cache
+    compiled = None
+    if decode_step is not None:
+        from ppo.train.compiled import decode_cache_supported
+
+        if decode_cache_supported(cache):
+            compiled = decode_step.start(cache, max_tokens)
+
+    def forward(inputs: mx.array) -> mx.array:
+        if compiled is not None:
+            return decode_step(model, compiled, inputs)
+        return model(inputs[:, None], cache=cache)[:, -1, :]
 
     def forward_and_sample(inputs: mx.array, run: bool = True) -> tuple[mx.array, mx.array | None]:
-        logits = model(inputs[:, None], cache=cache)[:, -1, :] if run else mx.zeros((inputs.shape[0], 1))
+        logits = forward(inputs) if run else mx.zeros((inputs.shape[0], 1))
         entropies = token_entropy(logits) if entropy else None  # draws nothing from the random key
         if nucleus:
             logits = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -199,9 +215,12 @@ def _decode(model, prompts: list[list[int]], *, eos: set[int], max_tokens: int, 
         if not keep:
             break
         if len(keep) < len(rows):
-            for c in cache:
-                c.filter(keep)
             kept = mx.array(keep)
+            if compiled is not None:
+                decode_step.filter(compiled, kept)
+            else:
+                for c in cache:
+                    c.filter(keep)
             sampled = sampled[kept]
             entropies = None if entropies is None else entropies[kept]
             rows = [rows[i] for i in keep]
