@@ -40,6 +40,8 @@ BENCHMARKS = {
     "distributed": ["bench_distributed.py"],
     # The step against mlx-lm-lora at the toy and ~80M rungs, each phase against this machine's floor.
     "ladder": ["bench_ladder.py"],
+    # mx.compile against eager for decode, scoring and the update (toy and SmolLM2's shape).
+    "compile": ["bench_compile.py"],
 }
 
 
