@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-# The files of a run folder (README, "Outputs of a run").
+# The files of a run folder (docs/how-to/outputs.md).
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 JUDGMENTS_FILE = "judgments.jsonl"

@@ -94,7 +94,7 @@ def t_half_width(values: list[float]) -> float | None:
 # pair); elsewhere it moves the fit by far less than its standard error (the demo's final
 # evaluation: 0.782 with it, 0.783 with a weight of 0.01). A weight of 1 was tried first: on a
 # length-only judge's run it held the length coefficient at 3.7 and left 0.69 where 0.54 is
-# the fit's answer at 0.1 (README, "Reading a win rate"). AlpacaEval 2 regularises too (cross-validated).
+# the fit's answer at 0.1 (docs/concepts/evaluation.md). AlpacaEval 2 regularises too (cross-validated).
 LC_PRIOR = 0.1
 
 

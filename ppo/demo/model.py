@@ -64,7 +64,7 @@ DEMO_SETTINGS: dict = {
 
 #: The files of a demo model folder (what is shipped and what a copy must hold).
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", MARKER)
-#: The command that puts the demo model into the cache (README, set-up, error messages).
+#: The command that puts the demo model into the cache (docs/getting-started/install.md, error messages).
 COMMAND = "python -m ppo.demo_model"
 
 

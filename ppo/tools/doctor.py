@@ -236,7 +236,7 @@ def doctor_report(n: int = 1024, repeats: int = 5) -> dict:
         "mlx_matmul_gflops": round(mlx_gf, 2),
         "numpy_matmul_gflops": round(np_gf, 2),
         "mlx_over_numpy": round(ratio, 3),
-        # Informational: no setting changes it (see README, "Where the step's time goes").
+        # Informational: no setting changes it (see docs/benchmarks.md, "Where the step's time goes").
         "mlx_exp_ns_per_element": round(mlx_exp_ns, 2),
         "numpy_exp_ns_per_element": round(np_exp_ns, 2),
         # What each model.dtype (and a 4-bit base) costs here; model.dtype=auto picks float32 on the CPU.

@@ -5,7 +5,7 @@ command-line override is merged into these typed dataclasses: a misspelt key or 
 of the wrong type fails at start. Value ranges are checked by `validate`, which names
 the key and the fix.
 
-Seed setting -> key (README, "Configuration"): beta -> loss.beta, epsilon -> loss.epsilon,
+Seed setting -> key (docs/reference/configuration.md): beta -> loss.beta, epsilon -> loss.epsilon,
 dpo_cpo_loss_type -> loss.dpo_cpo_loss_type, delta -> loss.delta, judge -> the judge
 group (and judge.model), judge_system -> judge.system, max_completion_length ->
 generation.max_completion_length, temperature -> generation.temperature,

@@ -7,7 +7,7 @@ NCCL: MLX's own `mx.distributed`); a plain `ppo-train` gets a world of one, and 
 method below returns its input unchanged then, so a single-process run computes exactly
 what it did before (tests/test_golden_run.py).
 
-What is split and what is shared (README, "More than one process"):
+What is split and what is shared (docs/how-to/distributed.md):
 - `train.batch_size` is the global number of prompts per step; every rank draws the same
   global batch from the same seeded order and keeps its own contiguous slice (`share`),
   so ranks see disjoint prompts and the union is what one process would see.

@@ -84,7 +84,7 @@ def ppo_loss(
     chosen_penalty: mx.array | None = None,
     rejected_penalty: mx.array | None = None,
 ) -> tuple[mx.array, dict[str, mx.array]]:
-    """PPO-clip on B judged pairs, in the seed's notation (README, "The loss").
+    """PPO-clip on B judged pairs, in the seed's notation (docs/concepts/loss.md).
 
         rho_c = exp(logp_c - ref_c),   rho_r = exp(logp_r - ref_r)
         L_c   = -min(rho_c * A, clip(rho_c, 1 - eps, 1 + eps) * A)

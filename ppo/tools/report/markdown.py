@@ -123,7 +123,7 @@ def _adaptive_kl_markdown(runs: list[Run]) -> list[str]:
         return []
     lines = ["", "## Adaptive KL", "",
              "Runs with `loss.kl_control=adaptive`: the KL weight beta, moved by the proportional controller from "
-             "`loss.beta` towards `loss.target_kl` (README, \"The loss\").", "",
+             "`loss.beta` towards `loss.target_kl` (docs/concepts/loss.md).", "",
              "| run | beta at start | final beta | target kl | final kl |", "|---|---|---|---|---|"]
     for r in adaptive:
         target = _finite(dict(r.configuration).get("loss.target_kl"))
@@ -173,7 +173,7 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
         f"(< {CLIP_FRACTION_IDLE:g}: not moving; > {CLIP_FRACTION_HIGH:g}: moving too far; else healthy; "
         "n/a for losses without a clip).", "",
         "Length-controlled: the win rate the judge would give at equal lengths (a logistic fit of its verdicts on the "
-        "length difference, read at zero: AlpacaEval 2's model; README, \"Reading a win rate\"); length ratio: the "
+        "length difference, read at zero: AlpacaEval 2's model; docs/concepts/evaluation.md); length ratio: the "
         "policy's mean completion length over the reference's. A win rate far above its length-controlled twin was won "
         "by length.", "",
         "## Configurations", "",
