@@ -299,7 +299,11 @@ def _train_main() -> None:
                                                     OverrideParseException))  # a later sweep job's config
         if not composing or user_full_error == "1":
             raise
-        _fail(run_folder_error_line(err) or compose_error_line(err, sys.argv[1:]))
+        # A composition error may carry an OSError in its context (Hydra's search path probing files):
+        # it is about the config, not the run folder.
+        folder = None if isinstance(err, (ConfigCompositionException, MissingConfigException,
+                                          OverrideParseException)) else run_folder_error_line(err)
+        _fail(folder or compose_error_line(err, sys.argv[1:]))
 
 
 def _prepare_ranks() -> None:
