@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from ppo.train.config import ConfigError
+from ppo.errors import ConfigError
 from ppo.train.data import PromptSampler, load_prompts, read_prompts
 
 

@@ -133,7 +133,8 @@ def test_an_llm_judge_of_another_model_gets_the_trainers_dtype(tiny_model_dir, h
 
 def test_bad_values_give_one_line(tiny_model_dir, prompts_file):
     from ppo.judges.llm import LLMJudge
-    from ppo.train.config import MODEL_DTYPES, validate
+    from ppo.train.config import MODEL_DTYPES
+    from ppo.train.validation import validate
 
     assert set(MODEL_DTYPES) == {"auto", *models.DTYPES}  # the schema's choices are the ones the loader casts to
 

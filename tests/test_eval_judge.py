@@ -6,7 +6,7 @@ import pytest
 
 from conftest import compose, run_cli, small_run_overrides
 from ppo.errors import ConfigError
-from ppo.train.config import validate
+from ppo.train.validation import validate
 
 
 def test_every_eval_judge_composes_with_its_name():

@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from ppo.train.config import ConfigError
+from ppo.errors import ConfigError
 from ppo.judges import JudgePipeline, Pair, build_judge
 from ppo.judges.llm import LLMJudge
 from ppo.judges.prompting import DEFAULT_RUBRIC

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import compose
-from ppo.train.config import ConfigError
+from ppo.errors import ConfigError
 from ppo.judges import JudgePipeline, JudgeUnavailable, Pair, Verdicts, build_judge
 from ppo.judges.record import JudgmentLog, read_judgments
 from ppo.judges.replay import ReplayJudge

@@ -272,7 +272,7 @@ def test_an_unwritable_run_folder_file_gives_one_line(tmp_path, tiny_model_dir, 
 # 2 and 7. Sweep job folders, failed jobs, SIGINT.
 
 def test_sweep_job_folder_names_are_unique_for_paths():
-    from ppo.train.config import job_dir_name
+    from ppo.train.job_names import job_dir_name
 
     exclude = ["hydra.run.dir", "logger"]
     a = job_dir_name(["data.path=/a/prompts.jsonl", "loss.beta=0.1", "logger=none"], exclude)
@@ -383,7 +383,7 @@ def test_non_utf8_csv_names_the_line(tmp_path, tokenizer):
     ("generation.max_completion_length=1000000000", "invalid generation.max_completion_length=1000000000: must be below train.max_seq_length"),
 ])
 def test_silent_settings_are_refused(override, needle, tiny_model_dir, prompts_file):
-    from ppo.train.config import validate
+    from ppo.train.validation import validate
 
     overrides = small_run_overrides(tiny_model_dir, prompts_file) + [override]
     if "quantize_group_size" in override:

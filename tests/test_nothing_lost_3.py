@@ -16,7 +16,7 @@ from test_nothing_lost import _one_line_error, _overrides  # round 1's helpers
 # Item 13: the README's own `+data.chat_template_kwargs.reasoning_effort=low`.
 
 def test_a_new_chat_template_setting_is_accepted_and_a_typo_next_to_it_is_not(tiny_model_dir, prompts_file):
-    from ppo.train.config import schema_paths, validate
+    from ppo.train.validation import schema_paths, validate
 
     base = small_run_overrides(tiny_model_dir, prompts_file)
     cfg = compose(base + ["+data.chat_template_kwargs.reasoning_effort=low"])
@@ -217,7 +217,7 @@ def test_ctrl_c_in_an_optuna_trial_stops_the_search_without_a_best(tmp_path, tin
     ("seed=4294967296", "invalid seed=4294967296: must be at most 4294967295 (NumPy"),
 ])
 def test_values_that_hang_overflow_or_exhaust_memory_are_refused(override, needle, tiny_model_dir, prompts_file):
-    from ppo.train.config import validate
+    from ppo.train.validation import validate
 
     with pytest.raises(ConfigError) as info:
         validate(compose(small_run_overrides(tiny_model_dir, prompts_file) + [override]))
@@ -225,7 +225,7 @@ def test_values_that_hang_overflow_or_exhaust_memory_are_refused(override, needl
 
 
 def test_every_bound_lets_its_own_value_through_and_refuses_the_next(tiny_model_dir, prompts_file):
-    from ppo.train.config import limits, validate
+    from ppo.train.validation import limits, validate
 
     bounded = dict(limits())
     assert {"train.rank_timeout", "finetune.rank", "train.batch_size", "generation.samples_per_prompt",

@@ -15,7 +15,7 @@ from conftest import compose, run_cli, small_run_overrides
 from ppo.judges import JudgePipeline, Pair, Verdicts, build_judge
 from ppo.judges.pipeline import GUESSING_AGREEMENT, reliability
 from ppo.judges.record import JudgmentLog, read_judgments
-from ppo.train.config import ConfigError
+from ppo.errors import ConfigError
 
 
 class FirstPosition:

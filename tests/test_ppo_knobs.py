@@ -18,7 +18,7 @@ from conftest import ROOT, compose, run_cli, small_run_overrides
 from ppo.errors import ConfigError
 from ppo.metrics import comparable
 from ppo.train import checkpoint
-from ppo.train.config import validate
+from ppo.train.validation import validate
 
 
 def _validate(*overrides):

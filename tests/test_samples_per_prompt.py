@@ -9,7 +9,7 @@ import pytest
 from conftest import compose, run_cli, small_run_overrides
 from ppo.errors import ConfigError
 from ppo.metrics import comparable
-from ppo.train.config import validate
+from ppo.train.validation import validate
 from ppo.train.pairs import borda_scores, round_robin, select_pairs, trained_completions_per_prompt
 
 # ---- the rule ----------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_experiment_files_compose(name, swept):
         full = hydra_compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
     assert dict(full.hydra.sweeper.params) == swept
     # every swept value composes into a valid config
-    from ppo.train.config import validate
+    from ppo.train.validation import validate
 
     for key, values in swept.items():
         for value in values.split(","):
@@ -176,7 +176,7 @@ def test_joblib_launcher_runs_two_jobs(tmp_path, tiny_model_dir, prompts_file):
 
 
 def test_job_folders_are_named_by_the_swept_keys_with_short_floats(monkeypatch):
-    from ppo.train.config import SWEPT_KEYS_ENV, job_dir_name
+    from ppo.train.job_names import SWEPT_KEYS_ENV, job_dir_name
 
     overrides = ["model.path=/home/me/models/SmolLM2-135M-Instruct", "train.iters=20", "data.max_eval_prompts=32",
                  "loss.beta=0.22112721129989238", "loss.epsilon=0.1", "seed=1"]

@@ -186,7 +186,7 @@ def test_eval_samples_per_prompt_must_be_positive(tiny_model_dir, prompts_file):
     from conftest import compose
 
     from ppo.errors import ConfigError
-    from ppo.train.config import validate
+    from ppo.train.validation import validate
 
     with pytest.raises(ConfigError, match="train.eval_samples_per_prompt"):
         validate(compose(small_run_overrides(tiny_model_dir, prompts_file) + ["train.eval_samples_per_prompt=0"]))

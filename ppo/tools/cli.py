@@ -124,7 +124,7 @@ def compose_error_line(err: BaseException, args: list[str]) -> str:
 
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    from ppo.train.config import OPEN_MAPPINGS, schema_paths, unknown_key_message
+    from ppo.train.validation import OPEN_MAPPINGS, schema_paths, unknown_key_message
 
     cause, text = err.__cause__, str(err)
     key = getattr(cause, "full_key", None)

@@ -143,7 +143,7 @@ def build_config(config: dict, overrides: list[str]):
             cfg = apply_group(cfg, key, value, override)
             continue
         if "/" in key or (OmegaConf.select(cfg, key, default=None) is None and "." not in key and key != "judge"):
-            from ppo.train.config import unknown_key_message
+            from ppo.train.validation import unknown_key_message
 
             raise ReproduceError(f"override {override!r}: {unknown_key_message(key)}")
         try:
@@ -159,7 +159,7 @@ def build_config(config: dict, overrides: list[str]):
         except OmegaConfBaseException as err:
             reason = str(err).splitlines()[0]
             if "not in" in reason or "is not in struct" in reason:
-                from ppo.train.config import unknown_key_message
+                from ppo.train.validation import unknown_key_message
 
                 reason = unknown_key_message(key)
             raise ReproduceError(f"override {override!r}: {reason}") from None
@@ -318,7 +318,7 @@ def rerun(loaded: tuple, overrides: list[str], out: Path | None) -> tuple[Path, 
     out = Path(out) if out else default_output(run_dir)
     if out.exists() and any(out.iterdir()):
         raise ReproduceError(f"{out} exists and is not empty; pick another with hydra.run.dir=DIR (nothing was written)")
-    from ppo.train.config import validate
+    from ppo.train.validation import validate
 
     validate(cfg)  # a bad override fails here, before any folder is made
     from ppo.train.loop import train

@@ -26,7 +26,7 @@ finish at the end of the sweep and exits 1.
 line as it ends, and the multirun ends with its folder, one line per job (eval win rate with its
 95% Wilson interval, KL with its unit, status) and the `ppo-report SWEEP_DIR` command. When the
 multirun starts it names the swept keys (SWEPT_KEYS_ENV: job folders are named by them only,
-`ppo.train.config.job_dir_name`), creates the sweep folder of a search (its Optuna study is
+`ppo.train.job_names.job_dir_name`), creates the sweep folder of a search (its Optuna study is
 stored there, STUDY_FILE) and keeps Optuna's colour codes out of logs that are not a terminal.
 
 `over_seeds`: a search trial trains `seeds_per_trial` seeds (TRIAL/seed=K) and returns their
@@ -326,7 +326,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         from omegaconf import OmegaConf
 
-        from ppo.train.config import SWEPT_KEYS_ENV
+        from ppo.train.job_names import SWEPT_KEYS_ENV
 
         keys = swept_keys(config)
         if keys:

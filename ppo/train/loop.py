@@ -7,11 +7,9 @@ step, so a run resumed from a checkpoint samples exactly what the uninterrupted 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,6 @@ from ppo.judges.record import read_judgments
 from ppo.train import checkpoint, inputs, run_folder
 from ppo.train.compiled import CompiledDecodeStep, CompiledScorer, make_loss_and_grad
 from ppo.train.completions import CompletionReader
-from ppo.train.config import validate
 from ppo.train.data import PromptSampler, load_prompts
 from ppo.train.distributed import World, check_batch, reduce_metrics
 from ppo.train.evaluation import HeldOutJudge, evaluate, evaluation_enabled
@@ -44,7 +41,9 @@ from ppo.train.progress import Progress
 from ppo.train.pairs import trained_completions_per_prompt
 from ppo.train.rollout import sample_pairs
 from ppo.train.step import Sampling, make_loss_fn, mean_dicts, train_step
+from ppo.train.stopping import stop_requests
 from ppo.train.tracking import SilentTracker, Tracker
+from ppo.train.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -88,63 +87,6 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """MLX's seed for one step of one rank (ranks sample their own prompts with their own streams)."""
     entropy = [seed, step] if rank == 0 else [seed, step, rank]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-
-class StopRequests:
-    """SIGINT / SIGTERM during training: the first asks for a stop after the running step
-    (which is finished, saved, and the run exits); a second one stops at once.
-
-    On a real model one step takes minutes, so waiting for it is not always what the user
-    wants. The second signal raises `TrainingAborted` in the main thread wherever it is
-    (decoding, judging, the update), except inside a checkpoint save (`saving()`), which
-    is finished first: a save is the one thing a stop must never tear. The aborted step is
-    not saved; the newest complete checkpoint stays the resume point.
-    """
-
-    def __init__(self):
-        self.signals: list[int] = []
-        self.in_save = False
-        self.abort_after_save = False
-
-    def __bool__(self) -> bool:
-        return bool(self.signals)
-
-    @property
-    def signum(self) -> int:
-        return self.signals[0]
-
-    def handle(self, signum, frame) -> None:
-        self.signals.append(signum)
-        if len(self.signals) == 1:
-            log.warning("signal %d: stopping after the running step (it is finished and saved); "
-                        "send it again (a second Ctrl-C) to stop at once without saving that step", signum)
-        elif self.in_save:
-            self.abort_after_save = True
-        else:
-            raise TrainingAborted(signum)
-
-    @contextlib.contextmanager
-    def saving(self):
-        self.in_save = True
-        try:
-            yield
-        finally:
-            self.in_save = False
-        if self.abort_after_save:
-            raise TrainingAborted(self.signals[-1])
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """SIGINT / SIGTERM handled by a `StopRequests` while the loop runs (so a step is never torn
-    by the first one, and a checkpoint by none)."""
-    requested = StopRequests()
-    previous = {s: signal.signal(s, requested.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def train(cfg, run_dir: Path) -> dict:

@@ -45,7 +45,7 @@ def _holder(lock_path: Path) -> str:
 @contextlib.contextmanager
 def lock(run_dir: Path):
     """Hold RUN_DIR's lock, or raise RunFolderBusy naming the holder (the folder untouched)."""
-    from ppo.train.distributed import launch_rank
+    from ppo.platform.cores import launch_rank
 
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())
@@ -171,7 +171,7 @@ def save_hydra_files(run_dir: Path, cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from ppo.train.distributed import launch_rank
+    from ppo.platform.cores import launch_rank
 
     if launch_rank() > 0:  # only rank 0 writes the run folder
         return
