@@ -118,7 +118,7 @@ def step_rows(cfg, run_dir: Path, iters: int, warmup: int = 0, **variants) -> li
     import mlx.nn as nn
 
     from ppo.judges import build_judge
-    from ppo.train.config import validate
+    from ppo.train.validation import validate
     from ppo.train.data import PromptSampler, load_prompts
     from ppo.train.loop import step_seed
     from ppo.train.models import frozen_base, load_policy_and_reference
