@@ -63,8 +63,9 @@ def model_structure(model: nn.Module) -> tuple:
     return (model.training, tuple((k, v.shape, v.dtype) for k, v in tree_flatten(model.parameters())))
 
 
-class CompiledScorer:
-    """`ppo.train.scoring.token_logps` under `mx.compile`, a drop-in `token_logps_fn`."""
+class _Graphs:
+    """Compiled graphs keyed by what they were traced for; `compiles` counts the traces (each
+    (graph, shape) once), so a benchmark or test can see that recompiles stay bounded."""
 
     def __init__(self, bucket: int = COMPILE_BUCKET):
         self.bucket = bucket
@@ -73,8 +74,12 @@ class CompiledScorer:
 
     @property
     def compiles(self) -> int:
-        """Graphs traced so far: one per model structure, completion block and input shape."""
         return len(self._signatures)
+
+
+class CompiledScorer(_Graphs):
+    """`ppo.train.scoring.token_logps` under `mx.compile`, a drop-in `token_logps_fn`: one
+    graph per model structure, completion block and input shape."""
 
     def __call__(self, model: nn.Module, batch: ScoringBatch) -> mx.array:
         # The body/head split is checked eagerly (it reads a value back), once per model class.
@@ -98,21 +103,15 @@ class CompiledScorer:
 _PER_TOKEN = ("ref_token_logps", "old_token_logps")
 
 
-class CompiledLossAndGrad:
+class CompiledLossAndGrad(_Graphs):
     """`nn.value_and_grad(policy, loss_fn)` under `mx.compile`, with the signature `update` calls:
     (model, judged) -> ((loss, (metrics, logps)), grads)."""
 
     def __init__(self, policy: nn.Module, loss_fn: Callable, bucket: int = COMPILE_BUCKET):
+        super().__init__(bucket)
         self.policy = policy
-        self.bucket = bucket
         self._value_and_grad = nn.value_and_grad(policy, loss_fn)
         self._state = [policy.state, mx.random.state]
-        self._graphs: dict = {}
-        self._signatures: set = set()
-
-    @property
-    def compiles(self) -> int:
-        return len(self._signatures)
 
     def __call__(self, model: nn.Module, judged):
         from ppo.train.step import JudgedBatch
@@ -203,20 +202,11 @@ def decode_cache_supported(cache: list) -> bool:
     return bool(cache) and all(type(c) is BatchKVCache for c in cache)
 
 
-class CompiledDecodeStep:
+class CompiledDecodeStep(_Graphs):
     """The single-token decode step (the model's forward on the last sampled tokens with the KV
     cache) under `mx.compile`, the caches passed in and returned as arrays. One graph per model
     structure, row count and buffer width (`compiles`): rows that leave the batch change the
     row count, so a decode of B rows traces at most B graphs per width."""
-
-    def __init__(self, bucket: int = COMPILE_BUCKET):
-        self.bucket = bucket
-        self._graphs: dict = {}
-        self._signatures: set = set()
-
-    @property
-    def compiles(self) -> int:
-        return len(self._signatures)
 
     def start(self, cache: list, max_tokens: int) -> list[DecodeCache]:
         """`DecodeCache`s holding the prefilled caches, wide enough for `max_tokens` more."""
