@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,13 @@ import pytest
 os.environ.setdefault("WANDB_SILENT", "true")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def sigint_as_default() -> None:
+    """`preexec_fn` of a child a test sends SIGINT to: a shell that starts pytest in the background
+    without job control ignores SIGINT, the child would inherit that (as background jobs should)
+    and never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, adapted_model, compose, run_cli, small_run_overrides
+from conftest import ROOT, adapted_model, compose, run_cli, sigint_as_default, small_run_overrides
 from ppo.errors import CheckpointError, ConfigError, TrainingDiverged
 from ppo.metrics import MEASUREMENT_PREFIXES as MEASUREMENTS
 from ppo.train import checkpoint
@@ -317,7 +317,7 @@ def test_sigint_at_any_moment_gives_one_line(tmp_path, tiny_model_dir, prompts_f
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "ppo.tools.cli", *_overrides(
         tiny_model_dir, prompts_file, run_dir, **{"train.iters": 500, "train.save_every": 1000})],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

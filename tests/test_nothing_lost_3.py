@@ -158,10 +158,10 @@ def _interrupt_after_first_step(args: list[str], sweep_dir: Path):
     import sys
     import time
 
-    from conftest import ROOT
+    from conftest import ROOT, sigint_as_default
 
     proc = subprocess.Popen([sys.executable, "-m", "ppo.tools.cli", *args], cwd=ROOT, env=os.environ,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
     deadline = time.time() + 180
     while time.time() < deadline and not any(p.read_text().count("\n") >= 1 for p in sweep_dir.glob("*/metrics.jsonl")):
         time.sleep(0.05)
