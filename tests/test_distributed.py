@@ -184,13 +184,19 @@ def test_a_lost_rank_ends_the_run_within_the_bound(tmp_path, tiny_model_dir, pro
     assert (run_dir / "checkpoints").exists() or rows(run_dir)  # whatever was saved is complete
 
 
-@pytest.mark.slow
-def test_ranks_started_with_different_configs_are_refused(tmp_path, tiny_model_dir, prompts_file):
-    # A launcher "python" that gives rank 1 another seed, as a mistyped per-host command would.
-    python = tmp_path / "python"
-    python.write_text(f'#!/bin/bash\nif [ "$MLX_RANK" = "1" ]; then exec {sys.executable} "$@" seed=7; fi\n'
+def rank_one_python(folder: Path, override: str) -> Path:
+    """A launcher "python" (mlx.launch --python) that gives rank 1 one more override, as a mistyped
+    per-host command would."""
+    python = folder / "python"
+    python.write_text(f'#!/bin/bash\nif [ "$MLX_RANK" = "1" ]; then exec {sys.executable} "$@" {override}; fi\n'
                       f'exec {sys.executable} "$@"\n')
     python.chmod(0o755)
+    return python
+
+
+@pytest.mark.slow
+def test_ranks_started_with_different_configs_are_refused(tmp_path, tiny_model_dir, prompts_file):
+    python = rank_one_python(tmp_path, "seed=7")
     run_dir = tmp_path / "run"
     cmd = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "--python", str(python), str(BIN / "ppo-train"),
            *overrides(tiny_model_dir, prompts_file, run_dir)]
