@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from ppo.tools import launch as ppo_launch
 from ppo.train.distributed import first_difference
-from test_distributed import BIN, overrides, rank_one_python  # the 2-rank runs' launch and overrides
+from test_distributed import BIN, LAUNCHER, overrides, rank_one_python  # the 2-rank runs' launch and overrides
 
 # Item 6: every rank's full config is compared at start; ranks of two launches are told apart.
 
@@ -105,7 +105,7 @@ def test_first_difference_names_the_first_differing_key():
 def test_ranks_with_different_iterations_are_refused_at_start(tmp_path, tiny_model_dir, prompts_file):
     python = rank_one_python(tmp_path, "train.iters=12")
     run_dir = tmp_path / "run"
-    cmd = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "--python", str(python), str(BIN / "ppo-train"),
+    cmd = [*LAUNCHER, "-n", "2", "--backend", "ring", "--python", str(python), str(BIN / "ppo-train"),
            *overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 6, "train.rank_timeout": 300})]
     started = time.monotonic()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
