@@ -17,6 +17,10 @@ its `summary.json` is marked `failed` when it says `finished` or `running`, so t
 README tells users to check never calls it finished.
 `mlx.launch` itself stays usable: without PPO_LAUNCH_STATUS no rank prints a status line.
 
+Speed: ppo-launch runs mlx.launch's own code through `ppo.platform.launcher`, which removes its
+busy loops (they took 1.5 of 2 cores from the ranks; 2 ranks ran at 0.69x of one process on 2
+cores, 1.42-1.72x without them: benchmarks/bench_distributed.py).
+
 Ports: every `mlx.launch --backend ring` listens on 32323 and up unless given
 `--starting-port`, and MLX's ring backend shares a port between processes (SO_REUSEPORT), so
 two runs started at once on one machine pair their ranks across the runs at random. Unless
