@@ -20,6 +20,7 @@ ppo.judges.factory), and `mlx.launch` itself is unchanged for whoever needs it.
 from __future__ import annotations
 
 import select as _select_module
+import sys
 import time
 
 # What upstream's main loop waits on (`sys.stdin.fileno()`); the ranks' pipes are never descriptor 0.
@@ -46,6 +47,7 @@ def main() -> None:
 
     # The upstream module imported `select` by name (`from select import select`); its relay loops look it up there.
     launch.select = select_without_stdin
+    sys.argv[0] = "mlx.launch"  # its --help and errors name the command whose options these are
     launch.main()
 
 
