@@ -69,3 +69,42 @@ def test_ctrl_c_in_a_joblib2_search_stops_it_without_a_best(tmp_path, tiny_model
     assert len(_every_job_saved_and_stopped(sweep_dir)) == 2  # no trial after the interrupted batch
     assert not (sweep_dir / "optimization_results.yaml").exists()
     assert "Best" not in out + err and "best" not in out.lower()
+
+
+def test_a_resume_sets_unsynced_attempts_aside_and_counts_uploaded_ones(tmp_path):
+    """Real offline W&B runs of one id: an attempt `wandb sync` uploaded already (its .wandb.synced marker)
+    keeps its place and its steps count as held; an attempt never uploaded moves to wandb/superseded/
+    and the resumed attempt logs its steps up to the checkpoint again."""
+    from conftest import compose
+    from test_nothing_lost_3 import _sync_would_upload, _wandb_rows
+
+    from ppo.train.tracking import WandbRun
+
+    cfg = compose(["logger=wandb", "logger.wandb.mode=offline", "logger.wandb.console=off",
+                   "logger.wandb.system_metrics=false"]).logger.wandb
+    rows = [{"step": step, "loss": step / 10} for step in range(1, 8)]
+
+    def attempt(steps, resume_step=None):
+        time.sleep(1)  # wandb names an attempt's folder by its start to the second, as real attempts never share one
+        run = WandbRun(cfg, tmp_path, {}, run_id="fixedid1")
+        restored = run.restore_history(rows, resume_step) if resume_step is not None else ([], [])
+        for row in rows:
+            if row["step"] in steps:
+                run.log(row["step"], {"loss": row["loss"]})
+        log_file = Path(run._run.settings.sync_dir) / "run-fixedid1.wandb"
+        run.finish()
+        return log_file, restored
+
+    uploaded, _ = attempt({1, 2, 3})
+    uploaded.with_suffix(".wandb.synced").touch()  # what `wandb sync` leaves next to a log it uploaded
+    never_uploaded, _ = attempt({4, 5, 6})  # its newest checkpoint at step 5, killed after logging step 6
+    never_uploaded_bytes = never_uploaded.read_bytes()
+    resumed, (restored, moved) = attempt({6, 7}, resume_step=5)
+
+    assert restored == [4, 5]  # 1-3 are uploaded already
+    assert moved == [tmp_path / "wandb" / "superseded" / never_uploaded.parent.name]
+    assert (moved[0] / never_uploaded.name).read_bytes() == never_uploaded_bytes  # kept whole
+    assert uploaded.exists()
+    assert _sync_would_upload(tmp_path) == [resumed.resolve()]  # the uploaded attempt is skipped, as it should be
+    held = [row["step"] for log in (uploaded, resumed) for row in _wandb_rows(log)]
+    assert sorted(held) == list(range(1, 8))
