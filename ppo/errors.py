@@ -102,6 +102,21 @@ class SweepJobFailed(RuntimeError):
     so the sweeper records the trial as failed and runs the others."""
 
 
+class SweepStopped(SystemExit):
+    """Ctrl-C or SIGTERM stopped a multirun (a sweep or a search): its running jobs saved and
+    stopped, no further job starts. A SystemExit, with the signal's exit code (130 for SIGINT):
+    Hydra's launchers and sweepers catch only Exception, so it ends the whole multirun, and the
+    Optuna sweeper never reports a "best". `line` is the one line `ppo-train` prints; `jobs` what
+    a job in a worker process (hydra/launcher=joblib2) returns to the launcher, which prints one
+    line for them all (ppo.tools.joblib_sweep)."""
+
+    def __init__(self, line: str, exit_code: int, jobs: list[str] = ()):
+        super().__init__(exit_code)
+        self.line = line
+        self.exit_code = exit_code
+        self.jobs = list(jobs)  # "RUN_DIR why" of each job it stopped
+
+
 class ReportError(Exception):
     """A sweep folder the report cannot use; the message says why."""
 

@@ -60,8 +60,38 @@ def _run_logs(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+def _sync_would_upload(run_dir: Path) -> list[Path]:
+    """The .wandb files `wandb sync RUN_DIR/wandb` would upload: wandb's own selection (its --dry-run list)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # which would silence the list
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", str(run_dir / "wandb")],
+                         cwd=run_dir, capture_output=True, text=True, timeout=120, check=True, env=env)
+    lines = [line.removeprefix("wandb:").strip() for line in (out.stdout + out.stderr).splitlines()]
+    listed = lines[next(i for i, line in enumerate(lines) if line.startswith("Would sync")) + 1:]
+    return sorted((run_dir / line).resolve() for line in listed if line.endswith(".wandb"))
+
+
+def _each_step_once(log_file: Path, metrics_file: Path) -> None:
+    """The W&B log holds every step of metrics.jsonl once, with its values, and each evaluation's samples table once."""
+    rows = _wandb_rows(log_file)
+    expected = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert [row["step"] for row in rows] == [row["step"] for row in expected]
+    assert [row["loss"] for row in rows] == [row["loss"] for row in expected]
+    import subprocess
+    import sys
+
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(log_file)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    tables = [item["step"] for line in out.splitlines() if json.loads(line).get("type") == "history"
+              for item in [json.loads(line)["history"]["item"]] if "samples._type" in item]
+    assert tables == [row["step"] for row in expected if "eval/win_rate" in row]
+
+
 @pytest.mark.slow
-def test_wandb_after_a_kill_holds_every_step(tmp_path, tiny_model_dir, prompts_file):
+def test_wandb_after_a_kill_holds_every_step_once(tmp_path, tiny_model_dir, prompts_file):
     import os
     import signal
     import subprocess
@@ -73,38 +103,43 @@ def test_wandb_after_a_kill_holds_every_step(tmp_path, tiny_model_dir, prompts_f
 
     run_dir = tmp_path / "run"
     args = _overrides(tiny_model_dir, prompts_file, run_dir, **{
-        "train.iters": 6, "train.save_every": 2, "logger": "wandb", "logger.wandb.mode": "offline"})
+        "train.iters": 12, "train.save_every": 6, "logger": "wandb", "logger.wandb.mode": "offline"})
     killed = subprocess.Popen([sys.executable, "-m", "ppo.tools.cli", *args], cwd=ROOT, env=os.environ,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = run_dir / "metrics.jsonl"
+    # wandb writes its offline log in 32 KiB blocks: killed once the first is on disk (about step 8,
+    # past the checkpoint at step 6), and before the checkpoint at step 12.
     deadline = time.time() + 180
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 4):
+    while time.time() < deadline and not any(p.stat().st_size >= 32768 for p in _run_logs(run_dir)):
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     resume_step = checkpoint.read_state(checkpoint.latest(run_dir)).step
-    # What this case is about: wandb had written few or none of steps 1-4 when the process died (its
-    # log is 7 bytes here); whatever it did write must not be logged twice.
-    assert len(_run_logs(run_dir)) == 1
+    (killed_log,) = _run_logs(run_dir)
+    killed_bytes = killed_log.read_bytes()
+    # What this case is about: the killed attempt's W&B log holds steps after its newest checkpoint,
+    # which the resumed attempt trains and logs again.
+    assert max(row["step"] for row in _wandb_rows(killed_log)) > resume_step == 6
 
     resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    first, second = _run_logs(run_dir)
-    assert first.name == second.name  # one W&B run (one id), resumed
-    held = [row["step"] for log in (first, second) for row in _wandb_rows(log)]
-    assert sorted(set(held)) == [1, 2, 3, 4, 5, 6]
-    # Steps up to the checkpoint are in the W&B run once each, with metrics.jsonl's values.
-    assert sorted(s for s in held if s <= resume_step) == list(range(1, resume_step + 1))
-    expected = {row["step"]: row["loss"] for row in map(json.loads, metrics.read_text().splitlines())}
-    assert {row["step"]: row["loss"] for row in _wandb_rows(second)} == expected
-    assert "W&B: logged steps 1-" in (run_dir / "train.log").read_text()
+    # `wandb sync` uploads one attempt, the resumed one, and it holds every step once with metrics.jsonl's values.
+    (uploaded,) = _sync_would_upload(run_dir)
+    assert uploaded != killed_log.resolve() and uploaded.name == killed_log.name  # the same W&B run (one id)
+    _each_step_once(uploaded, run_dir / "metrics.jsonl")
+    assert [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == list(range(1, 13))
+    # The killed attempt's log is kept whole, where `wandb sync` does not look.
+    kept = run_dir / "wandb" / "superseded" / killed_log.parent.name / killed_log.name
+    assert kept.read_bytes() == killed_bytes
+    assert "W&B: logged steps 1-6 again from metrics.jsonl" in (run_dir / "train.log").read_text()
 
-    # An extension of the finished run finds every step in the earlier logs: nothing is logged twice.
+    # An extension of the finished run: still one attempt to upload, holding steps 1-13 once each.
     extended = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{
-        "train.iters": 7, "train.save_every": 2, "logger": "wandb", "logger.wandb.mode": "offline"}))
+        "train.iters": 13, "train.save_every": 6, "logger": "wandb", "logger.wandb.mode": "offline"}))
     assert extended.returncode == 0, extended.stderr[-3000:]
-    third = _run_logs(run_dir)[-1]
-    assert [row["step"] for row in _wandb_rows(third)] == [7]
+    (uploaded_again,) = _sync_would_upload(run_dir)
+    assert uploaded_again != uploaded
+    _each_step_once(uploaded_again, run_dir / "metrics.jsonl")
+    assert len(list((run_dir / "wandb" / "superseded").iterdir())) == 2
 
 
 # Item 8: ppo-reproduce compares what it ran with the original.

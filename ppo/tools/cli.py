@@ -62,10 +62,15 @@ def print_outcome(summary: dict, run_dir: str) -> None:
 
 def train_main() -> None:
     """`ppo-train [overrides]`: a Hydra app over conf/train.yaml."""
+    from ppo.errors import SweepStopped
+
     code = 1
     try:
         _train_main()
         code = 0
+    except SweepStopped as stopped:  # a multirun that Ctrl-C / SIGTERM stopped: its one line
+        code = stopped.exit_code
+        _fail(stopped.line, code)
     except KeyboardInterrupt:
         # SIGINT outside the training loop (which saves and stops by itself): while Python,
         # Hydra or the models load, or between sweep jobs. Nothing half-written is left.
@@ -225,7 +230,8 @@ def _train_main() -> None:
         from ppo.errors import (CheckpointError, ConfigError, RankTimeout, RunFolderBusy, RunFolderWriteError,
                                 SweepJobFailed, TrainingAborted, TrainingDiverged, TrainingInterrupted,
                                 TrainingStopped)
-        from ppo.tools.sweep import objective_values, record_failure
+        from ppo.errors import SweepStopped
+        from ppo.tools.sweep import objective_values, record_failure, stopped_line
         from ppo.train.distributed import launch_rank
         from ppo.train.loop import train
         from ppo.train.run_folder import claim, save_hydra_files
@@ -257,13 +263,10 @@ def _train_main() -> None:
             sys.exit(err.exit_code)
         except (TrainingInterrupted, TrainingAborted) as err:
             if multirun:  # Ctrl-C / SIGTERM stops the whole sweep or search, never only its running job
-                sweep_dir = hydra_cfg.sweep.dir
-                again = ("launch the same search with hydra.sweep.dir={} to resume its stored study (this trial is "
-                         "not scored)" if searching else "launch the same sweep with hydra.sweep.dir={} to continue "
-                         "(finished jobs are skipped, this one resumes)").format(sweep_dir)
-                print(f"error: the {'search' if searching else 'sweep'} stopped: job {run_dir} {err}; {again}",
-                      file=sys.stderr, flush=True)
-                sys.exit(err.exit_code)  # a SystemExit: Hydra's launchers and sweepers catch only Exception
+                # A SystemExit: Hydra's launchers and sweepers catch only Exception. Under
+                # hydra/launcher=joblib2 the launching process gathers the jobs' and prints one line.
+                job = f"{run_dir} {err}"
+                raise SweepStopped(stopped_line(searching, hydra_cfg.sweep.dir, [job]), err.exit_code, [job])
             _fail(str(err), err.exit_code)
         except one_line as err:
             if multirun:  # one line now; the other jobs run; ppo.tools.sweep.SweepOutcome exits 1 at the end

@@ -49,7 +49,7 @@ from hydra.experimental.callback import Callback
 from ppo.errors import SweepJobFailed
 from ppo.io import SUMMARY_FILE, atomic_write_json, read_json
 
-__all__ = ["record_failure", "objective_values", "over_seeds", "SearchOutcome", "SweepJobFailed", "SweepOutcome",
+__all__ = ["record_failure", "stopped_line", "objective_values", "over_seeds", "SearchOutcome", "SweepJobFailed", "SweepOutcome",
            "SweepSummary", "swept_keys", "summary_lines", "unfinished_jobs"]
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,23 @@ class SweepOutcome(Callback):
                   f"`ppo-report {sweep_dir}` lists them; fix and launch the same sweep again to run only those",
                   file=sys.stderr)
             sys.exit(1)
+
+
+def stopped_line(searching: bool, sweep_dir, jobs: list[str], signum: int | None = None) -> str:
+    """The one line of a multirun that Ctrl-C / SIGTERM stopped (`ppo.errors.SweepStopped`): `jobs`
+    holds "RUN_DIR why" of each job it stopped; none when it came between jobs (`signum`)."""
+    what = "search" if searching else "sweep"
+    if not jobs:
+        stopped = f"the {what} stopped by signal {signum} before its next job started"
+    else:
+        stopped = f"the {what} stopped: job{'s' if len(jobs) > 1 else ''} " + "; ".join(jobs)
+    if searching:
+        again = (f"launch the same search with hydra.sweep.dir={sweep_dir} to resume its stored study "
+                 f"(an interrupted trial is not scored)")
+    else:
+        again = (f"launch the same sweep with hydra.sweep.dir={sweep_dir} to continue (finished jobs are skipped, "
+                 f"{'this one resumes' if len(jobs) == 1 else 'interrupted ones resume'})")
+    return f"{stopped}; {again}"
 
 
 def record_failure(run_dir: Path, error: BaseException | str) -> None:

@@ -259,6 +259,20 @@ def logged_steps(log_file: Path) -> set[int]:
     return steps
 
 
+# Where a resumed run's earlier offline attempts are kept (RUN_DIR/wandb/superseded/offline-run-*):
+# `wandb sync` uploads the runs in a wandb folder (wandb/*/*.wandb) or a run folder given
+# (wandb/offline-run-*/*.wandb), never a level deeper, so these are kept but not uploaded.
+SUPERSEDED_DIR = "superseded"
+
+
+def supersede(folder: Path) -> Path:
+    """Moves an earlier attempt's offline folder into wandb/superseded/ (kept whole); returns where."""
+    target = folder.parent / SUPERSEDED_DIR / folder.name
+    target.parent.mkdir(exist_ok=True)
+    os.replace(folder, target)  # the same file system: a rename, never a half-moved folder
+    return target
+
+
 class WandbRun:
     """A thin guard around a wandb run: any wandb error is logged once, then ignored."""
 
@@ -311,38 +325,64 @@ class WandbRun:
         except Exception as err:
             self._warn(err)
 
-    def steps_held(self) -> set[int]:
-        """The steps whose metrics the resumed W&B run already holds. Offline: those in the logs
-        of this run id's earlier attempts (RUN_DIR/wandb/offline-run-*-ID/run-ID.wandb; a killed
-        attempt's log keeps only what wandb had written when it died, often nothing). Online:
-        1 to the last `step` the server's summary holds (wandb's resume fetches it)."""
+    def _earlier_attempts(self) -> list[Path]:
+        """The offline folders of this run id's earlier attempts (RUN_DIR/wandb/offline-run-*-ID/)."""
+        current = Path(self._run.settings.sync_dir).resolve()
+        return [folder for folder in sorted(self._run_dir.glob(f"wandb/offline-run-*-{self._run.id}"))
+                if folder.resolve() != current and (folder / f"run-{self._run.id}.wandb").exists()]
+
+    def steps_held(self) -> tuple[set[int], list[Path]]:
+        """(the steps whose metrics the W&B run holds already, the earlier offline attempts set aside).
+
+        Online: 1 to the last `step` the server's summary holds (wandb's resume fetches it).
+        Offline: the steps of the earlier attempts that `wandb sync` uploaded already (their
+        run-ID.wandb.synced marker, wandb's own record of it). Every other earlier attempt's folder
+        is moved into RUN_DIR/wandb/superseded/ (`supersede`): `wandb sync` never uploads it, and this
+        attempt logs again, from metrics.jsonl, every step it held. Reading and keeping those logs
+        instead would upload twice each step the killed attempt logged after its newest checkpoint:
+        wandb has no way to drop rows from an offline log, nor to upload only part of one."""
         if self._run.settings.mode not in ("offline", "dryrun"):
             last = self._run.summary.get("step")
-            return set(range(1, int(last) + 1)) if isinstance(last, (int, float)) else set()
-        current = Path(self._run.settings.sync_dir).resolve()
-        held = set()
-        for log_file in sorted(self._run_dir.glob(f"wandb/offline-run-*-{self._run.id}/run-{self._run.id}.wandb")):
-            if log_file.parent.resolve() != current:
+            return (set(range(1, int(last) + 1)) if isinstance(last, (int, float)) else set()), []
+        held, moved = set(), []
+        for folder in self._earlier_attempts():
+            log_file = folder / f"run-{self._run.id}.wandb"
+            if log_file.with_suffix(".wandb.synced").exists():
                 held |= logged_steps(log_file)
-        return held
+                continue
+            try:
+                moved.append(supersede(folder))
+            except OSError as err:  # cannot be moved: its steps stay uploaded from it, as before
+                log.warning("could not move the earlier W&B attempt %s aside (%s); `wandb sync` uploads it too, "
+                            "with its steps after the checkpoint logged twice", folder, err.strerror or err)
+                held |= logged_steps(log_file)
+        return held, moved
 
-    def restore_history(self, rows: list[dict], resume_step: int) -> list[int]:
-        """Log again, from metrics.jsonl's `rows`, the steps up to the checkpoint being resumed that
-        the W&B run lacks (what a killed attempt never wrote), so that it holds every step: wandb's
-        resume (the same run id) continues a run but cannot bring back what was never written.
-        Returns the steps logged. Steps past the checkpoint that a killed attempt did write are
-        logged again by the resumed training (W&B keeps both rows; metrics.jsonl only the new)."""
+    def restore_history(self, rows: list[dict], resume_step: int, samples: list[dict] = ()) -> tuple[list[int], list[Path]]:
+        """Log again, from metrics.jsonl's `rows` (and the evaluation `samples` tables of
+        samples.jsonl at those steps), every step up to the checkpoint being resumed that the W&B
+        run does not hold already (`steps_held`), so that it holds each step once: wandb's resume
+        (the same run id) continues a run but cannot bring back what a killed attempt never wrote,
+        nor drop what it wrote after its newest checkpoint. Returns (the steps logged, the earlier
+        attempts' folders set aside)."""
         if self._run is None:
-            return []
+            return [], []
         try:
-            held = self.steps_held()
+            held, moved = self.steps_held()
             missing = [row for row in rows if row.get("step", 0) <= resume_step and row.get("step") not in held]
-            for row in missing:  # metrics.jsonl stores NaN and inf as null: left out, as a non-finite log would be
+            evaluations: dict[int, list[dict]] = {}
+            for sample in samples:
+                if sample.get("phase") == "eval":
+                    evaluations.setdefault(sample.get("step"), []).append(sample)
+            for row in missing:  # in the order training logs them: a step's samples table, then its metrics
+                if evaluations.get(row["step"]):
+                    self.log_table(row["step"], "samples", evaluations[row["step"]])
+                # metrics.jsonl stores NaN and inf as null: left out, as a non-finite log would be
                 self._run.log({k: v for k, v in row.items() if v is not None})
-            return [row["step"] for row in missing]
+            return [row["step"] for row in missing], moved
         except Exception as err:
             self._warn(err)
-            return []
+            return [], []
 
     def log_table(self, step: int, key: str, rows: list[dict]) -> None:
         """`rows` (dicts with the same keys) as one wandb.Table under `key` at `step`."""
@@ -420,10 +460,13 @@ class Tracker:
         self.wandb = (WandbRun(cfg.wandb, run_dir, config, wandb_id, config.get("experiment_name", "default"))
                       if cfg.kind == "wandb" else None)
         if self.wandb and resume_step is not None:
-            restored = self.wandb.restore_history(read_jsonl(self.file.path), resume_step)
+            restored, moved = self.wandb.restore_history(read_jsonl(self.file.path), resume_step,
+                                                         read_jsonl(self.samples.path))
             if restored:
-                log.info("W&B: logged steps %s again from metrics.jsonl (the W&B run lacked them: an earlier attempt "
-                         "was stopped before wandb wrote them)", _ranges(restored))
+                log.info("W&B: logged steps %s again from metrics.jsonl%s", _ranges(restored),
+                         f" (the earlier attempts' offline logs, kept in {moved[0].parent}, are not uploaded by "
+                         f"`wandb sync`: this attempt holds every step once)" if moved else
+                         " (the W&B run lacked them: an earlier attempt was stopped before wandb wrote them)")
 
     @property
     def wandb_id(self) -> str | None:
