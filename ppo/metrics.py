@@ -9,6 +9,12 @@ import math
 # reproduction and determinism checks leave them out.
 MEASUREMENT_PREFIXES = ("timing/", "tokens_per_second", "memory/", "judge/seconds")
 
+# Counts of one training step: summed over its micro-batches (train.grad_accumulation_steps) and
+# over the ranks, where every other metric is a mean, so that judge/pairs is the pairs the judge
+# decided in the whole step, as its name says. Its rates need no weighting: every micro-batch of
+# every rank judges the same number of pairs (train.batch_size / processes prompts, k(k-1)/2 each).
+STEP_COUNTS = ("judge/pairs", "judge/loss_pairs", "judge/invalid_attempts", "judge/replay_missing")
+
 LOSS = "loss"
 KL = "kl"
 CLIP_FRACTION = "clip_fraction"

@@ -208,7 +208,8 @@ def test_skips_by_a_person_are_counted_in_their_own_words(caplog):
     steps = [{"judge/pairs": 2.0, "judge/invalid_rate": 0.5}, {"judge/pairs": 2.0, "judge/invalid_rate": 0.0}]
     with caplog.at_level(logging.INFO, logger="ppo.train.loop"):
         warn_judge_invalid(2, {"judge/invalid_rate": 0.5}, "human", steps[:1])
-        warn_judge_invalid(4, {"judge/invalid_rate": 0.25}, "human", steps, micro_batches=2)
+        # two micro-batches a step: each row's judge/pairs is the whole step's (ppo.metrics.STEP_COUNTS)
+        warn_judge_invalid(4, {"judge/invalid_rate": 0.25}, "human", [{**r, "judge/pairs": 4.0} for r in steps])
         warn_judge_invalid(5, {"judge/invalid_rate": 0.0}, "human", steps[1:])  # nothing skipped: nothing said
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and "you skipped 1 of 2 pairs" in lines[0] and "you skipped 2 of 8 pairs" in lines[1]

@@ -336,4 +336,5 @@ def test_k4_on_two_ranks_each_judges_its_own_prompts(tmp_path, tiny_model_dir, p
         assert len(by_rank[0]) == len(by_rank[1]) == 2 * 6  # each rank: its 2 prompts x 6 games
         prompts = [{j["prompt_id"] for j in by_rank[r]} for r in (0, 1)]
         assert len(prompts[0]) == len(prompts[1]) == 2 and not prompts[0] & prompts[1]
-    assert all(r["judge/pairs"] == 12.0 for r in _rows(run_dir) if r["step"] >= 1 and "judge/pairs" in r)
+    # judge/pairs is the whole step's: both ranks' 12 (ppo.metrics.STEP_COUNTS)
+    assert all(r["judge/pairs"] == 24.0 for r in _rows(run_dir) if r["step"] >= 1 and "judge/pairs" in r)

@@ -195,21 +195,12 @@ def config_fingerprint(cfg) -> dict:
     return {k: v for k, v in flat_config(cfg).items() if k not in changeable and not k.startswith("logger.")}
 
 
-def introduced_defaults() -> dict:
-    """Flattened key -> default of every setting a newer version may have added: the schema's
-    concrete defaults and the judge pipeline's keys. A checkpoint made before a key existed
-    ran as if it had this value."""
-    from ppo.judges.factory import WRAPPER_DEFAULTS
-    from ppo.train.config import schema_defaults
-
-    judge = {f"judge.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in WRAPPER_DEFAULTS.items()}
-    return {**judge, **schema_defaults()}
-
-
 def fingerprint_differences(saved: dict, current: dict) -> list[str]:
     """Keys whose values differ. A key the saved fingerprint lacks (a setting added since the
     checkpoint was made) differs only when it is now set away from its default, so upgrading
     the package does not strand a run folder."""
+    from ppo.train.config import introduced_defaults
+
     defaults = introduced_defaults()
     return sorted(k for k in set(saved) | set(current)
                   if saved.get(k, defaults.get(k)) != current.get(k) and not (k not in current and k not in saved))

@@ -342,6 +342,16 @@ def schema_defaults() -> dict:
     return flat
 
 
+def introduced_defaults() -> dict:
+    """Flattened key -> default of every setting a newer version may have added: the schema's
+    concrete defaults and the judge pipeline's keys. A run or checkpoint made before a key
+    existed ran as if it had this value (a resume's config check, ppo-report's configurations)."""
+    from ppo.judges.factory import WRAPPER_DEFAULTS
+
+    judge = {f"judge.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in WRAPPER_DEFAULTS.items()}
+    return {**judge, **schema_defaults()}
+
+
 def register() -> None:
     """Register the schema and the resolvers used by conf/ (idempotent)."""
     ConfigStore.instance().store(name="ppo_schema", node=PPOConfig)

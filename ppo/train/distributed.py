@@ -37,6 +37,7 @@ import mlx.core as mx
 import numpy as np
 
 from ppo.errors import ConfigError, RankTimeout
+from ppo.metrics import STEP_COUNTS
 
 # `launched` and `launch_rank` read the launcher's environment; they live with the thread
 # settings that must be made before MLX is imported.
@@ -261,8 +262,8 @@ def _leaves(tree) -> list[tuple[str, mx.array]]:
 
 def reduce_metrics(per_rank: list[dict]) -> dict:
     """One step's metrics as one process over the global batch would report them: means of
-    per-rank means (every rank holds an equal share), throughput summed, timings and memory
-    the slowest / largest rank's."""
+    per-rank means (every rank holds an equal share), throughput and the step's counts
+    (STEP_COUNTS: judge/pairs, ...) summed, timings and memory the slowest / largest rank's."""
     if len(per_rank) == 1:
         return per_rank[0]
     out = {}
@@ -270,7 +271,7 @@ def reduce_metrics(per_rank: list[dict]) -> dict:
         values = [float(m[key]) for m in per_rank if key in m and m[key] is not None and m[key] == m[key]]
         if not values:
             out[key] = float("nan")
-        elif key == "tokens_per_second":
+        elif key == "tokens_per_second" or key in STEP_COUNTS:
             out[key] = sum(values)
         elif key.startswith(("timing/", "memory/")):
             out[key] = max(values)

@@ -124,14 +124,12 @@ def _kept_checkpoint(run_dir: Path, which: str = "newest") -> str:
     return f"the {which} checkpoint {newest.name} is intact" if newest else "no checkpoint had been saved"
 
 
-def warn_judge_invalid(step: int, reported: dict, judge_kind: str | None = None, steps: list[dict] = (),
-                       micro_batches: int = 1) -> None:
+def warn_judge_invalid(step: int, reported: dict, judge_kind: str | None = None, steps: list[dict] = ()) -> None:
     """A judge that answers nothing usable trains nothing: say so at every report step. A person's
     skips (judge=human, key s) are their own choice, not a broken prompt or server: they get a line
-    that counts them (over `steps`, the report window's rows of `micro_batches` judge calls each)
-    and says what happens to a skipped pair."""
+    that counts them (over `steps`, the report window's rows) and says what happens to a skipped pair."""
     if judge_kind == "human":
-        skipped, pairs = skipped_pairs(steps, micro_batches)
+        skipped, pairs = skipped_pairs(steps)
         if skipped:
             log.info("step %d: you skipped %d of %d pairs; a skipped pair is left out of the loss (it teaches nothing; "
                      "t, a tie, keeps it with zero advantage)", step, skipped, pairs)
@@ -142,15 +140,15 @@ def warn_judge_invalid(step: int, reported: dict, judge_kind: str | None = None,
                     "teach nothing; check the judge's prompt, labels or server", step, rate, "all" if rate >= 1 else "most")
 
 
-def skipped_pairs(steps: list[dict], micro_batches: int = 1) -> tuple[int, int]:
-    """(invalid verdicts, pairs judged) over the training steps' rows: each row holds the mean over
-    its `micro_batches` judge calls of judge/pairs and judge/invalid_rate."""
+def skipped_pairs(steps: list[dict]) -> tuple[int, int]:
+    """(invalid verdicts, pairs judged) over the training steps' rows: each row holds the step's
+    judge/pairs (every micro-batch, every rank) and judge/invalid_rate."""
     skipped = pairs = 0.0
     for row in steps:
         n, rate = row.get("judge/pairs"), row.get("judge/invalid_rate")
         if n is not None and rate is not None and math.isfinite(n) and math.isfinite(rate):
-            pairs += n * micro_batches
-            skipped += rate * n * micro_batches
+            pairs += n
+            skipped += rate * n
     return round(skipped), round(pairs)
 
 
@@ -381,7 +379,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
                 if step % train_cfg.steps_per_report == 0 or is_last:
                     reported = mean_dicts(state.window) | (state.last_eval if is_eval else {})
                     tracker.log(step, reported)
-                    warn_judge_invalid(step, reported, run.judge.kind, state.window, train_cfg.grad_accumulation_steps)
+                    warn_judge_invalid(step, reported, run.judge.kind, state.window)
                     state.window = []
                     progress.update(reported, step)
                 if stop or step % train_cfg.save_every == 0 or is_last:

@@ -24,6 +24,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from ppo.errors import TrainingDiverged
 from ppo.judges import Pair, advantages_from_verdicts
+from ppo.metrics import STEP_COUNTS
 from ppo.train.completions import CompletionReader
 from ppo.train.data import Prompt
 from ppo.train.distributed import SINGLE_PROCESS, World
@@ -415,12 +416,13 @@ def _optimizer_step(policy: nn.Module, optimizer, loss_and_grad: Callable, judge
     return True
 
 
-def mean_dicts(dicts: list[dict]) -> dict:
-    """Key-wise mean over dicts, skipping missing and NaN values (NaN when none is left)."""
+def mean_dicts(dicts: list[dict], sums: tuple[str, ...] = ()) -> dict:
+    """Key-wise mean over dicts, skipping missing and NaN values (NaN when none is left); the
+    keys in `sums` are summed instead."""
     out = {}
     for k in sorted({k for d in dicts for k in d}):
         values = [d[k] for d in dicts if k in d and d[k] is not None and not math.isnan(d[k])]
-        out[k] = float(np.mean(values)) if values else math.nan
+        out[k] = (float(np.sum(values)) if k in sums else float(np.mean(values))) if values else math.nan
     return out
 
 
@@ -454,7 +456,7 @@ def train_step(policy: nn.Module, reference: nn.Module | None, tokenizer, judge,
     updated = update(policy, optimizer, loss_and_grad, judged, epochs=loss_cfg.ppo_epochs,
                      rollout_ratio=loss_cfg.ratio == "rollout", world=world, minibatches=loss_cfg.minibatches,
                      shuffle_seed=(seed, step))
-    metrics = mean_dicts([c.metrics for c in collected] + updated.loss_metrics)
+    metrics = mean_dicts([c.metrics for c in collected] + updated.loss_metrics, sums=STEP_COUNTS)
     metrics["timing/update_seconds"] = updated.seconds
     metrics["timing/step_seconds"] = time.perf_counter() - step_start
     return metrics

@@ -28,6 +28,9 @@ class Run:
     loss_type: str | None = None
     advantage: str | None = None
     seed: int | None = None
+    # generation.samples_per_prompt: completions per prompt, judged in k(k-1)/2 pairs (the default
+    # where the config lacks it: a run from before the setting existed)
+    k: int | None = None
     status: str = "not-started"
     rows: list = field(default_factory=list)
     final_win_rate: float | None = None
@@ -132,6 +135,12 @@ def _flatten(node, prefix: str = "") -> dict:
     return {prefix: repr(node)}  # lists and scalars as text: hashable and comparable
 
 
+# The key of k, which the report shows beside epsilon, beta, loss type and advantage.
+K_KEY = "generation.samples_per_prompt"
+# The configuration of a run whose config cannot be read: its own, never pooled with another.
+UNREADABLE = "run folder"
+
+
 def configuration_of(cfg: dict) -> tuple:
     """A run's configuration: its flattened config without the seed and NOT_CONFIGURATION."""
     flat = _flatten(cfg)
@@ -152,12 +161,13 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         run.loss_type, run.advantage = loss.get("type"), loss.get("advantage")
         run.kl_unit = kl_unit(loss.get("logprob_reduction"))
         run.seed = cfg.get("seed")
+        run.k = (cfg.get("generation") or {}).get("samples_per_prompt", _default(K_KEY))
         run.iters = (cfg.get("train") or {}).get("iters")
         run.configuration = configuration_of(cfg)
     except Exception as err:  # a half-written config: the row says so
         run.error = f"unreadable config ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     if not run.configuration:  # unreadable: a configuration of its own, never pooled with another
-        run.configuration = (("run folder", name),)
+        run.configuration = ((UNREADABLE, name),)
 
     run.rows = read_jsonl(run_dir / METRICS_FILE)
     run.steps = int(run.rows[-1].get("step", len(run.rows))) if run.rows else 0
@@ -240,4 +250,30 @@ def load_runs(sweep_dir: Path) -> list[Run]:
     run_dirs = find_run_dirs(sweep_dir)
     if not run_dirs:
         raise ReportError(f"no run folders under {sweep_dir} (a run folder holds .hydra/config.yaml and metrics.jsonl)")
-    return [load_run(d, sweep_dir) for d in run_dirs]
+    runs = [load_run(d, sweep_dir) for d in run_dirs]
+    fill_introduced_defaults(runs)
+    return runs
+
+
+def _default(key: str):
+    from ppo.train.config import introduced_defaults
+
+    return introduced_defaults().get(key)
+
+
+def fill_introduced_defaults(runs: list[Run]) -> None:
+    """Runs made by different versions of the code: a config key that some runs hold and another
+    lacks (a setting added since that run was made) is, in the run that lacks it, the setting's
+    default (`ppo.train.config.introduced_defaults`), the value that run ran as if it had, as a
+    resume reads an older checkpoint. So a key at its default in one run and absent in another
+    does not split their configuration, and a key set away from its default still does. Keys the
+    schema does not know (an older judge's options) stay absent."""
+    from ppo.train.config import introduced_defaults
+
+    defaults = {key: repr(value) for key, value in introduced_defaults().items()}
+    readable = [r for r in runs if dict(r.configuration).keys() != {UNREADABLE}]
+    keys = {k for r in readable for k, _ in r.configuration}
+    for r in readable:
+        values = dict(r.configuration)
+        values.update({k: defaults[k] for k in keys - values.keys() if k in defaults})
+        r.configuration = tuple(sorted(values.items()))

@@ -12,7 +12,7 @@ from ppo.metrics import t_quantile_975
 from ppo.tools.report.loading import Run, _finite, _last, kl_units
 from ppo.tools.report.search import Search, _search_markdown
 from ppo.tools.report.stats import (BEST_RULE, MIN_SEEDS, VERDICT_RULE, Cell, _fmt, configurations, rank,
-                                    settings_without_effect, verdict, verdict_text)
+                                    settings_without_effect, shows_k, verdict, verdict_text)
 
 
 def _win_rate_text(run: Run) -> str:
@@ -168,7 +168,10 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
         "of the Wilson interval of its pairs, marked `pairs`. Pooled: the Wilson interval of every evaluation pair of "
         "every seed (never zero width). `[low, high]`: an interval that would reach past the metric's range (a rate "
         "past 0 or 1, a KL below 0), cut to it. `too few`: 2 seeds, whose t multiplier is 12.7. A configuration is "
-        "every config key but the seed (and logging, progress and checkpoint settings).", "",
+        "every config key but the seed (and logging, progress and checkpoint settings); a key a run's config lacks "
+        "(a setting added after that run was made) counts as its default." + (
+            " k: completions per prompt (generation.samples_per_prompt), judged in k(k-1)/2 pairs per prompt "
+            "(2: the classic pair)." if shows_k(runs) else ""), "",
         "Health: the seed's rule on clip_fraction averaged over the last 20% of steps "
         f"(< {CLIP_FRACTION_IDLE:g}: not moving; > {CLIP_FRACTION_HIGH:g}: moving too far; else healthy; "
         "n/a for losses without a clip).", "",
@@ -187,19 +190,21 @@ def _markdown(runs: list[Run], sweep_dir: Path, images: list[Path], out_dir: Pat
         unfinished = "" if c.finished or c.win.mean is None else " (unfinished)"
         lines.append(f"| {c.label} | {c.win_text()}{unfinished} | {c.pooled_text()} | {'yes' if id(c) in top else ''} "
                      f"| {c.win_lc.text()} | {c.length_ratio.text('{:.2f}')} | {c.best_win.text()} | {c.clip.text()} | {c.kl.text()} | {health} | {len(c.runs)} |")
+    with_k = shows_k(runs)  # a column of its own only where k is not the classic pair's 2 for every run
     lines += [
         "", "## Runs", "",
-        "| run | epsilon | beta | loss_type | advantage | seed | final win rate (95% interval) | length-controlled (95%) "
-        "| length ratio | held-out judge win rate (95%) | best win rate | clip_fraction (last 20%) "
+        f"| run | epsilon | beta | loss_type | advantage{' | k' if with_k else ''} | seed | final win rate (95% interval) "
+        "| length-controlled (95%) | length ratio | held-out judge win rate (95%) | best win rate | clip_fraction (last 20%) "
         f"| final kl ({kl_units(runs)}) | health "
         "| EOS rate (reference) | steps | wall time (s) | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_k else ""),
     ]
     for r in sorted(runs, key=lambda r: r.name):
         steps = f"{r.steps}/{r.iters}" if r.iters else str(r.steps)
         status = r.status + (f": {r.error}" if r.error else "")
+        k = f" | {_fmt(r.k)}" if with_k else ""
         lines.append(
-            f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'} | {_fmt(r.seed)} "
+            f"| `{r.name}` | {_fmt(r.epsilon)} | {_fmt(r.beta)} | {r.loss_type or '-'} | {r.advantage or '-'}{k} | {_fmt(r.seed)} "
             f"| {_win_rate_text(r)} | {_win_rate_lc_text(r)} | {_fmt(r.length_ratio, '{:.2f}')} | {_held_out_text(r)} "
             f"| {_fmt(r.best_win_rate, '{:.3f}')} | {_fmt(r.clip_fraction, '{:.3f}')} "
             f"| {_fmt(r.final_kl, '{:.4g}')} | {r.health} | {_fmt(r.eos_rate, '{:.2f}')} ({_fmt(r.ref_eos_rate, '{:.2f}')}) | {steps} | {_fmt(r.wall_seconds, '{:.1f}')} | {status} |")

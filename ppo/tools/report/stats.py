@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from ppo.metrics import comparable, t_half_width, wilson_interval
 
+from ppo.tools.report.loading import K_KEY
+
 if TYPE_CHECKING:
     from ppo.tools.report.loading import Run
 
@@ -181,21 +183,34 @@ class Cell:
         return " ".join([text, *self.extra])
 
 
+# The settings `Cell.describe` always names; labels name them by these short names when they differ.
+NAMED = {"loss.epsilon": "eps", "loss.beta": "beta", "loss.type": "loss", "loss.advantage": "adv"}
+# Short label names of other settings, which labels name first after NAMED (k: completions per prompt).
+SHORT = {**NAMED, K_KEY: "k"}
+
+
+def shows_k(runs: list[Run]) -> bool:
+    """k (generation.samples_per_prompt) is shown when the runs differ in it or any has k != 2 (the
+    default): their judge pairs and loss pairs per prompt are not the classic pair's."""
+    return len({r.k for r in runs}) > 1 or any(r.k is not None and r.k != 2 for r in runs)
+
+
 def configurations(runs: list[Run]) -> list[Cell]:
-    """The runs grouped by configuration, each labelled by the settings that differ between them."""
+    """The runs grouped by configuration, each labelled by the settings that differ between them
+    (and by k when `shows_k`)."""
     grouped: dict[tuple, list[Run]] = {}
     for r in runs:
         grouped.setdefault(r.configuration, []).append(r)
     cells = [Cell.of(key, members) for key, members in grouped.items()]
-    short = {"loss.epsilon": "eps", "loss.beta": "beta", "loss.type": "loss", "loss.advantage": "adv"}
-    # epsilon, beta, loss type, advantage first (the harness's question), then the rest by name
-    keys = sorted({k for c in cells for k, _ in c.configuration}, key=lambda k: (list(short) + [k]).index(k))
-    varying = [k for k in keys if len({dict(c.configuration).get(k) for c in cells}) > 1]
+    # epsilon, beta, loss type, advantage, k first (the harness's question), then the rest by name
+    keys = sorted({k for c in cells for k, _ in c.configuration}, key=lambda k: (list(SHORT) + [k]).index(k))
+    shown = [k for k in keys if len({dict(c.configuration).get(k) for c in cells}) > 1
+             or (k == K_KEY and shows_k(runs))]
     for c in cells:
         values = dict(c.configuration)
-        parts = [f"{short.get(k, k)}={_plain(values.get(k))}" for k in varying]
+        parts = [f"{SHORT.get(k, k)}={_plain(values.get(k))}" for k in shown]
         c.label = " ".join(parts) or c.first.name
-        c.extra = [f"{k}={_plain(values.get(k))}" for k in varying if k not in short]
+        c.extra = [f"{k}={_plain(values.get(k))}" for k in shown if k not in NAMED]
     return cells
 
 
