@@ -261,8 +261,9 @@ def _train_main() -> None:
                 again = ("launch the same search with hydra.sweep.dir={} to resume its stored study (this trial is "
                          "not scored)" if searching else "launch the same sweep with hydra.sweep.dir={} to continue "
                          "(finished jobs are skipped, this one resumes)").format(sweep_dir)
-                print(f"error: the {'search' if searching else 'sweep'} stopped: job {run_dir} {err}; {again}",
-                      file=sys.stderr, flush=True)
+                # err.continue_with: the command itself (ppo.train.run_folder.continue_command)
+                print(f"error: the {'search' if searching else 'sweep'} stopped: job {run_dir} {err.stopped}; {again}: "
+                      f"{err.continue_with}", file=sys.stderr, flush=True)
                 sys.exit(err.exit_code)  # a SystemExit: Hydra's launchers and sweepers catch only Exception
             _fail(str(err), err.exit_code)
         except one_line as err:
