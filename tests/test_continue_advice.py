@@ -1,6 +1,6 @@
 """Every message that tells how to continue a stopped run names the one command that does it for
-how the run was started (`ppo.train.run_folder.continue_command`): after a stop by signal, a second
-signal, a write error or a lost rank, and from ppo-train, a sweep or ppo-reproduce. The printed
+how the run was started (`ppo.train.run_folder.continue_command`): after a stop by signal (also
+while the run sets up), a second signal, a write error or a lost rank, and from ppo-train, a sweep or ppo-reproduce. The printed
 command, run as printed, continues the run."""
 
 import json
@@ -140,3 +140,24 @@ def test_a_stopped_reproduction_continues_with_the_printed_command(tmp_path, tin
     assert again == out and code == 128 + signal.SIGTERM, err[-3000:]
     assert "not empty" not in err and _steps(out)[:saved + 1] == list(range(1, saved + 2))
     assert not (tmp_path / "source-reproduce-2").exists()
+
+
+@pytest.mark.slow
+def test_a_sigint_while_the_run_sets_up_names_the_folder_hydra_chose(tmp_path, tiny_model_dir, prompts_file):
+    """Ctrl-C as soon as the run folder exists (the model, data and judge are still loading, or the
+    first step has begun): the one line names the command with Hydra's time-stamped folder, never
+    "the same command", which would open another folder."""
+    from conftest import sigint_as_default
+
+    args = small_run_overrides(tiny_model_dir, prompts_file, **LONG)
+    proc = subprocess.Popen([sys.executable, "-m", "ppo.tools.cli", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(tmp_path.glob("outputs/*/*/.hydra/config.yaml")):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    (run_dir,) = [p.parent.parent for p in tmp_path.glob("outputs/*/*/.hydra/config.yaml")]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    (line,) = _errors(err)
+    assert _printed_command(line) == ["ppo-train", *args, f"hydra.run.dir={run_dir.resolve()}"]
