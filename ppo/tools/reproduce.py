@@ -13,7 +13,9 @@ Overrides are `key=value` on the typed schema (`loss.beta=0.05`, `train.iters=50
 the option's file replaces that part of the saved config, as a fresh run would compose it); a
 misspelt key ("did you mean"), a wrong type or an unknown option is a one-line error.
 `hydra.run.dir=DIR` (or `--out DIR`) picks the output folder; the default is `RUN_DIR-reproduce` (then `-reproduce-2`, ...):
-an existing folder is never written into. The new folder gets `.hydra/config.yaml` and
+an existing folder is never written into, except a stopped reproduction of the same source and
+overrides (its `reproduce.json`), which the command with `--out DIR` continues from its newest
+checkpoint (the command a stop prints: `ppo.train.run_folder.continue_command`). The new folder gets `.hydra/config.yaml` and
 `.hydra/overrides.yaml` like any run, so `ppo-report` reads it and it can be reproduced
 in turn, plus `reproduce.json` naming its source.
 
