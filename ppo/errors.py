@@ -12,11 +12,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read; the message says which and what to do."""
 
 
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM: a checkpoint was saved; `train.resume=auto` continues."""
+# Where a message cannot name the command that continues the run (no run folder known yet).
+SAME_COMMAND = "the same command (train.resume=auto, the default, continues from the newest checkpoint)"
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by signal {signum} after step {step}; checkpoint saved, resume with train.resume=auto")
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM: a checkpoint was saved. `stopped` says what happened, `continue_with`
+    the command that continues the run (`ppo.train.run_folder.continue_command`)."""
+
+    def __init__(self, signum: int, step: int, continue_with: str = SAME_COMMAND):
+        self.stopped = f"stopped by signal {signum} after step {step}; checkpoint saved"
+        self.continue_with = continue_with
+        super().__init__(f"{self.stopped}; to continue from it, run: {continue_with}")
         self.exit_code = 128 + signum
 
 
@@ -28,17 +35,20 @@ class TrainingAborted(BaseException):
     the `except Exception` of code that must not fail (tracking, a judge's retries, scoring's
     fallback) must not swallow it."""
 
-    def __init__(self, signum: int, message: str | None = None):
-        super().__init__(message or f"stopped at once by a second signal {signum}")
+    def __init__(self, signum: int, stopped: str | None = None, continue_with: str = SAME_COMMAND):
+        self.stopped = stopped or f"stopped at once by a second signal {signum}"
+        self.continue_with = continue_with
+        super().__init__(f"{self.stopped}; to continue, run: {continue_with}")
         self.signum = signum
         self.exit_code = 128 + signum
 
-    def during(self, step: int, newest_checkpoint: str | None) -> "TrainingAborted":
-        """The one-line message, once the loop knows the step and the newest checkpoint."""
-        resume = (f"the newest checkpoint, {newest_checkpoint}, is the resume point (train.resume=auto)"
-                  if newest_checkpoint else "no checkpoint had been saved, so train.resume=auto starts from step 0")
+    def during(self, step: int, newest_checkpoint: str | None, continue_with: str) -> "TrainingAborted":
+        """The one-line message, once the loop knows the step, the newest checkpoint and the
+        command that continues the run (`ppo.train.run_folder.continue_command`)."""
+        resume = (f"the newest checkpoint, {newest_checkpoint}, is the resume point"
+                  if newest_checkpoint else "no checkpoint had been saved, so the run starts again from step 0")
         return TrainingAborted(self.signum, f"stopped at once by a second signal {self.signum} during step {step}, "
-                                            f"which was not saved; {resume}")
+                                            f"which was not saved; {resume}", continue_with)
 
 
 class TrainingStopped(Exception):
@@ -131,7 +141,7 @@ class ReproduceError(Exception):
 
 class RankTimeout(RuntimeError):
     """With several processes: another rank died or stopped answering; the last complete
-    checkpoint is intact and relaunching the same command resumes."""
+    checkpoint is intact and the command the message names continues the run."""
 
     exit_code = 4
 

@@ -90,7 +90,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path, tiny_model_dir, 
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
-    assert "resume with train.resume=auto" in err and "Traceback" not in err
+    assert "to continue from it, run: ppo-train " in err and f"hydra.run.dir={run_dir}" in err and "Traceback" not in err
     state = checkpoint.read_state(checkpoint.latest(run_dir))
     assert state.step >= 2
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
@@ -134,6 +134,7 @@ def test_second_signal_stops_at_once_and_the_last_checkpoint_resumes(tmp_path, t
     assert len(errors) == 1 and "stopped at once by a second signal" in errors[0], err[-3000:]
     newest = checkpoint.latest(run_dir)
     assert f"{newest.name} (step {checkpoint.read_state(newest).step}), is the resume point" in errors[0]
+    assert "; to continue, run: ppo-train " in errors[0] and errors[0].endswith(f"hydra.run.dir={run_dir}")
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert not list((run_dir / "checkpoints").glob(".tmp-*")), "a save was torn"
     assert checkpoint.read_state(newest).step <= 8

@@ -237,7 +237,7 @@ def test_the_command_that_continues_a_run(monkeypatch, argv, expected):
 def test_another_program_gets_the_advice_in_words(monkeypatch):
     from ppo.train.run_folder import continue_command
 
-    monkeypatch.setattr("sys.argv", ["/venv/bin/ppo-reproduce", "/runs/a"])
+    monkeypatch.setattr("sys.argv", ["/usr/local/bin/my_experiment.py", "/runs/a"])
     assert continue_command("/runs/a b") == "the same command with hydra.run.dir='/runs/a b' (train.resume=auto, the default)"
 
 

@@ -52,10 +52,12 @@ def test_a_run_from_an_older_version_pools_with_its_seeds(tmp_path, k_sweep, cap
     # seed 1 as an older version left it: two settings added since, both at their defaults now
     _edit(runs[1], "  samples_per_prompt: 2\n", "")
     _edit(runs[1], "  compile_decode: false\n", "")
+    (root / "torn" / ".hydra").mkdir(parents=True)  # and a run whose config cannot be read: a row of its own
+    (root / "torn" / ".hydra" / "config.yaml").write_text("loss: {epsilon: 0.2, beta: [unclosed\n")
     assert report_main([str(root)]) == 0
     out = capsys.readouterr().out
-    assert "2 runs (2 finished) in 1 configurations" in out
-    (cell,) = configurations(load_runs(root))
+    assert "3 runs (2 finished) in 2 configurations" in out
+    (cell,) = [c for c in configurations(load_runs(root)) if len(c.runs) > 1]
     assert len(cell.runs) == 2 and cell.win.n == 2
     assert cell.label == "run-2-0"  # nothing differs: the label is the first run's name
     assert "compile_decode" not in out and "samples_per_prompt" not in out

@@ -60,6 +60,11 @@ def print_outcome(summary: dict, run_dir: str) -> None:
     print(f"run folder: {run_dir} (metrics.jsonl, summary.json, adapters); plots: {run_dir}/curves_*.png")
 
 
+# The run folders this process was given (a sweep's jobs one after the other), for the
+# message of a SIGINT outside the training loop.
+_run_folders: list[str] = []
+
+
 def train_main() -> None:
     """`ppo-train [overrides]`: a Hydra app over conf/train.yaml."""
     from ppo.errors import SweepStopped
@@ -75,8 +80,14 @@ def train_main() -> None:
         # SIGINT outside the training loop (which saves and stops by itself): while Python,
         # Hydra or the models load, or between sweep jobs. Nothing half-written is left.
         code = 130
+        if _run_folders:  # Hydra chose the run folder: the command names it (a time-stamped one would not recur)
+            from ppo.train.run_folder import continue_command
+
+            advice = f"to continue, run: {continue_command(_run_folders[-1])}"
+        else:
+            advice = "run the same command again"
         _fail("interrupted (SIGINT) before training could save anything new; the run folder's newest checkpoint, "
-              "if any, is intact: run the same command again to continue", 130)
+              f"if any, is intact; {advice}", 130)
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         raise
@@ -237,6 +248,7 @@ def _train_main() -> None:
         from ppo.train.run_folder import claim, save_hydra_files
 
         in_task.append(True)
+        _run_folders.append(run_dir)
         hydra_cfg = HydraConfig.get()
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         one_line = (ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
@@ -265,8 +277,10 @@ def _train_main() -> None:
             if multirun:  # Ctrl-C / SIGTERM stops the whole sweep or search, never only its running job
                 # A SystemExit: Hydra's launchers and sweepers catch only Exception. Under
                 # hydra/launcher=joblib2 the launching process gathers the jobs' and prints one line.
-                job = f"{run_dir} {err}"
-                raise SweepStopped(stopped_line(searching, hydra_cfg.sweep.dir, [job]), err.exit_code, [job])
+                # err.continue_with: the command itself (ppo.train.run_folder.continue_command).
+                job = f"{run_dir} {err.stopped}"
+                line = f"{stopped_line(searching, hydra_cfg.sweep.dir, [job])}: {err.continue_with}"
+                raise SweepStopped(line, err.exit_code, [job])
             _fail(str(err), err.exit_code)
         except one_line as err:
             if multirun:  # one line now; the other jobs run; ppo.tools.sweep.SweepOutcome exits 1 at the end

@@ -13,7 +13,9 @@ Overrides are `key=value` on the typed schema (`loss.beta=0.05`, `train.iters=50
 the option's file replaces that part of the saved config, as a fresh run would compose it); a
 misspelt key ("did you mean"), a wrong type or an unknown option is a one-line error.
 `hydra.run.dir=DIR` (or `--out DIR`) picks the output folder; the default is `RUN_DIR-reproduce` (then `-reproduce-2`, ...):
-an existing folder is never written into. The new folder gets `.hydra/config.yaml` and
+an existing folder is never written into, except a stopped reproduction of the same source and
+overrides (its `reproduce.json`), which the command with `--out DIR` continues from its newest
+checkpoint (the command a stop prints: `ppo.train.run_folder.continue_command`). The new folder gets `.hydra/config.yaml` and
 `.hydra/overrides.yaml` like any run, so `ppo-report` reads it and it can be reproduced
 in turn, plus `reproduce.json` naming its source.
 
@@ -316,7 +318,12 @@ def rerun(loaded: tuple, overrides: list[str], out: Path | None) -> tuple[Path, 
     config, original_overrides, description, run_dir = loaded
     cfg = build_config(config, overrides)
     out = Path(out) if out else default_output(run_dir)
-    if out.exists() and any(out.iterdir()):
+    record = {"source": description, "source_overrides": original_overrides, "overrides": overrides}
+    # The same reproduction, stopped (a signal, a full disk): this command continues it from its
+    # newest checkpoint, as `ppo.train.run_folder.continue_command` advises. Anything else is never
+    # written into.
+    continuing = _read_json(out / "reproduce.json") == record
+    if out.exists() and any(out.iterdir()) and not continuing:
         raise ReproduceError(f"{out} exists and is not empty; pick another with hydra.run.dir=DIR (nothing was written)")
     from ppo.train.validation import validate
 
@@ -324,15 +331,24 @@ def rerun(loaded: tuple, overrides: list[str], out: Path | None) -> tuple[Path, 
     from ppo.train.loop import train
     from ppo.train.run_folder import claim
 
+    if continuing:
+        cfg.train.resume = "auto"  # a source run's train.resume=never would move the stopped run aside
     # Claimed before these files are written: the trainer's own claim then finds them this
     # run's (a source run's train.resume=never would otherwise move them aside).
     with claim(cfg, out):
-        (out / ".hydra").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-        OmegaConf.save(OmegaConf.create(original_overrides + overrides), out / ".hydra" / "overrides.yaml")
-        (out / "reproduce.json").write_text(json.dumps(
-            {"source": description, "source_overrides": original_overrides, "overrides": overrides}, indent=2) + "\n")
+        if not continuing:
+            (out / ".hydra").mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+            OmegaConf.save(OmegaConf.create(original_overrides + overrides), out / ".hydra" / "overrides.yaml")
+            (out / "reproduce.json").write_text(json.dumps(record, indent=2) + "\n")
         return out, train(cfg, out)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,15 +80,17 @@ def save(run_dir: Path, model, optimizer, state: TrainerState, cfg, keep: int = 
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         reason = write_error_reason(err, final.parent)
+        from ppo.train.run_folder import continue_command
+
         if placed:  # the checkpoint is complete; only the run folder's copy of the adapters is old
             raise CheckpointError(
                 f"checkpoint step {state.step} saved, but {Path(run_dir) / ADAPTER_FILE} could not be updated ({reason}); "
-                "free space and resume with train.resume=auto") from None
+                f"free space, then continue: {continue_command(run_dir)}") from None
         previous = latest(run_dir)
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(
             f"could not save checkpoint step {state.step} to {final.parent} ({reason}); {kept}; "
-            "free space and resume with train.resume=auto"
+            f"free space, then continue: {continue_command(run_dir)}"
         ) from None
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

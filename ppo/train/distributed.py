@@ -54,6 +54,9 @@ class World:
     timeout: float = 300.0
     # Seconds spent waiting at collectives since the last `take_wait_seconds` (timing/collective_seconds).
     waited: float = 0.0
+    # What a lost rank's message advises: set by the trainer once it knows the run folder
+    # (ppo.train.run_folder.continue_command).
+    continue_with: str = ""
 
     @classmethod
     def current(cls, timeout: float = 300.0) -> "World":
@@ -131,7 +134,7 @@ class World:
         except RuntimeError as err:  # the ring backend: "[ring] connection to a peer was lost"
             # Said at once: mlx.launch sends SIGTERM to the surviving ranks right after one dies.
             message = (f"rank {self.rank}: lost the other ranks ({str(err).splitlines()[0]}); a rank died. "
-                       "The last complete checkpoint is intact: relaunch the same command to resume")
+                       f"The last complete checkpoint is intact: relaunch the same command to resume{self._exactly()}")
             print(f"error: {message}", file=sys.stderr, flush=True)
             raise RankTimeout(message, reported=True) from None
         finally:
@@ -142,10 +145,13 @@ class World:
         waited, self.waited = self.waited, 0.0
         return waited
 
+    def _exactly(self) -> str:
+        return f" (exactly: {self.continue_with})" if self.continue_with else ""
+
     def _give_up(self) -> None:
         print(f"error: rank {self.rank}: the other ranks did not answer within train.rank_timeout={self.timeout:g} s "
-              "(a rank died or hangs); the last complete checkpoint is intact: relaunch the same command to resume",
-              file=sys.stderr, flush=True)
+              f"(a rank died or hangs); the last complete checkpoint is intact: relaunch the same command to resume"
+              f"{self._exactly()}", file=sys.stderr, flush=True)
         os._exit(RankTimeout.exit_code)
 
     def all_sum(self, x: mx.array) -> mx.array:

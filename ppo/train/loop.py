@@ -97,6 +97,7 @@ def train(cfg, run_dir: Path) -> dict:
     validate(cfg)
     train_cfg = cfg.train
     world = World.current(timeout=train_cfg.rank_timeout)  # one process unless launched by mlx.launch
+    world.continue_with = run_folder.continue_command(run_dir)
     check_batch(train_cfg.batch_size, world, cfg.loss.minibatches)
     run_dir = Path(run_dir)
     with run_folder.claim(cfg, run_dir):
@@ -115,8 +116,8 @@ def run_folder_write_error(err: BaseException, run_dir: Path) -> RunFolderWriteE
     its name by ppo.io.naming_file), else the run folder, the reason, and what is kept."""
     return RunFolderWriteError(
         f"I/O error on {getattr(err, 'filename', None) or run_dir} ({write_error_reason(err, run_dir)}); "
-        f"{_kept_checkpoint(run_dir)}; fix it (free space, permissions) and run the same command again "
-        "(train.resume=auto continues)")
+        f"{_kept_checkpoint(run_dir)}; fix it (free space, permissions), then continue: "
+        f"{run_folder.continue_command(run_dir)}")
 
 
 def _kept_checkpoint(run_dir: Path, which: str = "newest") -> str:
@@ -386,7 +387,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
                     with stop.saving():
                         save(run, state, step, tracker)
                 if stop:
-                    raise TrainingInterrupted(stop.signum, step)
+                    raise TrainingInterrupted(stop.signum, step, run_folder.continue_command(run_dir))
         if world.size > 1:
             state.ranks_in_sync = world.in_sync(run.policy.trainable_parameters())
             if not state.ranks_in_sync:
@@ -401,7 +402,8 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
         if not updated:
             step -= 1
         newest = checkpoint.latest(run_dir)
-        raise err.during(aborted_step, f"{newest.name} (step {checkpoint.read_state(newest).step})" if newest else None) from None
+        raise err.during(aborted_step, f"{newest.name} (step {checkpoint.read_state(newest).step})" if newest else None,
+                         run_folder.continue_command(run_dir)) from None
     except TrainingDiverged as err:
         # Raised before the step's update is kept: nothing non-finite is saved.
         status = "diverged"
@@ -432,7 +434,7 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
     if summary_error is not None:
         raise RunFolderWriteError(f"trained to step {step} but could not write {run_dir / SUMMARY_FILE} "
                                   f"({write_error_reason(summary_error, run_dir)}); {_kept_checkpoint(run_dir)}; "
-                                  "free space and run the same command again")
+                                  f"free space, then continue: {run_folder.continue_command(run_dir)}")
     return summary
 
 

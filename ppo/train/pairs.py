@@ -3,7 +3,7 @@
 With `generation.samples_per_prompt=k` every prompt has k completions, sampled in one batched
 decode (`ppo.train.rollout.sample_pairs`). The judge sees a full round robin: every one of the
 k(k-1)/2 pairs (i, j), i < j, of a prompt's completions, each once per call, so
-`judge/pairs` = prompts x k(k-1)/2 (x2 answers from the inner judge under judge.order=both).
+`judge/pairs` = the step's prompts x k(k-1)/2 (x2 answers from the inner judge under judge.order=both).
 k = 2 is one pair per prompt, exactly the classic rollout. Then a rule picks the pairs of the loss:
 
 - `best_vs_worst` (default): one pair per prompt, its best completion against its worst. A

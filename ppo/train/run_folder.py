@@ -188,26 +188,58 @@ def save_hydra_files(run_dir: Path, cfg) -> None:
 
 
 def continue_command(run_dir: Path) -> str:
-    """The command that continues the run in `run_dir` from its newest checkpoint: the `ppo-train`
-    command that started it, with the run folder named (`hydra.run.dir=RUN_DIR`, or in a sweep
-    `hydra.sweep.dir=SWEEP_DIR`: without it Hydra opens a new time-stamped folder) and without any
-    `train.resume=` (the default, auto, resumes; never would set the run aside and start over).
-    Under a distributed launcher, or from another program (ppo-reproduce, a script), the advice
+    """The command that continues the run in `run_dir` from its newest checkpoint, the one every
+    message that tells how to continue a stopped run names (a signal, a write error, a judge that
+    stopped): the `ppo-train` command that started it, with the run folder named
+    (`hydra.run.dir=RUN_DIR`, or in a sweep `hydra.sweep.dir=SWEEP_DIR`: without it Hydra opens a
+    new time-stamped folder) and without any `train.resume=` (the default, auto, resumes; never
+    would set the run aside and start over); the `ppo-reproduce` command with `--out RUN_DIR`
+    (which continues its own stopped reproduction). Under a distributed launcher, in a sweep
+    job's worker process (hydra/launcher=joblib) or from another program (a script), the advice
     in words."""
     import shlex
 
     from ppo.train.distributed import launched
 
     program = Path(sys.argv[0]).name if sys.argv else ""
+    run_dir = Path(run_dir)
+    if not launched() and program in ("ppo-reproduce", "reproduce.py"):  # reproduce.py: python -m ppo.tools.reproduce
+        return shlex.join(["ppo-reproduce", *_without_out(sys.argv[1:]), "--out", str(run_dir.resolve())])
     if launched() or program not in ("ppo-train", "cli.py"):  # cli.py: python -m ppo.tools.cli
+        if _multirun():
+            return (f"the same sweep command with hydra.sweep.dir={shlex.quote(str(_sweep_dir(run_dir)))} (finished "
+                    "jobs are skipped, this one resumes: train.resume=auto, the default)")
         return f"the same command with hydra.run.dir={shlex.quote(str(run_dir))} (train.resume=auto, the default)"
     named = ("hydra.run.dir=", "hydra.sweep.dir=", "train.resume=", "+train.resume=", "++train.resume=")
     args = [a for a in sys.argv[1:] if not a.startswith(named)]
     if any(a in ("-m", "--multirun") for a in args):
         folder = f"hydra.sweep.dir={_sweep_dir(run_dir)}"
     else:
-        folder = f"hydra.run.dir={Path(run_dir).resolve()}"
+        folder = f"hydra.run.dir={run_dir.resolve()}"
     return shlex.join(["ppo-train", *args, folder])
+
+
+def _without_out(args: list[str]) -> list[str]:
+    """ppo-reproduce's arguments less the output folder it was given (--out DIR, --out=DIR, hydra.run.dir=DIR)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith(("--out=", "hydra.run.dir=")):
+            kept.append(arg)
+    return kept
+
+
+def _multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - no Hydra job (a script, ppo-reproduce)
+        return False
 
 
 def _sweep_dir(run_dir: Path) -> Path:

@@ -4,7 +4,10 @@ Every folder under SWEEP_DIR that holds `.hydra/config.yaml` is a run (a Hydra r
 multirun job). From each run it reads the config, `metrics.jsonl` (the plain metrics file; no
 wandb needed) and `summary.json` (status, final eval, wall time). Runs whose configs differ only
 in the seed (and in logging, progress and checkpoint settings: NOT_CONFIGURATION) are seeds of
-one configuration, and every number of a configuration reads `mean ± half-width (n seeds)`:
+one configuration; a key some runs' configs lack (a setting added after they were made) counts
+as its default there (`fill_introduced_defaults`), so runs of one setting made by different
+versions pool. Labels name the settings that differ, and k (generation.samples_per_prompt) when
+it differs or is not 2. Every number of a configuration reads `mean ± half-width (n seeds)`:
 
 - the final eval win rate: the mean over seeds, ± the 95% t-interval over seeds (two seeds or
   more; one seed: the Wilson half-width of its pairs), and the pooled Wilson interval of every
@@ -57,7 +60,8 @@ text), `writing` (`write_report`) and `cli` (`ppo-report`, also `python -m ppo.t
 from ppo.tools.report.cli import main
 from ppo.tools.report.figures import CURVES, HEATMAPS, compare_runs, curves, heatmap
 from ppo.tools.report.loading import (LAST_FRACTION, NOT_CONFIGURATION, SKIP_DIRS, Run, configuration_of,
-                                      find_run_dirs, health_verdict, kl_units, load_run, load_runs, result_line)
+                                      fill_introduced_defaults, find_run_dirs, health_verdict, kl_units, load_run,
+                                      load_runs, result_line)
 from ppo.tools.report.search import Search, Trial, load_search, pareto_front, pareto_plot, scored, trials
 from ppo.tools.report.stats import (BEST_RULE, MIN_SEEDS, NON_NEGATIVE, RATE, UNBOUNDED, VALID_RANGE, VERDICT_RULE,
                                     Cell, Stat, Verdict, configurations, rank, settings_without_effect, valid_range,
@@ -67,7 +71,8 @@ from ppo.tools.report.writing import REPORT_FILE, link_wandb_runs, write_report
 __all__ = [
     "BEST_RULE", "CURVES", "HEATMAPS", "LAST_FRACTION", "MIN_SEEDS", "NON_NEGATIVE", "NOT_CONFIGURATION", "RATE",
     "REPORT_FILE", "SKIP_DIRS", "UNBOUNDED", "VALID_RANGE", "VERDICT_RULE", "Cell", "Run", "Search", "Stat", "Trial",
-    "Verdict", "compare_runs", "configuration_of", "configurations", "curves", "find_run_dirs", "health_verdict",
+    "Verdict", "compare_runs", "configuration_of", "configurations", "curves", "fill_introduced_defaults",
+    "find_run_dirs", "health_verdict",
     "heatmap", "kl_units", "link_wandb_runs", "load_run", "load_runs", "load_search", "main", "pareto_front",
     "pareto_plot", "rank", "result_line", "scored", "settings_without_effect", "trials", "valid_range", "verdict",
     "verdict_text", "write_report",

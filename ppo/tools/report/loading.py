@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -255,10 +256,16 @@ def load_runs(sweep_dir: Path) -> list[Run]:
     return runs
 
 
-def _default(key: str):
+@functools.cache
+def _introduced_defaults() -> dict:
+    """ppo.train.config.introduced_defaults, built once (the schema as an OmegaConf structure)."""
     from ppo.train.config import introduced_defaults
 
-    return introduced_defaults().get(key)
+    return introduced_defaults()
+
+
+def _default(key: str):
+    return _introduced_defaults().get(key)
 
 
 def fill_introduced_defaults(runs: list[Run]) -> None:
@@ -268,9 +275,7 @@ def fill_introduced_defaults(runs: list[Run]) -> None:
     resume reads an older checkpoint. So a key at its default in one run and absent in another
     does not split their configuration, and a key set away from its default still does. Keys the
     schema does not know (an older judge's options) stay absent."""
-    from ppo.train.config import introduced_defaults
-
-    defaults = {key: repr(value) for key, value in introduced_defaults().items()}
+    defaults = {key: repr(value) for key, value in _introduced_defaults().items()}
     readable = [r for r in runs if dict(r.configuration).keys() != {UNREADABLE}]
     keys = {k for r in readable for k, _ in r.configuration}
     for r in readable:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ppo.metrics import comparable, t_half_width, wilson_interval
 
-from ppo.tools.report.loading import K_KEY
+from ppo.tools.report.loading import K_KEY, UNREADABLE
 
 if TYPE_CHECKING:
     from ppo.tools.report.loading import Run
@@ -192,7 +192,8 @@ SHORT = {**NAMED, K_KEY: "k"}
 def shows_k(runs: list[Run]) -> bool:
     """k (generation.samples_per_prompt) is shown when the runs differ in it or any has k != 2 (the
     default): their judge pairs and loss pairs per prompt are not the classic pair's."""
-    return len({r.k for r in runs}) > 1 or any(r.k is not None and r.k != 2 for r in runs)
+    ks = {r.k for r in runs if r.k is not None}  # None: a run whose config cannot be read
+    return len(ks) > 1 or any(k != 2 for k in ks)
 
 
 def configurations(runs: list[Run]) -> list[Cell]:
@@ -202,11 +203,16 @@ def configurations(runs: list[Run]) -> list[Cell]:
     for r in runs:
         grouped.setdefault(r.configuration, []).append(r)
     cells = [Cell.of(key, members) for key, members in grouped.items()]
+    # A run whose config cannot be read has no settings to differ in: it is labelled by its name.
+    readable = [c for c in cells if dict(c.configuration).keys() != {UNREADABLE}]
     # epsilon, beta, loss type, advantage, k first (the harness's question), then the rest by name
-    keys = sorted({k for c in cells for k, _ in c.configuration}, key=lambda k: (list(SHORT) + [k]).index(k))
-    shown = [k for k in keys if len({dict(c.configuration).get(k) for c in cells}) > 1
+    keys = sorted({k for c in readable for k, _ in c.configuration}, key=lambda k: (list(SHORT) + [k]).index(k))
+    shown = [k for k in keys if len({dict(c.configuration).get(k) for c in readable}) > 1
              or (k == K_KEY and shows_k(runs))]
     for c in cells:
+        if dict(c.configuration).keys() == {UNREADABLE}:
+            c.label = c.first.name
+            continue
         values = dict(c.configuration)
         parts = [f"{SHORT.get(k, k)}={_plain(values.get(k))}" for k in shown]
         c.label = " ".join(parts) or c.first.name
