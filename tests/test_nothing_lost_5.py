@@ -71,10 +71,23 @@ def test_ctrl_c_in_a_joblib2_search_stops_it_without_a_best(tmp_path, tiny_model
     assert "Best" not in out + err and "best" not in out.lower()
 
 
-def test_a_resume_sets_unsynced_attempts_aside_and_counts_uploaded_ones(tmp_path):
+@pytest.fixture
+def wandb_in_this_process(monkeypatch):
+    """wandb runs in the test's own process: its service is ended afterwards and its WANDB_SERVICE
+    (which wandb.init puts into os.environ) removed, so later tests' children start their own."""
+    import wandb
+
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # undone after the test: removed again
+    yield
+    wandb.teardown()
+
+
+def test_a_resume_sets_unsynced_attempts_aside_and_counts_uploaded_ones(tmp_path, wandb_in_this_process):
     """Real offline W&B runs of one id: an attempt `wandb sync` uploaded already (its .wandb.synced marker)
     keeps its place and its steps count as held; an attempt never uploaded moves to wandb/superseded/
     and the resumed attempt logs its steps up to the checkpoint again."""
+    import wandb
+
     from conftest import compose
     from test_nothing_lost_3 import _sync_would_upload, _wandb_rows
 
@@ -93,17 +106,17 @@ def test_a_resume_sets_unsynced_attempts_aside_and_counts_uploaded_ones(tmp_path
                 run.log(row["step"], {"loss": row["loss"]})
         log_file = Path(run._run.settings.sync_dir) / "run-fixedid1.wandb"
         run.finish()
+        wandb.teardown()  # as an attempt's process ends: wandb's service writes the log out and stops
         return log_file, restored
 
     uploaded, _ = attempt({1, 2, 3})
     uploaded.with_suffix(".wandb.synced").touch()  # what `wandb sync` leaves next to a log it uploaded
     never_uploaded, _ = attempt({4, 5, 6})  # its newest checkpoint at step 5, killed after logging step 6
-    never_uploaded_bytes = never_uploaded.read_bytes()
     resumed, (restored, moved) = attempt({6, 7}, resume_step=5)
 
     assert restored == [4, 5]  # 1-3 are uploaded already
     assert moved == [tmp_path / "wandb" / "superseded" / never_uploaded.parent.name]
-    assert (moved[0] / never_uploaded.name).read_bytes() == never_uploaded_bytes  # kept whole
+    assert [row["step"] for row in _wandb_rows(moved[0] / never_uploaded.name)] == [4, 5, 6]  # kept whole
     assert uploaded.exists()
     assert _sync_would_upload(tmp_path) == [resumed.resolve()]  # the uploaded attempt is skipped, as it should be
     held = [row["step"] for log in (uploaded, resumed) for row in _wandb_rows(log)]

@@ -226,7 +226,7 @@ def test_failed_job_does_not_stop_the_others(tmp_path, tiny_model_dir, prompts_f
 
 
 @pytest.mark.parametrize("launcher,target,plugin", [
-    ("joblib2", "JoblibLauncher", "hydra_plugins.hydra_joblib_launcher"),
+    ("joblib2", "StoppableJoblibLauncher", "hydra_plugins.hydra_joblib_launcher"),  # ours: Ctrl-C handled
     ("slurm", "SlurmLauncher", "hydra_plugins.hydra_submitit_launcher"),
 ])
 def test_launcher_configs_compose(launcher, target, plugin):

@@ -239,9 +239,8 @@ def _train_main() -> None:
         from hydra.types import RunMode
 
         from ppo.errors import (CheckpointError, ConfigError, RankTimeout, RunFolderBusy, RunFolderWriteError,
-                                SweepJobFailed, TrainingAborted, TrainingDiverged, TrainingInterrupted,
-                                TrainingStopped)
-        from ppo.errors import SweepStopped
+                                SweepJobFailed, SweepStopped, TrainingAborted, TrainingDiverged,
+                                TrainingInterrupted, TrainingStopped)
         from ppo.tools.sweep import objective_values, record_failure, stopped_line
         from ppo.train.distributed import launch_rank
         from ppo.train.loop import train

@@ -49,7 +49,8 @@ from hydra.experimental.callback import Callback
 from ppo.errors import SweepJobFailed
 from ppo.io import SUMMARY_FILE, atomic_write_json, read_json
 
-__all__ = ["record_failure", "stopped_line", "objective_values", "over_seeds", "SearchOutcome", "SweepJobFailed", "SweepOutcome",
+__all__ = ["record_failure", "stopped_line",
+           "objective_values", "over_seeds", "SearchOutcome", "SweepJobFailed", "SweepOutcome",
            "SweepSummary", "swept_keys", "summary_lines", "unfinished_jobs"]
 
 log = logging.getLogger(__name__)

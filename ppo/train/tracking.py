@@ -358,7 +358,8 @@ class WandbRun:
                 held |= logged_steps(log_file)
         return held, moved
 
-    def restore_history(self, rows: list[dict], resume_step: int, samples: list[dict] = ()) -> tuple[list[int], list[Path]]:
+    def restore_history(self, rows: list[dict], resume_step: int,
+                        samples: list[dict] = ()) -> tuple[list[int], list[Path]]:
         """Log again, from metrics.jsonl's `rows` (and the evaluation `samples` tables of
         samples.jsonl at those steps), every step up to the checkpoint being resumed that the W&B
         run does not hold already (`steps_held`), so that it holds each step once: wandb's resume
