@@ -218,3 +218,27 @@ def test_no_layers_are_shared_with_adapters_everywhere_or_another_reference(tiny
     # States shared by one model's layers are not used by another model's forward.
     shared = share_frozen_layers(batch, last, None)
     assert np.array_equal(np.array(token_logps(other, shared)), np.array(token_logps(other, batch)))
+
+
+@pytest.mark.parametrize("form", ["seed", "token"])
+def test_training_steps_with_shared_layers_log_what_every_layer_run_logs(tiny_model_dir, prompts_file, tmp_path, form):
+    """Whole shipped steps (rollout, judge, scoring, update; ppo_form=token: token ratios, sampling-time
+    log-probs and 4 minibatches, so trimmed minibatches too) with adapters on the last layer only: the
+    metrics equal, bit for bit, those of the same steps with every forward running all layers."""
+    from dataclasses import replace
+
+    from benchmarks.common import step_rows
+    from ppo.train.scoring import token_logps
+    from conftest import compose
+
+    def every_layer(model, batch):
+        return token_logps(model, replace(batch, shared_hidden=None, shared_layers_of=()))
+
+    cfg = compose([f"model.path={tiny_model_dir}", f"data.path={prompts_file}", "judge=length", "train.batch_size=4",
+                   "generation.max_completion_length=8", "finetune.num_layers=1", f"ppo_form={form}", "logger=none"])
+    shared = step_rows(cfg, tmp_path / "shared", iters=2)
+    plain = step_rows(cfg, tmp_path / "plain", iters=2, token_logps_fn=every_layer)
+    timed = lambda k: k.endswith("seconds") or k == "tokens_per_second"  # noqa: E731
+    drop = lambda row: {k: v for k, v in row.items() if not timed(k)}  # noqa: E731
+    assert [drop(r) for r in shared] == [drop(r) for r in plain]
+    assert "loss" in shared[0]
