@@ -42,6 +42,8 @@ BENCHMARKS = {
     "ladder": ["bench_ladder.py"],
     # mx.compile against eager for decode, scoring and the update (toy and SmolLM2's shape).
     "compile": ["bench_compile.py"],
+    # Scoring and update at SmolLM2's shape: the layers below the adapters run once vs by every forward.
+    "scoring": ["bench_scoring.py", "--random-weights"],
 }
 
 

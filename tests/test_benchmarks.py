@@ -101,6 +101,15 @@ def run_benchmark(*args: str, timeout: int = 300) -> dict:
     return last_json_object(proc.stdout)
 
 
+def test_bench_scoring_smallest_prints_its_json():
+    """The layers below the adapters (here 2 of 4) run once: the update's loss and gradients are
+    bit for bit those of every forward running all layers."""
+    result = run_benchmark("bench_scoring.py", "--random-weights", "--layers", "4", "--override", "finetune.num_layers=2",
+                           "--batch-size", "1", "--max-tokens", "4", "--reps", "1")
+    assert result["model"]["shared_layers"] == 2 and result["same_loss_and_gradients"] is True
+    assert set(result["old_over_shared"]) == {"score", "update", "score_and_update"}
+
+
 def test_bench_mfu_smallest_prints_its_json():
     result = run_benchmark("bench_mfu.py", "--batch-size", "1", "--max-tokens", "4", "--reps", "1")
     assert result["benchmark"] == "mfu_training_step"

@@ -151,3 +151,94 @@ def test_a_model_that_changes_its_logits_after_the_head_is_scored_whole(tiny_mod
     batch = build_scoring_batch(SPLIT_PROMPTS, SPLIT_COMPLETIONS, pad_id=0)
     assert _body_and_head(capped) is None
     assert np.array_equal(np.array(token_logps(capped, batch)), np.array(_token_logps_full(capped, batch)))
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_layers_below_the_adapters_are_run_once_and_change_nothing(tiny_model_dir, kind):
+    """With adapters on the last layer only, the first layer computes alike for the reference
+    (the base) and the policy: `share_frozen_layers` runs it once, and the reference's and the
+    policy's log-probs and the policy's LoRA gradients equal those of the full forward bit for
+    bit; a trimmed minibatch (`JudgedBatch.select`) takes its rows of the shared states."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten, tree_map
+    from mlx_lm import load
+
+    from ppo.train.models import StartingAdapters
+    from ppo.train.scoring import frozen_leading_layers, share_frozen_layers, token_logps
+    from ppo.train.step import JudgedBatch
+
+    policy, _ = load(str(tiny_model_dir))
+    add_adapters(policy, OmegaConf.structured(FinetuneConfig(type=kind, rank=4, num_layers=1)))
+    policy.update(tree_map(lambda p: p + 0.05, policy.trainable_parameters()))
+    batch = build_scoring_batch(SPLIT_PROMPTS, SPLIT_COMPLETIONS, pad_id=0)
+    shared = share_frozen_layers(batch, policy, None)
+    assert frozen_leading_layers(policy, None) == 1 and shared.shared_layers_of == (policy.model.layers[0],)
+    assert frozen_leading_layers(policy, StartingAdapters(policy)) == 1
+
+    with adapters_disabled(policy) as ref:
+        assert np.array_equal(np.array(token_logps(ref, shared)), np.array(token_logps(ref, batch)))
+    assert np.array_equal(np.array(token_logps(policy, shared)), np.array(token_logps(policy, batch)))
+    weights = mx.array([0.5, -1.0, 2.0, 0.25])
+
+    def grads(b):
+        loss = lambda m: (weights * reduce_logps(token_logps(m, b), b.completion_mask)).sum()  # noqa: E731
+        return dict(tree_flatten(nn.value_and_grad(policy, loss)(policy)[1]))
+
+    with_sharing, without = grads(shared), grads(batch)
+    assert with_sharing.keys() == without.keys() and with_sharing
+    for name in with_sharing:
+        assert np.array_equal(np.array(with_sharing[name]), np.array(without[name])), name
+
+    zeros = mx.zeros((4, batch.input_ids.shape[1]))
+    judged = JudgedBatch(shared, mx.array([0, 1]), mx.array([2, 3]), mx.ones(2), zeros, None)
+    part = judged.select(np.array([1])).batch  # rows 1 and 3, trimmed to their longest
+    plain = JudgedBatch(batch, mx.array([0, 1]), mx.array([2, 3]), mx.ones(2), zeros, None).select(np.array([1])).batch
+    assert part.shared_hidden.shape[:2] == (2, part.input_ids.shape[1] - 1)
+    np.testing.assert_allclose(np.array(token_logps(policy, part)), np.array(token_logps(policy, plain)),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_no_layers_are_shared_with_adapters_everywhere_or_another_reference(tiny_model_dir):
+    from mlx_lm import load
+
+    from ppo.train.scoring import frozen_leading_layers, share_frozen_layers, token_logps
+
+    everywhere, _ = load(str(tiny_model_dir))
+    add_adapters(everywhere, OmegaConf.structured(FinetuneConfig(type="lora", rank=4, num_layers=2)))
+    full, _ = load(str(tiny_model_dir))
+    add_adapters(full, OmegaConf.structured(FinetuneConfig(type="full")))
+    last, _ = load(str(tiny_model_dir))
+    add_adapters(last, OmegaConf.structured(FinetuneConfig(type="lora", rank=4, num_layers=1)))
+    other, _ = load(str(tiny_model_dir))
+    assert frozen_leading_layers(everywhere, None) == 0
+    assert frozen_leading_layers(full, None) == 0
+    assert frozen_leading_layers(last, other) == 0  # a separately loaded reference computes its own layers
+    batch = build_scoring_batch(SPLIT_PROMPTS, SPLIT_COMPLETIONS, pad_id=0)
+    assert share_frozen_layers(batch, everywhere, None) is batch
+    # States shared by one model's layers are not used by another model's forward.
+    shared = share_frozen_layers(batch, last, None)
+    assert np.array_equal(np.array(token_logps(other, shared)), np.array(token_logps(other, batch)))
+
+
+@pytest.mark.parametrize("form", ["seed", "token"])
+def test_training_steps_with_shared_layers_log_what_every_layer_run_logs(tiny_model_dir, prompts_file, tmp_path, form):
+    """Whole shipped steps (rollout, judge, scoring, update; ppo_form=token: token ratios, sampling-time
+    log-probs and 4 minibatches, so trimmed minibatches too) with adapters on the last layer only: the
+    metrics equal, bit for bit, those of the same steps with every forward running all layers."""
+    from dataclasses import replace
+
+    from benchmarks.common import step_rows
+    from ppo.train.scoring import token_logps
+    from conftest import compose
+
+    def every_layer(model, batch):
+        return token_logps(model, replace(batch, shared_hidden=None, shared_layers_of=()))
+
+    cfg = compose([f"model.path={tiny_model_dir}", f"data.path={prompts_file}", "judge=length", "train.batch_size=4",
+                   "generation.max_completion_length=8", "finetune.num_layers=1", f"ppo_form={form}", "logger=none"])
+    shared = step_rows(cfg, tmp_path / "shared", iters=2)
+    plain = step_rows(cfg, tmp_path / "plain", iters=2, token_logps_fn=every_layer)
+    timed = lambda k: k.endswith("seconds") or k == "tokens_per_second"  # noqa: E731
+    drop = lambda row: {k: v for k, v in row.items() if not timed(k)}  # noqa: E731
+    assert [drop(r) for r in shared] == [drop(r) for r in plain]
+    assert "loss" in shared[0]

@@ -15,11 +15,22 @@ backend's slowest operation (benchmarks/README.md). It applies to models whose f
 `head(model.model(inputs))` (most mlx-lm models), checked once per model class and
 configuration against the model's own forward, bit for bit; any other model is scored
 through its own forward.
+
+Layers the reference and the policy share are run once per batch. With LoRA or DoRA on the
+last `finetune.num_layers` layers (16 of SmolLM2's 30 by default) and the reference being the
+policy's own base, the layers below the first adapter compute the same hidden states for both
+models. `share_frozen_layers` attaches those hidden states (after the first k layers) to the
+scoring batch; the reference's scoring evaluates them, and the policy's forwards in the update
+(and its sampling-time scoring) start from them at layer k. The update's backward never went
+below the first adapter (nothing trainable lies there), so only its forward shrinks: by 14 of
+30 layers at SmolLM2 (measured: benchmarks/bench_scoring.py). The values are bit for bit those
+of the full forward (the same operations on the same inputs), checked once per model class,
+configuration and k against the model's own body.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -34,6 +45,11 @@ class ScoringBatch:
     completion_mask: mx.array  # (N, T) float32, 1 on completion tokens (EOS included)
     prompt_lengths: mx.array  # (N,) int32: row i's completion starts at position prompt_lengths[i]
     longest_completion: int
+    # The hidden states (N, T-1, hidden) after the first `shared_layers` layers of the model body in
+    # `shared_layers_of` (the layer objects themselves), attached by `share_frozen_layers`: a forward of
+    # a model whose body holds those very layers first starts from them; any other model runs in full.
+    shared_hidden: mx.array | None = None
+    shared_layers_of: tuple = ()
 
     @property
     def completion_lengths(self) -> mx.array:
@@ -64,7 +80,7 @@ def token_logps(model, batch: ScoringBatch) -> mx.array:
     if split is None:
         return _token_logps_full(model, batch)
     body, head = split
-    hidden = body(batch.input_ids[:, :-1])  # (N, T-1, H)
+    hidden = _body_hidden(body, batch)  # (N, T-1, H)
     # Completion token t of row i is predicted at position t-1: gather the block
     # [prompt_length - 1, prompt_length - 1 + longest completion) of every row (a row's
     # shorter completion reads into its padding, clipped at the last position; masked below).
@@ -78,6 +94,84 @@ def token_logps(model, batch: ScoringBatch) -> mx.array:
     columns = mx.arange(batch.input_ids.shape[1], dtype=mx.int32)[None, :] - batch.prompt_lengths[:, None]
     columns = mx.clip(columns, 0, batch.longest_completion - 1)
     return mx.take_along_axis(block, columns, axis=1) * batch.completion_mask
+
+
+def _body_hidden(body, batch: ScoringBatch) -> mx.array:
+    """body(inputs), started from `batch.shared_hidden` when the body's first layers are the ones
+    it was computed by (`share_frozen_layers`)."""
+    shared = batch.shared_layers_of
+    layers = getattr(body, "layers", None)
+    if batch.shared_hidden is None or not shared or not isinstance(layers, list) or len(layers) <= len(shared) \
+            or any(a is not b for a, b in zip(layers, shared)):
+        return body(batch.input_ids[:, :-1])
+    return body.norm(_run_layers(batch.shared_hidden, layers[len(shared):]))
+
+
+def _run_layers(hidden: mx.array, layers) -> mx.array:
+    """mlx-lm's decoder loop without a cache: each layer on the previous one's output, causal mask."""
+    from mlx_lm.models.base import create_attention_mask
+
+    mask = create_attention_mask(hidden, None)
+    for layer in layers:
+        hidden = layer(hidden, mask, None)
+    return hidden
+
+
+# Per model class, args and k: whether norm(layers[k:](layers[:k](embed(x)))) is the body's forward, bit for bit.
+_LAYER_SPLITS_CHECKED: dict[tuple[type, str, int], bool] = {}
+
+
+def frozen_leading_layers(policy, reference) -> int:
+    """How many leading layers of the policy's body the reference computes alike: the layers
+    below the first one holding an adapter or a trainable parameter, when the reference is the
+    policy's own base (`reference` None, or its starting adapters) and the embedding is frozen.
+    0 otherwise (a separately loaded reference, full fine-tuning, or a model the layer split does
+    not reproduce bit for bit)."""
+    from mlx.utils import tree_flatten
+
+    from ppo.train.models import StartingAdapters, _adapter_modules
+
+    if reference is not None and not isinstance(reference, StartingAdapters):
+        return 0
+    split = _body_and_head(policy)
+    if split is None:
+        return 0
+    body, _ = split
+    layers, embed, norm = (getattr(body, name, None) for name in ("layers", "embed_tokens", "norm"))
+    if not isinstance(layers, list) or not isinstance(embed, nn.Module) or not isinstance(norm, nn.Module):
+        return 0
+    if tree_flatten(embed.trainable_parameters()) or _adapter_modules(embed):  # (named_modules holds the module itself)
+        return 0
+    k = 0
+    while k < len(layers) - 1 and not tree_flatten(layers[k].trainable_parameters()) and not _adapter_modules(layers[k]):
+        k += 1
+    if k == 0:
+        return 0
+    key = (type(policy), repr(getattr(policy, "args", None)), k)
+    if key not in _LAYER_SPLITS_CHECKED:
+        training = policy.training
+        policy.eval()
+        try:
+            probe = mx.array([[0, 1, 2, 1]], dtype=mx.int32)
+            split_forward = norm(_run_layers(_run_layers(embed(probe), layers[:k]), layers[k:]))
+            _LAYER_SPLITS_CHECKED[key] = bool(mx.array_equal(split_forward, body(probe)).item())
+        except Exception:  # noqa: BLE001 - a body the split does not fit runs whole
+            _LAYER_SPLITS_CHECKED[key] = False
+        finally:
+            policy.train(training)
+    return k if _LAYER_SPLITS_CHECKED[key] else 0
+
+
+def share_frozen_layers(batch: ScoringBatch, policy, reference) -> ScoringBatch:
+    """`batch` with the hidden states of the policy's frozen leading layers attached
+    (`frozen_leading_layers`; lazily: the first forward that uses them computes them), or
+    `batch` itself when there are none."""
+    k = frozen_leading_layers(policy, reference)
+    if k == 0:
+        return batch
+    body, _ = _body_and_head(policy)
+    hidden = _run_layers(body.embed_tokens(batch.input_ids[:, :-1]), body.layers[:k])
+    return replace(batch, shared_hidden=hidden, shared_layers_of=tuple(body.layers[:k]))
 
 
 def _token_logps_full(model, batch: ScoringBatch) -> mx.array:

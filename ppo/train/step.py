@@ -34,7 +34,7 @@ from ppo.train.models import reference_model
 from ppo.train.pairs import round_robin, select_pairs
 from ppo.train.rollout import Completions, mean_token_entropy, sample_pairs
 from ppo.train.samples import sample_rows
-from ppo.train.scoring import ScoringBatch, build_scoring_batch, reduce_logps, token_logps
+from ppo.train.scoring import ScoringBatch, build_scoring_batch, reduce_logps, share_frozen_layers, token_logps
 
 @dataclass
 class JudgedBatch:
@@ -75,7 +75,8 @@ class JudgedBatch:
         prompt_lengths = b.prompt_lengths[rows]
         completion_lengths = np.array(mask.sum(axis=1)).astype(np.int64)
         width = int((np.array(prompt_lengths) + completion_lengths).max())
-        batch = ScoringBatch(b.input_ids[rows, :width], mask[:, :width], prompt_lengths, int(completion_lengths.max()))
+        batch = ScoringBatch(b.input_ids[rows, :width], mask[:, :width], prompt_lengths, int(completion_lengths.max()),
+                             None if b.shared_hidden is None else b.shared_hidden[rows, :width - 1], b.shared_layers_of)
         k = len(pairs)
 
         def take(x, per_token=True):
@@ -223,6 +224,9 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
     if len(scored):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         batch = build_scoring_batch([prompt_ids[r % n] for r in scored], [token_ids[r] for r in scored], pad_id)
+        # The layers below the first adapter compute alike for the reference and the policy: run once
+        # here, and the update's forwards start above them (ppo.train.scoring, share_frozen_layers).
+        batch = share_frozen_layers(batch, policy, reference)
         with reference_model(policy, reference) as ref:
             ref_token_logps = mx.stop_gradient(token_logps_fn(ref, batch))
         old_logps = old_token_logps = None
@@ -231,7 +235,9 @@ def collect(policy: nn.Module, reference: nn.Module | None, tokenizer, judge, pr
         elif loss_cfg.ratio == "rollout" and dropout > 0:  # else: see JudgedBatch
             old_logps = mx.stop_gradient(reduce_logps(token_logps_fn(policy, batch), batch.completion_mask,
                                                       loss_cfg.logprob_reduction))
-        mx.eval(ref_token_logps, old_logps, old_token_logps)  # materialise now: the update must not see later weights
+        # Materialise now: the update must not see later weights. (batch.shared_hidden is evaluated with the
+        # reference's log-probs when the scorer used it; a compiled scorer does not, and it stays unevaluated.)
+        mx.eval(ref_token_logps, old_logps, old_token_logps)
     if len(keep):
         penalties = (None, None)
         if loss_cfg.missing_eos_penalty > 0:
