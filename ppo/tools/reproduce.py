@@ -59,7 +59,7 @@ def _strip_wandb_keys(config: dict) -> dict:
 
 def config_from_wandb_file(path: Path) -> dict:
     """The config stored in an offline wandb log, read by wandb's own reader."""
-    from ppo.train.tracking import wandb_cli
+    from ppo.train.wandb_offline import wandb_cli
 
     try:
         out = subprocess.run([*wandb_cli(), "leet", "inspect", "--summary", "--json", str(path)],
