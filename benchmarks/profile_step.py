@@ -27,7 +27,7 @@ A candidate fix is an environment variable of that process or an argument of `tr
                       fixed batch) eager vs with `mx.compile`d scorer and value_and_grad passed in
 - streams             a forward / value_and_grad split over two MLX CPU streams vs one
 - decode              the rollout at a model-size rung of bench_ladder.py (--rung, default 80m;
-                      batch 8 prompts = 16 rows, 64 tokens, EOS impossible): the shipped
+                      batch 8 prompts = 16 rows, --max-tokens 64, EOS impossible): the shipped
                       `ppo.train.rollout.sample` on the LoRA policy and on a LoRA-folded copy,
                       a bare decode loop (model, logsumexp, mlx-lm's sampler), the parts of one
                       decode step evaluated one by one, and the step's floor (weights streamed
@@ -503,6 +503,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the list this many times, interleaved; medians over rounds (noisy shared machines)")
     parser.add_argument("--rung", default="80m", help="decode: the bench_ladder.py rung (toy, 80m, 250m)")
+    parser.add_argument("--max-tokens", type=int, default=64,
+                        help="decode: steps per row (64 as bench_ladder.py; fewer only for a smoke test)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     unknown = [n for n in args.variants if n.split("#")[0] not in (*VARIANTS, *MICROBENCHMARKS)]
@@ -517,7 +519,7 @@ def main() -> None:
         elif child == "streams":
             res = two_streams(**reps)
         elif child == "decode":
-            res = decode(args.rung, **reps)
+            res = decode(args.rung, max_tokens=args.max_tokens, **reps)
         elif child == "cprofile":
             res = run_variant([], "rule", args.iters, args.warmup, profile=True)
         else:
@@ -537,7 +539,8 @@ def main() -> None:
             env.update(VARIANTS.get(name.split("#")[0], ({}, [], "", []))[0])
             reps = [] if args.reps is None else ["--reps", str(args.reps)]
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--iters", str(args.iters),
-                                   "--warmup", str(args.warmup), "--rung", args.rung, *reps], cwd=ROOT, env=env, capture_output=True, text=True)
+                                   "--warmup", str(args.warmup), "--rung", args.rung,
+                                   "--max-tokens", str(args.max_tokens), *reps], cwd=ROOT, env=env, capture_output=True, text=True)
             try:
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
             except Exception:  # noqa: BLE001

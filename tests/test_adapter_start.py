@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from conftest import compose, run_cli, small_run_overrides
+from conftest import compose, small_run_overrides
 from ppo.errors import ConfigError
 from ppo.train.models import load_policy_and_reference, reference_model
 
@@ -127,11 +127,11 @@ def test_a_run_from_an_mlx_lm_lora_adapter(tmp_path, tiny_model_dir, prompts_fil
                           capture_output=True, text=True, timeout=300)
     assert lora.returncode == 0, lora.stderr[-2000:]
 
+    from ppo.train.loop import train  # in this process: the command line is tested elsewhere
+
     run_dir = tmp_path / "run"
-    overrides = small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 2, "train.steps_per_eval": 100}) + [
-        f"model.adapter_path={sft}", f"hydra.run.dir={run_dir}", "train.learning_rate=1e-3"]
-    result = run_cli(overrides)
-    assert result.returncode == 0, result.stderr[-2000:]
+    train(compose(small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 2, "train.steps_per_eval": 100}) + [
+        f"model.adapter_path={sft}", "train.learning_rate=1e-3"]), run_dir)
     first, second = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert first["clip_fraction"] == 0.0 and first["kl"] == 0.0 and first["ratio/mean"] == 1.0
     assert second["kl"] != 0.0

@@ -306,7 +306,7 @@ def test_bench_ladder_toy_rung_without_mlx_lm_lora(tmp_path):
     it was not measured, ours and the floor are measured."""
     missing = tmp_path / "no-venv" / "python"
     result = run_benchmark("bench_ladder.py", "--rungs", "toy", "--iters", "1", "--warmup", "0", "--decode-reps", "1",
-                           "--processes", "1", "--lora-python", str(missing), timeout=600)
+                           "--max-tokens", "8", "--processes", "1", "--lora-python", str(missing), timeout=600)
     assert result["benchmark"] == "ppo_step_ladder_vs_mlx_lm_lora" and list(result["rungs"]) == ["toy"]
     assert len(result["loadavg_start"]) == 3 and len(result["loadavg_end"]) == 3
     rung = result["rungs"]["toy"]
@@ -376,10 +376,12 @@ def test_run_all_runs_every_benchmark_script():
 
 @pytest.mark.slow
 def test_profile_step_decode_at_the_toy_rung():
-    result = run_benchmark("profile_step.py", "--variants", "decode", "--rung", "toy", "--reps", "1", timeout=600)
+    result = run_benchmark("profile_step.py", "--variants", "decode", "--rung", "toy", "--reps", "1", "--max-tokens", "8",
+                           timeout=600)
     decode = result["decode"]
     assert "error" not in decode, decode.get("error")
     assert decode["rung"] == "toy" and decode["rows"] == 16 and decode["parameters"] == 4_197_120
+    assert decode["decode_steps"] == 8
     assert decode["shipped_sample_lora_ms_per_step"] > 0 and decode["bare_loop_fused_ms_per_step"] > 0
     assert set(decode["parts_ms"]) == {"body_lora", "body", "lm_head", "logsumexp", "sampler"}
     assert decode["bare_loop_fused_no_logsumexp_ms_per_step"] > 0 and isinstance(decode["no_logsumexp_same_tokens"], bool)

@@ -129,19 +129,20 @@ def test_compiled_decode_samples_the_eager_tokens(policy, seed, temperature, top
 
 @pytest.mark.slow
 def test_a_run_with_every_phase_compiled_trains_as_the_eager_run(tmp_path, tiny_model_dir, prompts_file):
+    """Both runs through the trainer in this process (the same BLAS for both; the command line
+    around it is tested elsewhere)."""
     import json
 
-    from conftest import run_cli, small_run_overrides
+    from conftest import compose, small_run_overrides
+    from ppo.train.loop import train
 
     rows = {}
     for name, flag in (("eager", "false"), ("compiled", "true")):
         run_dir = tmp_path / name
-        overrides = small_run_overrides(tiny_model_dir, prompts_file, **{
-            "train.iters": 2, "train.steps_per_eval": 100, "train.save_every": 100, "hydra.run.dir": run_dir,
+        train(compose(small_run_overrides(tiny_model_dir, prompts_file, **{
+            "train.iters": 2, "train.steps_per_eval": 100, "train.save_every": 100,
             "train.learning_rate": 1e-3, "ppo_form": "textbook", "train.compile_scoring": flag,
-            "train.compile_update": flag, "train.compile_decode": flag})
-        result = run_cli(overrides)
-        assert result.returncode == 0, result.stderr[-2000:]
+            "train.compile_update": flag, "train.compile_decode": flag})), run_dir)
         rows[name] = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for eager, compiled in zip(rows["eager"], rows["compiled"], strict=True):
         # the same tokens and verdicts (the second step samples from the updated policy)

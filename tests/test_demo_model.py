@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
-from record import DEMO_MODEL_RECORD, demo_model_build_command, rounding_fingerprint, same_rounding  # noqa: E402
+from record import (DEMO_MODEL_RECORD, DEMO_SHORT_STEPS, compare_sketches, demo_model_build_command,  # noqa: E402
+                    rounding_fingerprint, same_rounding, weight_sketch)
 
 from ppo.demo import model as demo_model  # noqa: E402
 
@@ -145,7 +146,40 @@ def test_the_shipped_model_is_a_trained_one():
     assert heldout_loss(demo_model.shipped_dir(), documents=128) < 3.6  # 3.42 (7 s on the reference BLAS)
 
 
+def _same_config_and_vocabulary(built: Path, reference: Path) -> None:
+    assert json.loads((built / "config.json").read_text()) == json.loads((reference / "config.json").read_text())
+    vocab = [json.loads((d / "tokenizer.json").read_text())["model"]["vocab"] for d in (built, reference)]
+    assert vocab[0] == vocab[1]
+
+
 @pytest.mark.slow
+def test_the_builder_cut_to_50_steps_gives_the_recorded_model(tmp_path):
+    """CI's check of the builder (the full rebuild below is opt-in, minutes): the builder's own
+    command with `--steps 50` (13 s) runs the same tokenizer training, model initialisation and
+    pre-training code as the shipped 1000 steps. On the recording machine's rounding its files
+    equal the recorded ones bit for bit; elsewhere the config and vocabulary are the shipped
+    model's and every tensor is within SHORT_BUILD_RTOL of the recorded one (through the recorded
+    sketch; how the tolerance was chosen: tests/golden/record.py). A change to the recipe or to the code it runs
+    fails here: pre-training's weight decay x 1.1 moves a tensor 4.8x the tolerance, the learning
+    rate x 1.001 200x (and the recipe check above fails first for a change of DEMO_SETTINGS)."""
+    record = _record()["short_build"]
+    assert record["recipe"] == demo_model.demo_settings(DEMO_SHORT_STEPS)  # the recipe the shipped model was built with
+    out = tmp_path / "demo"
+    result = subprocess.run(demo_model_build_command(out, DEMO_SHORT_STEPS), cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert demo_model.read_marker(out)["settings"] == record["recipe"]
+    if same_rounding(record["fingerprint"], rounding_fingerprint()):
+        assert {name: _sha(out / name) for name in record["sha256"]} == record["sha256"]
+        return
+    _same_config_and_vocabulary(out, demo_model.shipped_dir())  # the steps change neither
+    problems = compare_sketches(weight_sketch(out / "model.safetensors"), record["sketch"])
+    assert not problems, problems[:10]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PPO_FULL_REBUILD") != "1",
+                    reason="the full rebuild takes minutes: PPO_FULL_REBUILD=1 runs it (CI runs the 50-step build)")
 def test_the_builder_reproduces_the_shipped_weights(tmp_path):
     """`python -m ppo.demo_model --rebuild` pre-trains from scratch (3-14 minutes on 2 busy cores): on
     the recording machine's rounding the files equal the shipped ones bit for bit; elsewhere the
@@ -169,9 +203,7 @@ def test_the_builder_reproduces_the_shipped_weights(tmp_path):
         return
     import mlx.core as mx
 
-    assert json.loads((out / "config.json").read_text()) == json.loads((shipped / "config.json").read_text())
-    vocab = [json.loads((d / "tokenizer.json").read_text())["model"]["vocab"] for d in (out, shipped)]
-    assert vocab[0] == vocab[1]
+    _same_config_and_vocabulary(out, shipped)
     got, want = mx.load(str(out / "model.safetensors")), mx.load(str(shipped / "model.safetensors"))
     assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
     rebuilt, reference = heldout_loss(out), heldout_loss(shipped)

@@ -228,11 +228,23 @@ def test_full_disk_while_saving_a_checkpoint(small_disk, tiny_model_dir):
     assert checkpoint.load(good, model, optimizer).step == 1
 
 
+FULL_DISK_RUN = {"train.iters": 4, "train.steps_per_eval": 2}
+
+
+@pytest.fixture(scope="module")
+def straight_full_disk_run(tmp_path_factory, tiny_model_dir, prompts_file):
+    """The full-disk runs' settings, uninterrupted: what both of their resumes must equal."""
+    straight = tmp_path_factory.mktemp("straight") / "run"
+    assert run_cli(_overrides(tiny_model_dir, prompts_file, straight, **FULL_DISK_RUN)).returncode == 0
+    return straight
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("leave_kib", [0, 100])
-def test_full_disk_during_a_run_then_resume_is_exact(small_disk, tmp_path, tiny_model_dir, prompts_file, leave_kib):
+def test_full_disk_during_a_run_then_resume_is_exact(small_disk, tiny_model_dir, prompts_file, leave_kib,
+                                                     straight_full_disk_run):
     run_dir = small_disk / "run"
-    args = dict(**{"train.iters": 4, "train.steps_per_eval": 2})
+    args = FULL_DISK_RUN
     assert run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **{**args, "train.iters": 2})).returncode == 0
     (run_dir / "summary.json").unlink()  # as if killed at step 2
     for name in ("report.md", "curves_kl.png", "curves_win_rate.png", "curves_clip_fraction.png"):
@@ -248,10 +260,8 @@ def test_full_disk_during_a_run_then_resume_is_exact(small_disk, tmp_path, tiny_
     filler.unlink()
     resumed = run_cli(_overrides(tiny_model_dir, prompts_file, run_dir, **args))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = tmp_path / "straight"
-    assert run_cli(_overrides(tiny_model_dir, prompts_file, straight, **args)).returncode == 0
-    assert _metrics(run_dir) == _metrics(straight)
-    _same_adapters(run_dir, straight)
+    assert _metrics(run_dir) == _metrics(straight_full_disk_run)
+    _same_adapters(run_dir, straight_full_disk_run)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import compose, run_cli, small_run_overrides
+from conftest import compose, small_run_overrides
 from ppo.errors import ConfigError
 from ppo.metrics import comparable
 from ppo.train.validation import validate
@@ -278,13 +278,15 @@ def _train_records(run_dir):
 @pytest.mark.slow
 def test_k4_run_with_the_rule_judge_and_its_replay(tmp_path, tiny_model_dir, prompts_file):
     """Judged pairs per step = batch x k(k-1)/2 (the round robin), one loss pair per prompt at most; a
-    replay of the run's judgments.jsonl with the same settings reproduces every metric of the run."""
+    replay of the run's judgments.jsonl with the same settings reproduces every metric of the run.
+    Both runs through the trainer in this process (the command line is tested elsewhere)."""
+    from ppo.train.loop import train
+
     base = small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 3, "train.steps_per_eval": 3,
                                                                  "train.learning_rate": 0.01}) + K4
     # Words the tiny random model does write, so the rule judge decides pairs and the policy moves.
     words = "~judge.positive", "+judge.positive=[sea,ship,moon,apple,queen,song,rabbit,road,the,every]"
-    run = run_cli([*base, "judge=rule", *words, f"hydra.run.dir={tmp_path / 'rule'}"])
-    assert run.returncode == 0, run.stderr[-3000:]
+    train(compose([*base, "judge=rule", *words]), tmp_path / "rule")
     records = _train_records(tmp_path / "rule")
     for step in (1, 2, 3):
         mine = [r for r in records if r["step"] == step]
@@ -295,9 +297,7 @@ def test_k4_run_with_the_rule_judge_and_its_replay(tmp_path, tiny_model_dir, pro
     assert all(r["judge/pairs"] == 12.0 and 0 <= r["judge/loss_pairs"] <= 2 for r in trained)
     assert any(r["advantage/mean"] > 0 for r in trained) and any(r["kl"] != 0 for r in trained)  # it learns
 
-    replay = run_cli([*base, "judge=replay", f"judge.path={tmp_path / 'rule' / 'judgments.jsonl'}",
-                      f"hydra.run.dir={tmp_path / 'replay'}"])
-    assert replay.returncode == 0, (replay.stdout + replay.stderr)[-3000:]
+    train(compose([*base, "judge=replay", f"judge.path={tmp_path / 'rule' / 'judgments.jsonl'}"]), tmp_path / "replay")
     replayed = _rows(tmp_path / "replay")
     assert all(r.get("judge/replay_missing", 0) == 0 for r in replayed)
     strip = lambda r: {k: v for k, v in r.items() if k not in REPLAY_OWN}  # noqa: E731
@@ -307,11 +307,13 @@ def test_k4_run_with_the_rule_judge_and_its_replay(tmp_path, tiny_model_dir, pro
 
 @pytest.mark.slow
 def test_k4_all_pairs_with_a_tiny_llm_judge(tmp_path, tiny_model_dir, prompts_file):
-    """The LLM judge answers every game of the round robin in both orders; all_pairs trains on every one."""
+    """The LLM judge answers every game of the round robin in both orders; all_pairs trains on every one
+    (the trainer in this process)."""
+    from ppo.train.loop import train
+
     base = small_run_overrides(tiny_model_dir, prompts_file, **{"train.iters": 2, "train.steps_per_eval": 2}) + K4
-    run = run_cli([*base, "judge=llm", f"judge.model={tiny_model_dir}", "generation.pair_rule=all_pairs",
-                   f"hydra.run.dir={tmp_path / 'llm'}"])
-    assert run.returncode == 0, run.stderr[-3000:]
+    train(compose([*base, "judge=llm", f"judge.model={tiny_model_dir}", "generation.pair_rule=all_pairs"]),
+          tmp_path / "llm")
     records = _train_records(tmp_path / "llm")
     assert [sum(r["step"] == s for r in records) for s in (1, 2)] == [12, 12]
     assert all(r["orders"] == ["ab", "ba"] and 0.0 < r["p"] < 1.0 for r in records)
