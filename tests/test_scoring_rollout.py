@@ -101,10 +101,19 @@ def _row_independent_matmul() -> bool:
     return mx.default_device().type == mx.DeviceType.cpu and "mlx_cpu.libs" in blas_in_use()
 
 
+
+def lora_grads(policy, scorer, batch) -> dict:
+    """The policy's trainable gradients of a fixed weighting of the rows' summed log-probs under `scorer`."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    weights = mx.array([0.5, -1.0, 2.0, 0.25])
+    loss = lambda m: (weights * reduce_logps(scorer(m, batch), batch.completion_mask)).sum()  # noqa: E731
+    return dict(tree_flatten(nn.value_and_grad(policy, loss)(policy)[1]))
+
 def test_head_on_completion_positions_equals_the_models_own_forward(model_and_tokenizer, tiny_model_dir):
     """token_logps runs the LM head only where completion tokens are predicted; the values
     and the LoRA gradients equal scoring through the model's own forward (every position)."""
-    import mlx.nn as nn
     from mlx_lm import load
 
     from ppo.train.scoring import _body_and_head, _token_logps_full, token_logps
@@ -120,16 +129,10 @@ def test_head_on_completion_positions_equals_the_models_own_forward(model_and_to
 
     policy, _ = load(str(tiny_model_dir))
     add_adapters(policy, OmegaConf.structured(FinetuneConfig(type="lora", rank=4, num_layers=2)))
-    from mlx.utils import tree_flatten, tree_map
+    from mlx.utils import tree_map
 
     policy.update(tree_map(lambda p: p + 0.05, policy.trainable_parameters()))
-    weights = mx.array([0.5, -1.0, 2.0, 0.25])
-
-    def grads(scorer):
-        loss = lambda m: (weights * reduce_logps(scorer(m, batch), batch.completion_mask)).sum()  # noqa: E731
-        return dict(tree_flatten(nn.value_and_grad(policy, loss)(policy)[1]))
-
-    split, full = grads(token_logps), grads(_token_logps_full)
+    split, full = lora_grads(policy, token_logps, batch), lora_grads(policy, _token_logps_full, batch)
     assert split.keys() == full.keys() and split
     for name in split:
         np.testing.assert_allclose(np.array(split[name]), np.array(full[name]), rtol=1e-5, atol=1e-7, err_msg=name)
@@ -159,8 +162,7 @@ def test_layers_below_the_adapters_are_run_once_and_change_nothing(tiny_model_di
     (the base) and the policy: `share_frozen_layers` runs it once, and the reference's and the
     policy's log-probs and the policy's LoRA gradients equal those of the full forward bit for
     bit; a trimmed minibatch (`JudgedBatch.select`) takes its rows of the shared states."""
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten, tree_map
+    from mlx.utils import tree_map
     from mlx_lm import load
 
     from ppo.train.models import StartingAdapters
@@ -178,13 +180,7 @@ def test_layers_below_the_adapters_are_run_once_and_change_nothing(tiny_model_di
     with adapters_disabled(policy) as ref:
         assert np.array_equal(np.array(token_logps(ref, shared)), np.array(token_logps(ref, batch)))
     assert np.array_equal(np.array(token_logps(policy, shared)), np.array(token_logps(policy, batch)))
-    weights = mx.array([0.5, -1.0, 2.0, 0.25])
-
-    def grads(b):
-        loss = lambda m: (weights * reduce_logps(token_logps(m, b), b.completion_mask)).sum()  # noqa: E731
-        return dict(tree_flatten(nn.value_and_grad(policy, loss)(policy)[1]))
-
-    with_sharing, without = grads(shared), grads(batch)
+    with_sharing, without = lora_grads(policy, token_logps, shared), lora_grads(policy, token_logps, batch)
     assert with_sharing.keys() == without.keys() and with_sharing
     for name in with_sharing:
         assert np.array_equal(np.array(with_sharing[name]), np.array(without[name])), name
