@@ -238,3 +238,17 @@ def test_training_steps_with_shared_layers_log_what_every_layer_run_logs(tiny_mo
     drop = lambda row: {k: v for k, v in row.items() if not timed(k)}  # noqa: E731
     assert [drop(r) for r in shared] == [drop(r) for r in plain]
     assert "loss" in shared[0]
+
+
+def test_a_model_with_windowed_attention_runs_every_forward_whole():
+    """A sliding-window layer masks differently from the causal mask the shared layers are run with;
+    a short probe could not see it, so such models never share layers."""
+    from types import SimpleNamespace
+
+    from ppo.train.scoring import windowed_attention
+
+    assert not windowed_attention(SimpleNamespace(args=SimpleNamespace(model_type="qwen3")))
+    assert not windowed_attention(SimpleNamespace(args=SimpleNamespace(layer_types=["full_attention"] * 2,
+                                                                       sliding_window=None)))
+    assert windowed_attention(SimpleNamespace(args=SimpleNamespace(sliding_window=512)))
+    assert windowed_attention(SimpleNamespace(args=SimpleNamespace(layer_types=["sliding_attention", "full_attention"])))

@@ -131,7 +131,7 @@ def frozen_leading_layers(policy, reference) -> int:
 
     from ppo.train.models import StartingAdapters, _adapter_modules
 
-    if reference is not None and not isinstance(reference, StartingAdapters):
+    if (reference is not None and not isinstance(reference, StartingAdapters)) or windowed_attention(policy):
         return 0
     split = _body_and_head(policy)
     if split is None:
@@ -160,6 +160,17 @@ def frozen_leading_layers(policy, reference) -> int:
         finally:
             policy.train(training)
     return k if _LAYER_SPLITS_CHECKED[key] else 0
+
+
+def windowed_attention(model) -> bool:
+    """Whether some layer of `model` attends over a sliding window (Gemma 2/3, Llama with
+    `layer_types`, ...): its mask is then not the plain causal one `_run_layers` builds, and the
+    short probe of `frozen_leading_layers` could not tell, since a window longer than the probe
+    masks nothing there."""
+    args = getattr(model, "args", None)
+    if getattr(args, "sliding_window", None) or getattr(args, "sliding_window_pattern", None):
+        return True
+    return any(kind != "full_attention" for kind in (getattr(args, "layer_types", None) or ()))
 
 
 def share_frozen_layers(batch: ScoringBatch, policy, reference) -> ScoringBatch:
