@@ -441,6 +441,8 @@ def test_ppo_launch_splits_its_arguments_and_names_the_failed_rank(tmp_path):
     # mlx.launch's own lines, in order: rank 1 killed, then rank 0 ended by the launcher because of it.
     assert ppo_launch.outcome({}, [(1, -9), (0, -15)], 2, 0) == (137, "rank 1 of 2 was killed by signal 9 (SIGKILL)")
     assert ppo_launch.outcome({0: 4}, [(1, 3)], 2, 0) == (3, "rank 1 of 2 exited with code 3")
+    # mlx.launch reports rank 0 (which lost its peer: RankTimeout's code 4) before rank 1 (SIGKILLed): the cause is named
+    assert ppo_launch.outcome({0: 4}, [(0, 4), (1, -9)], 2, 0) == (137, "rank 1 of 2 was killed by signal 9 (SIGKILL)")
     assert ppo_launch.outcome({}, [], 2, 2) == (2, None)  # mlx.launch refused its own arguments and said why
     assert ppo_launch.outcome({}, [], 2, 0) == (137, "rank 0 of 2 ended without an exit status (killed?)")
 

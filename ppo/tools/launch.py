@@ -43,6 +43,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from ppo.errors import RankTimeout
 from ppo.platform.cores import ENV_LAUNCH_ID  # one id per launch in every rank's environment
 
 # Set (to 1) in every rank's environment; ppo.tools.cli.train_main then prints STATUS_LINE.
@@ -194,7 +195,10 @@ def outcome(codes: dict[int, int], failures: list[tuple[int, int | None]], expec
     total = expected or (max(seen) + 1 if seen else 0)
     missing = [r for r in range(total) if r not in seen]
     if ordered:
-        rank, code = next(((r, c) for r, c in ordered if c is not None), ordered[0])
+        # A rank that exited with RankTimeout's code only noticed that another one was lost: the
+        # lost one (killed, or failed on its own) is the cause, whatever order mlx.launch reports them in.
+        causes = [(r, c) for r, c in ordered if c is not None and c != RankTimeout.exit_code]
+        rank, code = next(iter(causes), next(((r, c) for r, c in ordered if c is not None), ordered[0]))
         return (_exit_code(code) if code is not None else KILLED) or 1, _describe(rank, code, total)
     if missing:
         if not seen and launcher:
