@@ -73,8 +73,11 @@ def test_two_mlx_launches_at_once_never_train_across_each_other(tmp_path):
     launches = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 for _ in range(2)]
     outs = [p.communicate(timeout=180)[0] for p in launches]
+    # Not 4 lines: a rank of a launch that paired across can be ended by its mlx.launch (SIGTERM)
+    # as soon as its sibling, refused, exits, before it prints its own refusal (seen 2 in 3 times).
+    # Every exit is preceded by a line, and each pair's other rank is in the other launch: >= 2.
     lines = [line for out in outs for line in out.splitlines() if line.startswith(("accepted", "refused"))]
-    assert len(lines) == 4, outs
+    assert len(lines) >= 2, outs
     for line in lines:
         if line.startswith("accepted"):
             me, peers = line.split()[1], line.split()[3].split(",")

@@ -38,6 +38,7 @@ import numpy as np
 
 from ppo.errors import ConfigError, RankTimeout
 from ppo.metrics import STEP_COUNTS
+from ppo.train.rendezvous import PeerLost, PeerTimeout, Rendezvous
 
 # `launched` and `launch_rank` read the launcher's environment; they live with the thread
 # settings that must be made before MLX is imported.
@@ -57,6 +58,9 @@ class World:
     # What a lost rank's message advises: set by the trainer once it knows the run folder
     # (ppo.train.run_folder.continue_command).
     continue_with: str = ""
+    # Where ranks on one machine meet before each collective, asleep, and gather small objects
+    # (ppo.train.rendezvous); None for one process, and for ranks on several machines.
+    rendezvous: Any = None
 
     @classmethod
     def current(cls, timeout: float = 300.0) -> "World":
@@ -88,11 +92,15 @@ class World:
 
         from ppo.platform.blas import set_blas_threads
 
-        me = {"host": socket.gethostname(), "launch": launch_identity()}
+        server = Rendezvous.listener() if self.is_main else None
+        me = {"host": socket.gethostname(), "launch": launch_identity(),
+              "rendezvous_port": server.getsockname()[1] if server else None}
         ranks = self.gather_objects(me)
         for rank, other in enumerate(ranks):
             if other["host"] == me["host"] and other["launch"] != me["launch"] and None not in (other["launch"],
                                                                                                 me["launch"]):
+                if server:
+                    server.close()
                 raise ConfigError(
                     f"rank {self.rank} and rank {rank} belong to two different launches ({me['launch']} and "
                     f"{other['launch']}): two distributed runs started on this machine at once on the same ports "
@@ -102,6 +110,16 @@ class World:
         hosts = [r["host"] for r in ranks]
         if user_blas_threads() is None:
             set_blas_threads(rank_threads(hosts.count(me["host"])))
+        if len(set(hosts)) == 1:
+            try:
+                self.rendezvous = Rendezvous.connect(self.rank, self.size, ranks[0]["rendezvous_port"], self.timeout,
+                                                     server)
+            except PeerTimeout:
+                self._give_up()
+            except PeerLost as err:
+                self._lost(str(err))
+        elif server:
+            server.close()
 
     @property
     def is_main(self) -> bool:
@@ -123,6 +141,18 @@ class World:
 
     # -- collectives, each bounded by the rank timeout ---------------------------------------
 
+    def _meet(self, payload: list[bytes] = ()) -> list[bytearray]:
+        """Wait, asleep, until every rank has arrived (ppo.train.rendezvous); every rank's `payload`."""
+        start = time.perf_counter()
+        try:
+            return self.rendezvous.gather(payload, self.timeout)
+        except PeerTimeout:
+            self._give_up()
+        except PeerLost as lost:
+            self._lost(str(lost))
+        finally:
+            self.waited += time.perf_counter() - start
+
     def _wait(self, *arrays) -> None:
         """mx.eval the collective's result; a peer that never arrives ends this process in one line."""
         timer = threading.Timer(self.timeout, self._give_up)
@@ -132,14 +162,17 @@ class World:
         try:
             mx.eval(*arrays)
         except RuntimeError as err:  # the ring backend: "[ring] connection to a peer was lost"
-            # Said at once: mlx.launch sends SIGTERM to the surviving ranks right after one dies.
-            message = (f"rank {self.rank}: lost the other ranks ({str(err).splitlines()[0]}); a rank died. "
-                       f"The last complete checkpoint is intact: relaunch the same command to resume{self._exactly()}")
-            print(f"error: {message}", file=sys.stderr, flush=True)
-            raise RankTimeout(message, reported=True) from None
+            self._lost(str(err).splitlines()[0])
         finally:
             timer.cancel()
             self.waited += time.perf_counter() - start
+
+    def _lost(self, why: str) -> None:
+        # Said at once: mlx.launch sends SIGTERM to the surviving ranks right after one dies.
+        message = (f"rank {self.rank}: lost the other ranks ({why}); a rank died. "
+                   f"The last complete checkpoint is intact: relaunch the same command to resume{self._exactly()}")
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise RankTimeout(message, reported=True) from None
 
     def take_wait_seconds(self) -> float:
         waited, self.waited = self.waited, 0.0
@@ -157,6 +190,11 @@ class World:
     def all_sum(self, x: mx.array) -> mx.array:
         if self.size == 1:
             return x
+        if self.rendezvous is not None:
+            self._meet()
+        return self._all_sum(x)
+
+    def _all_sum(self, x: mx.array) -> mx.array:
         out = mx.distributed.all_sum(x, group=self.group)
         self._wait(out)
         return out
@@ -165,8 +203,10 @@ class World:
         """Every rank's JSON-serialisable `obj`, in rank order (a list of one for a single process)."""
         if self.size == 1:
             return [obj]
+        if self.rendezvous is not None:
+            return [json.loads(part) for part in self._meet([json.dumps(obj, default=float).encode()])]
         payload = np.frombuffer(json.dumps(obj, default=float).encode(), dtype=np.uint8)
-        lengths = self.all_sum(mx.array(np.eye(self.size, dtype=np.int32)[self.rank] * len(payload)))
+        lengths = self._all_sum(mx.array(np.eye(self.size, dtype=np.int32)[self.rank] * len(payload)))
         lengths = np.array(lengths).astype(int)
         padded = np.zeros(int(lengths.max()), dtype=np.uint8)
         padded[:len(payload)] = payload
@@ -177,21 +217,59 @@ class World:
 
     def average_gradients(self, grads, like):
         """The mean of the ranks' gradients; a rank without a judged pair this step passes None
-        (it contributes nothing, and the mean is over the ranks that had one). None when no rank had any."""
+        (it contributes nothing, and the mean is over the ranks that had one). None when no rank had any.
+        How many ranks contributed travels in the same all-reduce, as one more element."""
         if self.size == 1:
             return grads
         import mlx.nn as nn
         from mlx.utils import tree_map
 
-        contributors = int(self.all_sum(mx.array(0 if grads is None else 1)).item())
+        local = tree_map(mx.zeros_like, like) if grads is None else grads
+        dtype = _leaves(local)[0][1].dtype
+        both = {"grads": local, "contributed": mx.array([0 if grads is None else 1], dtype=dtype)}
+        if self.rendezvous is not None:
+            mean = self._average_on_this_machine(both)
+        else:
+            mean = nn.average_gradients(both, group=self.group)  # sum / size, bucketed into few all-reduces
+            self._wait(*[v for _, v in _leaves(mean)])
+        contributors = round(mean["contributed"].item() * self.size)
         if contributors == 0:
             return None
-        local = tree_map(mx.zeros_like, like) if grads is None else grads
-        mean = nn.average_gradients(local, group=self.group)  # sum / size, bucketed into few all-reduces
         scale = self.size / contributors
-        out = tree_map(lambda g: g * scale, mean) if scale != 1 else mean
-        self._wait(*[v for _, v in _leaves(out)])
-        return out
+        return tree_map(lambda g: g * scale, mean["grads"]) if scale != 1 else mean["grads"]
+
+    def _average_on_this_machine(self, tree):
+        """`tree`'s mean over the ranks, through the rendezvous: rank 0 adds the ranks' arrays in
+        rank order and divides by the world size, as `nn.average_gradients` does (bit for bit the
+        same with two ranks, where the order of an addition cannot matter), and sends every rank
+        the result. Hand-written because MLX's ring all-reduce waits at each hop for its peer to be
+        scheduled, and its socket threads spin meanwhile: 4 ranks on 2 cores took 24 ms to average
+        1 to 100,000 floats and 105 ms for 1M, against 1-4 ms and 43 ms here
+        (benchmarks/bench_collectives.py)."""
+        from mlx.utils import tree_unflatten
+
+        names, local = zip(*_leaves(tree))
+        mx.eval(local)
+        mean: list[mx.array] = []
+
+        def combine(parts) -> list:
+            next(parts)  # this rank's own: `local`, as arrays
+            total = list(local)
+            for part in parts:
+                total = [t + a for t, a in zip(total, _unpack(part, local))]
+            mean.extend(t / self.size for t in total)
+            return _pack(mean)
+
+        start = time.perf_counter()
+        try:
+            answer = self.rendezvous.reduce(_pack(local), self.timeout, combine)
+        except PeerTimeout:
+            self._give_up()
+        except PeerLost as lost:
+            self._lost(str(lost))
+        finally:
+            self.waited += time.perf_counter() - start
+        return tree_unflatten(list(zip(names, mean if self.is_main else _unpack(answer, local))))
 
     def check_same(self, what: str, value: str) -> None:
         """Refuse to run when the ranks disagree on `value` (e.g. a checkpoint only some could read)."""
@@ -264,6 +342,25 @@ def _leaves(tree) -> list[tuple[str, mx.array]]:
     from mlx.utils import tree_flatten
 
     return tree_flatten(tree)
+
+
+# Unsigned integers of each item size: arrays travel as their bits (numpy has no bfloat16).
+_BITS = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32, 8: mx.uint64}
+
+
+def _pack(arrays) -> list[memoryview]:
+    """The arrays' bytes, to send as they lie (evaluates them)."""
+    return [memoryview(np.array(a.view(_BITS[a.dtype.size]))).cast("B") for a in arrays]
+
+
+def _unpack(data, like) -> list[mx.array]:
+    """Arrays shaped and typed as `like`'s, read one after another from `data`."""
+    arrays, offset = [], 0
+    for a in like:
+        bits = np.frombuffer(data, dtype=np.dtype(f"<u{a.dtype.size}"), count=a.size, offset=offset)
+        arrays.append(mx.array(bits).view(a.dtype).reshape(a.shape))
+        offset += a.size * a.dtype.size
+    return arrays
 
 
 def reduce_metrics(per_rank: list[dict]) -> dict:
