@@ -38,6 +38,8 @@ BENCHMARKS = {
     "elementwise": ["bench_elementwise.py"],
     "fast_activations": ["bench_fast_activations.py"],
     "distributed": ["bench_distributed.py"],
+    # A step's collectives on one machine: through the rendezvous against MLX's ring, 2 and 4 ranks.
+    "collectives": ["bench_collectives.py"],
     # The step against mlx-lm-lora at the toy and ~80M rungs, each phase against this machine's floor.
     "ladder": ["bench_ladder.py"],
     # mx.compile against eager for decode, scoring and the update (toy and SmolLM2's shape).

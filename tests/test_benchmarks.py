@@ -365,6 +365,14 @@ def test_bench_ladder_smollm2_rung_reads_the_fetched_folder(tmp_path):
     assert rung["decode"]["same_tokens_as_mlx_lm"] is True
 
 
+@pytest.mark.slow
+def test_bench_collectives_prints_its_json():
+    result = run_benchmark("bench_collectives.py", "--reps", "2", "--procs", "2", "--floats", "10")
+    run = result["runs"][0]
+    assert run["processes"] == 2 and set(run) >= {"rendezvous", "mlx", "mlx_over_rendezvous"}
+    assert run["rendezvous"]["average_10_floats_ms"] > 0 and run["mlx"]["gather_metrics_ms"] > 0
+
+
 def test_run_all_runs_every_benchmark_script():
     """run_all is the one command for all benchmarks: every bench_*.py is in it (the ladder too)."""
     from benchmarks.run_all import BENCHMARKS as RUN_ALL
