@@ -11,11 +11,15 @@ What is split and what is shared (docs/how-to/distributed.md):
 - `train.batch_size` is the global number of prompts per step; every rank draws the same
   global batch from the same seeded order and keeps its own contiguous slice (`share`),
   so ranks see disjoint prompts and the union is what one process would see.
-- Gradients are averaged with `mlx.nn.average_gradients` before one optimizer step that
-  every rank applies, so the weights stay bit-identical on every rank (checked at the end
-  of a run: `summary.json` records `ranks_in_sync`).
+- Gradients are averaged before one optimizer step that every rank applies, so the weights
+  stay bit-identical on every rank (checked at the end of a run: `summary.json` records
+  `ranks_in_sync`).
 - Metrics, evaluation verdicts and judgment records are gathered to rank 0, the only
   process that writes the run folder.
+- Ranks on several machines do both with MLX's collectives (`mlx.nn.average_gradients`).
+  Ranks that all run on one machine do them through their rendezvous (ppo.train.rendezvous),
+  where a waiting rank sleeps: MLX's ring backend spins while it waits, which with more ranks
+  than cores takes the CPU from the ranks still computing.
 - A rank that waits at a collective longer than `train.rank_timeout` seconds (a peer died
   or hangs) prints one line and exits, so no run hangs forever; the last complete
   checkpoint stays intact (checkpoints are written whole and renamed).
