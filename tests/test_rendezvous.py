@@ -185,3 +185,38 @@ def test_ranks_meet_asleep_and_average_as_mlx_does(tmp_path):
     assert cpu["mlx"] > 1.0, done.stdout
     assert {"rank 0 same gradients", "rank 1 same gradients"} <= set(lines), done.stdout
     assert "rank 0 rendezvous dtypes mlx.core.float32 mlx.core.bfloat16" in lines, done.stdout
+
+
+FALLBACK_SCRIPT = """
+import socket
+from ppo.train.distributed import World
+from ppo.train.rendezvous import Rendezvous
+
+world = World.current()
+world.rendezvous.close()
+world.rendezvous = None
+world.timeout = 3.0  # rank 0 waits that long for a rank that cannot connect
+server = Rendezvous.listener() if world.is_main else None
+port = world.gather_objects(server.getsockname()[1] if server else None)[0]
+if world.rank == 1:  # as from another network namespace: nothing listens at that port here
+    unused = socket.socket()
+    unused.bind(("127.0.0.1", 0))
+    port = unused.getsockname()[1]
+    unused.close()
+world.rendezvous = world.connect_rendezvous(port, server)
+assert world.rendezvous is None, "a rank could not connect: every rank keeps MLX's collectives"
+assert world.gather_objects(world.rank) == [0, 1]
+print(f"rank {world.rank} fell back", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ranks_that_cannot_all_connect_keep_mlx_collectives(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(FALLBACK_SCRIPT)
+    done = subprocess.run([sys.executable, "-m", launcher_module, "-n", "2", "--backend", "ring",
+                           "--starting-port", str(free_port_block(4)), "--python", sys.executable, str(script)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {"rank 0 fell back", "rank 1 fell back"} <= set(done.stdout.splitlines()), done.stdout

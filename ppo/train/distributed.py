@@ -115,15 +115,25 @@ class World:
         if user_blas_threads() is None:
             set_blas_threads(rank_threads(hosts.count(me["host"])))
         if len(set(hosts)) == 1:
-            try:
-                self.rendezvous = Rendezvous.connect(self.rank, self.size, ranks[0]["rendezvous_port"], self.timeout,
-                                                     server)
-            except PeerTimeout:
-                self._give_up()
-            except PeerLost as err:
-                self._lost(str(err))
+            self.rendezvous = self.connect_rendezvous(ranks[0]["rendezvous_port"], server)
         elif server:
             server.close()
+
+    def connect_rendezvous(self, port: int, server=None) -> Rendezvous | None:
+        """Every rank's end of the rendezvous on rank 0's `port` (rank 0 accepts on `server`),
+        or None on every rank when any rank could not connect: ranks whose machines share a host
+        name but not a loopback (containers with their own network) keep MLX's collectives."""
+        try:
+            # at most half the rank timeout: a rank that failed at once waits for rank 0 at the all_sum below
+            rendezvous = Rendezvous.connect(self.rank, self.size, port,
+                                            min(self.timeout / 2, RENDEZVOUS_CONNECT_SECONDS), server)
+        except (PeerTimeout, PeerLost):
+            rendezvous = None
+        if int(self._all_sum(mx.array(int(rendezvous is not None))).item()) == self.size:
+            return rendezvous
+        if rendezvous is not None:
+            rendezvous.close()
+        return None
 
     @property
     def is_main(self) -> bool:
@@ -311,6 +321,11 @@ def first_difference(a: dict, b: dict) -> str | None:
     """The first key (in sorted order) whose value differs between two flattened configs."""
     return next((k for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k] != b[k]), None)
 
+
+# How long rank 0 waits for the other ranks of its machine to connect to its rendezvous: they
+# do at once, right after the collective that told them the port; a rank that cannot (another
+# network namespace under the same host name) makes every rank keep MLX's collectives.
+RENDEZVOUS_CONNECT_SECONDS = 60.0
 
 # Programs whose process starts the ranks of one launch, looked for among a rank's ancestors.
 LAUNCHERS = ("mlx.launch", "mpirun", "mpiexec", "orterun", "prterun", "prted", "orted")
