@@ -120,6 +120,28 @@ def test_a_rank_that_dies_is_named_and_one_that_hangs_times_out():
             end.close()
 
 
+def test_a_stray_connection_is_not_taken_for_a_rank():
+    server = Rendezvous.listener()
+    port = server.getsockname()[1]
+    strays = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    strays[0].sendall(b"GET / HTTP/1.0\r\n\r\n")  # not a rank number
+    strays[1].sendall((7).to_bytes(8, "little"))  # no such rank
+    strays[2].close()  # says nothing
+    ends: dict[int, Rendezvous] = {}
+    rank_0 = threading.Thread(target=lambda: ends.__setitem__(0, Rendezvous.connect(0, 2, port, 10, server)))
+    rank_0.start()
+    ends[1] = Rendezvous.connect(1, 2, port, 10)
+    rank_0.join(15)
+    try:
+        assert on_every_rank([ends[0], ends[1]], lambda end: end.gather([str(end.rank).encode()], 10)) == [
+            [b"0", b"1"]] * 2
+    finally:
+        for end in [*ends.values()]:
+            end.close()
+        for stray in strays:
+            stray.close()
+
+
 def test_ranks_that_never_connect_time_out():
     server = Rendezvous.listener()
     with pytest.raises(PeerTimeout):

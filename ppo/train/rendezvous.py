@@ -74,7 +74,13 @@ class Rendezvous:
                     while len(peers) < size - 1:
                         server.settimeout(_left(deadline))
                         conn, _ = server.accept()
-                        peer = _LENGTH.unpack(_read(conn, _LENGTH.size, deadline))[0]
+                        try:
+                            peer = _LENGTH.unpack(_read(conn, _LENGTH.size, deadline))[0]
+                        except PeerLost:
+                            peer = None
+                        if peer in peers or not 0 < (peer or 0) < size:  # not one of our ranks: a stray connection
+                            conn.close()
+                            continue
                         peers[peer] = _quick(conn)
             else:
                 conn = socket.create_connection(("127.0.0.1", port), timeout=_left(deadline))
