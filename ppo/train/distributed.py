@@ -62,8 +62,8 @@ class World:
     # What a lost rank's message advises: set by the trainer once it knows the run folder
     # (ppo.train.run_folder.continue_command).
     continue_with: str = ""
-    # Where ranks on one machine meet before each collective, asleep, and gather small objects
-    # (ppo.train.rendezvous); None for one process, and for ranks on several machines.
+    # Where ranks on one machine gather and average, asleep while they wait (ppo.train.rendezvous);
+    # None for one process, and for ranks on several machines.
     rendezvous: Any = None
 
     @classmethod
@@ -257,8 +257,9 @@ class World:
         rank order and divides by the world size, as `nn.average_gradients` does (bit for bit the
         same with two ranks, where the order of an addition cannot matter), and sends every rank
         the result. Hand-written because MLX's ring all-reduce waits at each hop for its peer to be
-        scheduled, and its socket threads spin meanwhile: 4 ranks on 2 cores took 24 ms to average
-        1 to 100,000 floats and 105 ms for 1M, against 1-4 ms and 43 ms here
+        scheduled, and its socket threads spin meanwhile: 4 ranks on 2 cores took 24-28 ms to
+        average 1 to 100,000 floats and 102 ms for 1M, against 1.2-3.7 ms and 25.5 ms here; with
+        2 ranks the two are within noise, MLX a little ahead on large arrays
         (benchmarks/bench_collectives.py)."""
         from mlx.utils import tree_unflatten
 

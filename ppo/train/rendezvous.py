@@ -1,26 +1,25 @@
-"""Where the ranks of one machine meet, asleep, and pass each other small objects.
+"""Where the ranks of one machine meet, asleep: their gathers and their gradient mean.
 
 MLX's ring backend (0.32) waits for a peer's bytes by polling a non-blocking socket in a loop
 (mlx/distributed/ring/ring.cpp, `SocketThread::worker`): a rank that reaches a collective
 before the others keeps a core busy until the last one arrives (measured: a rank waiting 2 s
 at an `all_sum` used 2.0 s of CPU). With more ranks than cores, the waiting ranks take the CPU
 from the ranks still computing, and every hop of the ring waits for its peer to be scheduled:
-with 4 ranks on 2 cores a one-element `all_sum` took 20.7 ms and a gather of a small object
-33.8 ms, against 0.15 ms for a meeting here.
+with 4 ranks on 2 cores, averaging 1 to 100,000 floats took 24-28 ms, gathering a step's
+metrics 36 ms (benchmarks/bench_collectives.py).
 
-So ranks on one machine
-- meet here before each MLX collective (`meet`): a waiting rank sleeps in a blocking `recv`,
-  and the collective that follows starts with every rank present, spinning only while its
-  bytes move;
-- pass the step's metrics, judgments and checks here (`gather`) rather than through MLX: small
-  JSON objects, for which the ring's hops cost more than the bytes.
-The gradients still travel through MLX's all-reduce.
+Here every exchange goes through rank 0 over loopback TCP, and a waiting rank sleeps in a
+blocking `recv`:
+- `gather`: each other rank sends its part; rank 0 reads one from each, in rank order, and
+  sends every rank all of them (the step's metrics, judgments, verdicts and checks, as JSON);
+- `reduce`: rank 0 folds the parts as they arrive and sends every rank the result (the
+  gradient mean: ppo.train.distributed.World._average_on_this_machine);
+- `meet`: a gather of nothing, before an MLX collective that still runs (`World.all_sum`).
 
 Rank 0 listens on 127.0.0.1 on a free port, which the first MLX collective of the run tells the
-others; every other rank connects once. Both operations go through rank 0: each other rank
-sends its part and waits; rank 0 reads one part from each, then sends every rank all of them.
-Ranks spread over several machines do not use this (ppo.train.distributed.World): they do not
-share cores, and the backend's collectives serve them.
+others; every other rank connects once and says its rank. Ranks spread over several machines
+do not use this (ppo.train.distributed.World): they do not share cores, and the backend's
+collectives serve them.
 """
 
 from __future__ import annotations
@@ -109,7 +108,8 @@ class Rendezvous:
                     _send(self._peers[r], [part], deadline, r)
             return parts
 
-    def reduce(self, payload: Buffers, timeout: float, combine: Callable[[Iterator[Buffers]], Buffers]) -> Buffers | bytearray:
+    def reduce(self, payload: Buffers, timeout: float,
+               combine: Callable[[Iterator[Buffers]], Buffers]) -> Buffers | bytearray:
         """`combine` of every rank's `payload`, in rank order, computed on rank 0 and sent to every
         other rank, which gets its bytes; rank 0 gets what `combine` returned. `combine` is given
         the parts as an iterator that reads each part when asked for it (rank 0's own first, as
