@@ -202,7 +202,8 @@ def test_ranks_meet_asleep_and_average_as_mlx_does(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    cpu = {line.split()[2]: float(line.split()[4]) for line in lines if line.startswith("rank 1") and "waited-cpu" in line}
+    cpu = {line.split()[2]: float(line.split()[4]) for line in lines
+           if line.startswith("rank 1") and "waited-cpu" in line}
     assert cpu["rendezvous"] < 0.3, done.stdout
     assert cpu["mlx"] > 1.0, done.stdout
     assert {"rank 0 same gradients", "rank 1 same gradients"} <= set(lines), done.stdout

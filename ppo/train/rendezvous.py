@@ -119,7 +119,8 @@ class Rendezvous:
             if self.rank != 0:
                 _send(self._peers[0], payload, deadline, 0)
                 return _read_message(self._peers[0], deadline, 0)
-            parts = itertools.chain([payload], (_read_message(self._peers[r], deadline, r) for r in range(1, self.size)))
+            others = (_read_message(self._peers[r], deadline, r) for r in range(1, self.size))
+            parts = itertools.chain([payload], others)
             result = combine(parts)
             for r in range(1, self.size):
                 _send(self._peers[r], result, deadline, r)
