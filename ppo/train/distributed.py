@@ -157,9 +157,14 @@ class World:
 
     def _meet(self, payload: list[bytes] = ()) -> list[bytearray]:
         """Wait, asleep, until every rank has arrived (ppo.train.rendezvous); every rank's `payload`."""
+        return self._through_rendezvous(self.rendezvous.gather, payload)
+
+    def _through_rendezvous(self, exchange, *args):
+        """`exchange(*args, timeout)` of the rendezvous, its wait counted; a lost or silent peer
+        ends this process in one line, as at an MLX collective."""
         start = time.perf_counter()
         try:
-            return self.rendezvous.gather(payload, self.timeout)
+            return exchange(*args, self.timeout)
         except PeerTimeout:
             self._give_up()
         except PeerLost as lost:
@@ -275,15 +280,8 @@ class World:
             mean.extend(t / self.size for t in total)
             return _pack(mean)
 
-        start = time.perf_counter()
-        try:
-            answer = self.rendezvous.reduce(_pack(local), self.timeout, combine)
-        except PeerTimeout:
-            self._give_up()
-        except PeerLost as lost:
-            self._lost(str(lost))
-        finally:
-            self.waited += time.perf_counter() - start
+        answer = self._through_rendezvous(lambda payload, timeout: self.rendezvous.reduce(payload, timeout, combine),
+                                          _pack(local))
         return tree_unflatten(list(zip(names, mean if self.is_main else _unpack(answer, local))))
 
     def check_same(self, what: str, value: str) -> None:
