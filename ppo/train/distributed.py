@@ -155,10 +155,6 @@ class World:
 
     # -- collectives, each bounded by the rank timeout ---------------------------------------
 
-    def _meet(self, payload: list[bytes] = ()) -> list[bytearray]:
-        """Wait, asleep, until every rank has arrived (ppo.train.rendezvous); every rank's `payload`."""
-        return self._through_rendezvous(self.rendezvous.gather, payload)
-
     def _through_rendezvous(self, exchange, *args):
         """`exchange(*args, timeout)` of the rendezvous, its wait counted; a lost or silent peer
         ends this process in one line, as at an MLX collective."""
@@ -209,8 +205,8 @@ class World:
     def all_sum(self, x: mx.array) -> mx.array:
         if self.size == 1:
             return x
-        if self.rendezvous is not None:
-            self._meet()
+        if self.rendezvous is not None:  # asleep until every rank is there, then MLX's all_sum
+            self._through_rendezvous(self.rendezvous.meet)
         return self._all_sum(x)
 
     def _all_sum(self, x: mx.array) -> mx.array:
@@ -223,7 +219,8 @@ class World:
         if self.size == 1:
             return [obj]
         if self.rendezvous is not None:
-            return [json.loads(part) for part in self._meet([json.dumps(obj, default=float).encode()])]
+            parts = self._through_rendezvous(self.rendezvous.gather, [json.dumps(obj, default=float).encode()])
+            return [json.loads(part) for part in parts]
         payload = np.frombuffer(json.dumps(obj, default=float).encode(), dtype=np.uint8)
         lengths = self._all_sum(mx.array(np.eye(self.size, dtype=np.int32)[self.rank] * len(payload)))
         lengths = np.array(lengths).astype(int)
