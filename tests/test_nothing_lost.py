@@ -2,6 +2,7 @@
 earlier run aside, non-finite values stop the run, checkpoints are verified, a full disk
 and bad bytes give one line, sweep job folders are unique, silent cases are refused."""
 
+import contextlib
 import json
 import os
 import signal
@@ -321,15 +322,21 @@ def test_sweep_over_data_paths_gives_one_folder_per_job_and_lists_the_failed_one
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [1.5, 3.0, 6.0])
-def test_sigint_at_any_moment_gives_one_line(tmp_path, tiny_model_dir, prompts_file, delay):
-    """Early (Hydra, model loading) or late (training): one line, exit non-zero."""
+@pytest.mark.parametrize("delay,again_after", [(1.5, None), (3.0, None), (6.0, None), (2.0, 0.03), (3.0, 0.2)])
+def test_sigint_at_any_moment_gives_one_line(tmp_path, tiny_model_dir, prompts_file, delay, again_after):
+    """Early (Hydra, model loading) or late (training): one line, exit 130. Ctrl-C pressed twice
+    as well: before the fix the second one, landing while the first unwound, gave a traceback,
+    or killed the process silently once Python had restored SIGINT's default action (exit -2)."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "ppo.tools.cli", *_overrides(
         tiny_model_dir, prompts_file, run_dir, **{"train.iters": 500, "train.save_every": 1000})],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
+    if again_after is not None:
+        time.sleep(again_after)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, err[-3000:]

@@ -65,11 +65,27 @@ def print_outcome(summary: dict, run_dir: str) -> None:
 _run_folders: list[str] = []
 
 
+def _interrupt_once(signum, frame) -> None:
+    """SIGINT outside the training loop: a KeyboardInterrupt the first time, and every later
+    SIGINT ignored, so that Ctrl-C pressed twice (or one re-sent by a library that chains its
+    own handler) cannot interrupt the unwinding, the one line, or the interpreter's exit (a
+    second SIGINT after Python restores the default action would kill the process silently)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def train_main() -> None:
     """`ppo-train [overrides]`: a Hydra app over conf/train.yaml."""
+    import signal
+
     from ppo.errors import SweepStopped
 
-    code = 1
+    previous_handler = signal.getsignal(signal.SIGINT)
+    if previous_handler is signal.default_int_handler:  # not where SIGINT is ignored (ranks, background jobs)
+        signal.signal(signal.SIGINT, _interrupt_once)
+    code, interrupted = 1, False
     try:
         _train_main()
         code = 0
@@ -79,7 +95,8 @@ def train_main() -> None:
     except KeyboardInterrupt:
         # SIGINT outside the training loop (which saves and stops by itself): while Python,
         # Hydra or the models load, or between sweep jobs. Nothing half-written is left.
-        code = 130
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as _interrupt_once does, whoever raised this one
+        code, interrupted = 130, True
         if _run_folders:  # Hydra chose the run folder: the command names it (a time-stamped one would not recur)
             from ppo.train.run_folder import continue_command
 
@@ -92,7 +109,37 @@ def train_main() -> None:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         raise
     finally:
+        # Stopped by a signal: one more Ctrl-C while Python exits must not turn the exit code into a
+        # silent death by SIGINT (Python restores SIG_DFL as it finalizes). Otherwise, as it was.
+        if code > 128 or previous_handler is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN if code > 128 else previous_handler)
         _launch_status(code)
+        if interrupted:
+            _exit_interrupted(code)
+
+
+def _exit_interrupted(code: int) -> None:
+    """End a run that a KeyboardInterrupt stopped with its exit code (130), after the atexit
+    handlers (logging, W&B) and with stdout and stderr flushed.
+
+    CPython (3.10-3.13 at least) remembers a KeyboardInterrupt that left code run by exec() of a
+    string, which dataclasses and namedtuples use to build their methods while a module imports,
+    and kills itself with SIGINT at exit even when the program caught that KeyboardInterrupt
+    and chose its exit code (pythonrun.c, run_eval_code_obj). A Ctrl-C while Hydra or the model
+    loads landed there about one time in ten: exit -2 instead of 130. Leaving before the
+    interpreter's finalization is what makes the code the one chosen. (Only here: a sweep under
+    hydra/launcher=joblib2 stops without a KeyboardInterrupt, and must let the interpreter shut
+    joblib's workers down before the atexit handlers wait for them.)"""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said there
+            pass
+    os._exit(code)
 
 
 def _launch_status(code: int) -> None:
