@@ -1,12 +1,14 @@
 """ppo-reproduce: a run re-run from its saved config (or its wandb log) gives the same metrics."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import ROOT, run_cli, small_run_overrides
+from conftest import ROOT, run_cli, sigint_as_default, small_run_overrides
 from ppo.tools.reproduce import comparable, wandb_run_files
 from ppo.tools.reproduce import main as reproduce_main
 
@@ -66,3 +68,18 @@ def test_reproduce_bad_input_is_one_line_error(original, tmp_path, capsys):
         assert code == 2, (args, err)
         assert needle in err and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [1.0, 2.5])
+def test_ctrl_c_while_reproducing_is_one_line_and_exit_130(original, tmp_path, delay):
+    """`ppo-reproduce` (its console entry point): a Ctrl-C while it loads gave a traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", "from ppo.tools.cli import reproduce_main; reproduce_main()",
+                             str(original), "train.iters=500", "--out", str(tmp_path / "again")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, err[-3000:]
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err[-3000:]

@@ -276,10 +276,10 @@ def _train_main() -> None:
     # The packaged configs; a user's --config-dir DIR adds groups and experiments on top.
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
     def _train(cfg) -> float | tuple[float, ...] | None:
-        from ppo.tools.sweep import over_seeds  # a search trial over seeds_per_trial seeds
+        from ppo.tools.sweep import is_search, over_seeds  # a search trial over seeds_per_trial seeds
 
         hydra_cfg = HydraConfig.get()
-        searching = hydra_cfg.mode.name == "MULTIRUN" and "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()
+        searching = hydra_cfg.mode.name == "MULTIRUN" and is_search(hydra_cfg.sweeper.get("_target_"))
         return over_seeds(cfg, hydra_cfg.runtime.output_dir, _run, searching)
 
     def _run(cfg, run_dir: str) -> float | tuple[float, ...] | None:
@@ -288,7 +288,7 @@ def _train_main() -> None:
         from ppo.errors import (CheckpointError, ConfigError, RankTimeout, RunFolderBusy, RunFolderWriteError,
                                 SweepJobFailed, SweepStopped, TrainingAborted, TrainingDiverged,
                                 TrainingInterrupted, TrainingStopped)
-        from ppo.tools.sweep import objective_values, record_failure, stopped_line
+        from ppo.tools.sweep import is_search, objective_values, record_failure, stopped_line
         from ppo.train.distributed import launch_rank
         from ppo.train.loop import train
         from ppo.train.run_folder import claim, save_hydra_files
@@ -299,7 +299,7 @@ def _train_main() -> None:
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         one_line = (ConfigError, CheckpointError, RunFolderBusy, RunFolderWriteError, TrainingDiverged,
                     TrainingInterrupted, TrainingAborted, TrainingStopped)
-        searching = multirun and "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
+        searching = multirun and is_search(hydra_cfg.sweeper.get("_target_"))
         try:
             # Claimed before .hydra/ is written (hydra.output_subdir is null): a second process
             # into a live run's folder, or a refused resume, leaves the folder as it was.
@@ -398,27 +398,39 @@ def _prepare_ranks() -> None:
     sys.argv += extra
 
 
+def _tool_main(module: str, interrupted_line: str) -> None:
+    """Run a console tool's `main()` (imported from `module`) and exit with its code; a Ctrl-C
+    outside what the tool handles itself is `interrupted_line` and exit 130, as in ppo-train."""
+    import importlib
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        code = importlib.import_module(module).main()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"error: interrupted (SIGINT) {interrupted_line}", file=sys.stderr)
+        _exit_interrupted(130)
+    sys.exit(code)
+
+
 def report_main() -> None:
     """`ppo-report SWEEP_DIR`: report.md and PNGs of a sweep (no MLX needed)."""
-    from ppo.tools.report import main
-
-    sys.exit(main())
+    _tool_main("ppo.tools.report", "while writing the report; the runs are untouched; run the same command again")
 
 
 def reproduce_main() -> None:
     """`ppo-reproduce RUN_DIR [overrides]`: re-run a run from its saved config."""
     ensure_fast_blas()
-    from ppo.tools.reproduce import main
-
-    sys.exit(main())
+    _tool_main("ppo.tools.reproduce", "before the reproduction could save anything new; a checkpoint it saved, "
+               "if any, is intact; to continue it, run the same command with --out set to its folder")
 
 
 def doctor_main() -> None:
     """`ppo-doctor`: one JSON object about the install, MLX, its BLAS and matmul speed."""
     ensure_fast_blas()
-    from ppo.tools.doctor import main
-
-    sys.exit(main())
+    _tool_main("ppo.tools.doctor", "before the check finished; run ppo-doctor again")
 
 
 def fetch_main() -> None:

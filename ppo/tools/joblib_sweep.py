@@ -134,7 +134,7 @@ def launch(launcher, job_overrides, initial_job_idx: int):
     if stopped or received:
         jobs = [job for run in stopped for job in run.jobs]
         code = 128 + received[0] if received else stopped[0].exit_code
-        raise SweepStopped(stopped_line(SearchOutcome._searching(launcher.config), sweep_dir, jobs,
+        raise SweepStopped(stopped_line(SearchOutcome.searching(launcher.config), sweep_dir, jobs,
                                         received[0] if received else None), code, jobs)
     assert all(isinstance(run, JobReturn) for run in runs)
     return runs

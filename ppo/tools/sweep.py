@@ -65,6 +65,12 @@ STUDY_FILE = "optuna.db"
 SEED_DIR = "seed={}"
 
 
+def is_search(sweeper_target: object) -> bool:
+    """Whether a sweep whose sweeper is `sweeper_target` (hydra.sweeper._target_) is a search
+    (Hydra's Optuna sweeper, each job a trial that returns its objective) rather than a grid."""
+    return "optuna" in str(sweeper_target).lower()
+
+
 def objective_value(summary: dict, key: str) -> float | None:
     """`key` from the run's last evaluation, else from its last metrics row; None if absent or not finite."""
     for part in ("eval", "final"):
@@ -106,10 +112,11 @@ class SearchOutcome(Callback):
         self._pid, self._ended, self._succeeded = None, 0, 0
 
     @staticmethod
-    def _searching(config) -> bool:
+    def searching(config) -> bool:
+        """Whether `config` (a job's whole config, Hydra's node included) is a search's."""
         from omegaconf import OmegaConf
 
-        return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_")).lower()
+        return is_search(OmegaConf.select(config, "hydra.sweeper._target_"))
 
     @staticmethod
     def _fail(sweep_dir, last_error: str = "") -> None:
@@ -124,7 +131,7 @@ class SearchOutcome(Callback):
         from hydra.core.utils import JobStatus
         from omegaconf import OmegaConf
 
-        if os.getpid() != self._pid or not self._searching(config):
+        if os.getpid() != self._pid or not self.searching(config):
             return  # a job in another process (joblib, SLURM): on_multirun_end decides
         self._ended += 1
         self._succeeded += job_return.status == JobStatus.COMPLETED
@@ -140,7 +147,7 @@ class SearchOutcome(Callback):
         from omegaconf import OmegaConf
 
         results = Path(config.hydra.sweep.dir) / OPTIMIZATION_RESULTS
-        if not self._searching(config) or not results.exists():
+        if not self.searching(config) or not results.exists():
             return
         answer = OmegaConf.to_container(OmegaConf.load(results))
         if "solutions" in answer and not answer["solutions"]:
@@ -173,7 +180,7 @@ class SweepOutcome(Callback):
         self.started = time.time() - 1  # mtime resolution
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        if SearchOutcome._searching(config):
+        if SearchOutcome.searching(config):
             return  # a search goes on past failed trials; SearchOutcome judges it
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = unfinished_jobs(sweep_dir, self.started)
@@ -351,7 +358,7 @@ class SweepSummary(Callback):
             os.environ[SWEPT_KEYS_ENV] = ",".join(keys)  # read where each job's folder is named
         else:
             os.environ.pop(SWEPT_KEYS_ENV, None)
-        if SearchOutcome._searching(config):
+        if SearchOutcome.searching(config):
             # Optuna opens the study (sqlite:///SWEEP_DIR/optuna.db) before any job makes the folder.
             try:
                 Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)

@@ -212,7 +212,7 @@ def continue_command(run_dir: Path) -> str:
         return f"the same command with hydra.run.dir={shlex.quote(str(run_dir))} (train.resume=auto, the default)"
     named = ("hydra.run.dir=", "hydra.sweep.dir=", "train.resume=", "+train.resume=", "++train.resume=")
     args = [a for a in sys.argv[1:] if not a.startswith(named)]
-    if any(a in ("-m", "--multirun") for a in args):
+    if _multirun():
         folder = f"hydra.sweep.dir={_sweep_dir(run_dir)}"
     else:
         folder = f"hydra.run.dir={run_dir.resolve()}"
@@ -233,13 +233,16 @@ def _without_out(args: list[str]) -> list[str]:
 
 
 def _multirun() -> bool:
+    """Whether this process runs a sweep: Hydra's mode in a Hydra job; outside one (a Ctrl-C
+    while Hydra composes, a script), whether a `ppo-train` command line asks for one."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         return HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001 - no Hydra job (a script, ppo-reproduce)
-        return False
+    except Exception:  # noqa: BLE001 - no Hydra job
+        program = Path(sys.argv[0]).name if sys.argv else ""
+        return program in ("ppo-train", "cli.py") and any(a in ("-m", "--multirun") for a in sys.argv[1:])
 
 
 def _sweep_dir(run_dir: Path) -> Path:

@@ -162,7 +162,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         run.loss_type, run.advantage = loss.get("type"), loss.get("advantage")
         run.kl_unit = kl_unit(loss.get("logprob_reduction"))
         run.seed = cfg.get("seed")
-        run.k = (cfg.get("generation") or {}).get("samples_per_prompt", _default(K_KEY))
+        run.k = (cfg.get("generation") or {}).get("samples_per_prompt", default(K_KEY))
         run.iters = (cfg.get("train") or {}).get("iters")
         run.configuration = configuration_of(cfg)
     except Exception as err:  # a half-written config: the row says so
@@ -264,7 +264,8 @@ def _introduced_defaults() -> dict:
     return introduced_defaults()
 
 
-def _default(key: str):
+def default(key: str):
+    """The schema's default of a config key (a dotted path), None for a key it does not know."""
     return _introduced_defaults().get(key)
 
 

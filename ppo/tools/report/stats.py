@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ppo.metrics import comparable, t_half_width, wilson_interval
 
-from ppo.tools.report.loading import K_KEY, UNREADABLE
+from ppo.tools.report.loading import K_KEY, UNREADABLE, default
 
 if TYPE_CHECKING:
     from ppo.tools.report.loading import Run
@@ -190,10 +190,10 @@ SHORT = {**NAMED, K_KEY: "k"}
 
 
 def shows_k(runs: list[Run]) -> bool:
-    """k (generation.samples_per_prompt) is shown when the runs differ in it or any has k != 2 (the
-    default): their judge pairs and loss pairs per prompt are not the classic pair's."""
+    """k (generation.samples_per_prompt) is shown when the runs differ in it or any is away from
+    the default (2): their judge pairs and loss pairs per prompt are not the classic pair's."""
     ks = {r.k for r in runs if r.k is not None}  # None: a run whose config cannot be read
-    return len(ks) > 1 or any(k != 2 for k in ks)
+    return len(ks) > 1 or any(k != default(K_KEY) for k in ks)
 
 
 def configurations(runs: list[Run]) -> list[Cell]:
