@@ -427,6 +427,12 @@ def reproduce_main() -> None:
                "if any, is intact; to continue it, run the same command with --out set to its folder")
 
 
+def compare_main() -> None:
+    """`ppo-compare RUN_A RUN_B`: two runs' final policies judged head to head."""
+    _tool_main("ppo.tools.compare", "before the comparison finished; the runs are untouched; run the same "
+               "command again (it writes its pairs file anew)")
+
+
 def doctor_main() -> None:
     """`ppo-doctor`: one JSON object about the install, MLX, its BLAS and matmul speed."""
     ensure_fast_blas()
