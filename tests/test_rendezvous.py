@@ -1,5 +1,6 @@
 """ppo.train.rendezvous: ranks on one machine meet asleep and gather small objects over loopback."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,8 +16,9 @@ from ppo.tools.launch import free_port_block
 from ppo.train.rendezvous import PeerLost, PeerTimeout, Rendezvous
 
 
-def connect_ranks(size: int, timeout: float = 10.0) -> list[Rendezvous]:
-    """Every rank's end, made in threads as the ranks' processes would make them."""
+@contextlib.contextmanager
+def connected_ranks(size: int, timeout: float = 10.0):
+    """Every rank's end, made in threads as the ranks' processes would make them, closed after."""
     server = Rendezvous.listener()
     port = server.getsockname()[1]
     ends: dict[int, Rendezvous] = {}
@@ -26,7 +28,11 @@ def connect_ranks(size: int, timeout: float = 10.0) -> list[Rendezvous]:
         thread.start()
     for thread in threads:
         thread.join()
-    return [ends[r] for r in range(size)]
+    try:
+        yield [ends[r] for r in range(size)]
+    finally:
+        for end in ends.values():
+            end.close()
 
 
 def on_every_rank(ends: list[Rendezvous], call) -> list:
@@ -47,20 +53,15 @@ def on_every_rank(ends: list[Rendezvous], call) -> list:
 
 
 def test_every_rank_gets_every_payload_in_rank_order():
-    ends = connect_ranks(4)
-    try:
+    with connected_ranks(4) as ends:
         got = on_every_rank(ends, lambda end: end.gather([b"rank ", str(end.rank).encode() * (end.rank * 100_000 + 1)],
                                                          10))
         expected = [b"rank " + str(r).encode() * (r * 100_000 + 1) for r in range(4)]
         assert got == [expected] * 4  # the large parts too (more than a socket buffer)
         assert on_every_rank(ends, lambda end: end.gather([], 10)) == [[b""] * 4] * 4
-    finally:
-        for end in ends:
-            end.close()
 
 
 def test_reduce_folds_the_parts_in_rank_order_on_rank_0_and_sends_the_result():
-    ends = connect_ranks(3)
     folded = []
 
     def combine(parts):
@@ -68,18 +69,14 @@ def test_reduce_folds_the_parts_in_rank_order_on_rank_0_and_sends_the_result():
         folded.append(seen)
         return [b"|".join(seen)]
 
-    try:
+    with connected_ranks(3) as ends:
         got = on_every_rank(ends, lambda end: end.reduce([str(end.rank).encode()], 10, combine))
         assert folded == [[b"0", b"1", b"2"]]  # once, on rank 0
         assert got == [[b"0|1|2"], bytearray(b"0|1|2"), bytearray(b"0|1|2")]
-    finally:
-        for end in ends:
-            end.close()
 
 
 def test_meet_returns_only_when_the_last_rank_arrives():
-    ends = connect_ranks(3)
-    try:
+    with connected_ranks(3) as ends:
         def meet(end: Rendezvous) -> float:
             if end.rank == 2:
                 time.sleep(0.5)
@@ -88,14 +85,10 @@ def test_meet_returns_only_when_the_last_rank_arrives():
 
         started = time.monotonic()
         assert all(done - started >= 0.5 for done in on_every_rank(ends, meet))
-    finally:
-        for end in ends:
-            end.close()
 
 
 def test_a_rank_that_dies_is_named_and_one_that_hangs_times_out():
-    ends = connect_ranks(3)
-    try:
+    with connected_ranks(3) as ends:
         ends[2].close()  # rank 2 died
         rank_1: list = []
         waiting = threading.Thread(target=lambda: rank_1.append(on_every_rank(ends[:2], lambda end: end.gather(
@@ -106,18 +99,11 @@ def test_a_rank_that_dies_is_named_and_one_that_hangs_times_out():
         ends[0].close()  # rank 0's process ends with its error
         waiting.join(10)
         assert isinstance(rank_1[0], PeerLost) and "rank 0" in str(rank_1[0])
-    finally:
-        for end in ends:
-            end.close()
-    ends = connect_ranks(2)
-    try:
+    with connected_ranks(2) as ends:
         started = time.monotonic()
         with pytest.raises(PeerTimeout):
             ends[0].gather([b"x"], 0.5)  # rank 1 never arrives
         assert time.monotonic() - started < 5
-    finally:
-        for end in ends:
-            end.close()
 
 
 def test_a_stray_connection_is_not_taken_for_a_rank():
@@ -187,6 +173,18 @@ print(f"rank {world.rank} same gradients", flush=True)
 """
 
 
+def launch_two_ranks(script_text: str, tmp_path) -> subprocess.CompletedProcess:
+    """`script_text` run as two ranks under mlx.launch's ring backend (through ppo's launcher); they must succeed."""
+    script = tmp_path / "rank.py"
+    script.write_text(script_text)
+    done = subprocess.run([sys.executable, "-m", launcher_module, "-n", "2", "--backend", "ring",
+                           "--starting-port", str(free_port_block(4)), "--python", sys.executable, str(script)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 @pytest.mark.slow
 def test_ranks_meet_asleep_and_average_as_mlx_does(tmp_path):
     """Two launched ranks. Rank 0 arrives at a gather 2 s late: through MLX's ring backend the
@@ -194,13 +192,7 @@ def test_ranks_meet_asleep_and_average_as_mlx_does(tmp_path):
     sleeps; the MLX path is measured too, so a change in MLX that made it sleep would show. The
     gradient mean through the rendezvous is bit for bit MLX's (float32 and bfloat16 leaves), also
     when one rank has no pair."""
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    done = subprocess.run([sys.executable, "-m", launcher_module, "-n", "2", "--backend", "ring",
-                           "--starting-port", str(free_port_block(4)), "--python", sys.executable, str(script)],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = launch_two_ranks(RANK_SCRIPT, tmp_path)
     lines = done.stdout.splitlines()
     cpu = {line.split()[2]: float(line.split()[4]) for line in lines
            if line.startswith("rank 1") and "waited-cpu" in line}
@@ -235,11 +227,5 @@ print(f"rank {world.rank} fell back", flush=True)
 
 @pytest.mark.slow
 def test_ranks_that_cannot_all_connect_keep_mlx_collectives(tmp_path):
-    script = tmp_path / "rank.py"
-    script.write_text(FALLBACK_SCRIPT)
-    done = subprocess.run([sys.executable, "-m", launcher_module, "-n", "2", "--backend", "ring",
-                           "--starting-port", str(free_port_block(4)), "--python", sys.executable, str(script)],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = launch_two_ranks(FALLBACK_SCRIPT, tmp_path)
     assert {"rank 0 fell back", "rank 1 fell back"} <= set(done.stdout.splitlines()), done.stdout
