@@ -76,15 +76,24 @@ def _interrupt_once(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _interrupt_once_from_now():
+    """`_interrupt_once` as the SIGINT handler where it is Python's default (not where SIGINT is
+    ignored: ranks, background jobs); returns the handler it replaced."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt_once)
+    return previous
+
+
 def train_main() -> None:
     """`ppo-train [overrides]`: a Hydra app over conf/train.yaml."""
     import signal
 
     from ppo.errors import SweepStopped
 
-    previous_handler = signal.getsignal(signal.SIGINT)
-    if previous_handler is signal.default_int_handler:  # not where SIGINT is ignored (ranks, background jobs)
-        signal.signal(signal.SIGINT, _interrupt_once)
+    previous_handler = _interrupt_once_from_now()
     code, interrupted = 1, False
     try:
         _train_main()
@@ -111,8 +120,10 @@ def train_main() -> None:
     finally:
         # Stopped by a signal: one more Ctrl-C while Python exits must not turn the exit code into a
         # silent death by SIGINT (Python restores SIG_DFL as it finalizes). Otherwise, as it was.
-        if code > 128 or previous_handler is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN if code > 128 else previous_handler)
+        if code > 128:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        elif previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
         _launch_status(code)
         if interrupted:
             _exit_interrupted(code)
@@ -404,8 +415,7 @@ def _tool_main(module: str, interrupted_line: str) -> None:
     import importlib
     import signal
 
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupt_once)
+    _interrupt_once_from_now()
     try:
         code = importlib.import_module(module).main()
     except KeyboardInterrupt:

@@ -201,7 +201,7 @@ def continue_command(run_dir: Path) -> str:
 
     from ppo.train.distributed import launched
 
-    program = Path(sys.argv[0]).name if sys.argv else ""
+    program = _program()
     run_dir = Path(run_dir)
     if not launched() and program in ("ppo-reproduce", "reproduce.py"):  # reproduce.py: python -m ppo.tools.reproduce
         return shlex.join(["ppo-reproduce", *_without_out(sys.argv[1:]), "--out", str(run_dir.resolve())])
@@ -241,8 +241,12 @@ def _multirun() -> bool:
 
         return HydraConfig.get().mode == RunMode.MULTIRUN
     except Exception:  # noqa: BLE001 - no Hydra job
-        program = Path(sys.argv[0]).name if sys.argv else ""
-        return program in ("ppo-train", "cli.py") and any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        return _program() in ("ppo-train", "cli.py") and any(a in ("-m", "--multirun") for a in sys.argv[1:])
+
+
+def _program() -> str:
+    """The running program's name: a console script's (ppo-train), or the file `python -m` runs (cli.py)."""
+    return Path(sys.argv[0]).name if sys.argv else ""
 
 
 def _sweep_dir(run_dir: Path) -> Path:
