@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from ppo.platform.launcher import select_without_stdin
-from ppo.tools.launch import free_port_block
+from ppo.tools.launch import free_port_block, more_ranks_than_cores
 
 
 def test_the_launcher_sleeps_while_its_ranks_work(tmp_path):
@@ -44,3 +44,11 @@ def test_select_without_stdin_waits_only_for_output(tmp_path):
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_more_ranks_than_cores_is_a_warning_naming_the_count_that_helps():
+    warning = more_ranks_than_cores(["-n", "4", "--backend", "ring"], cores=2)
+    assert warning.startswith("warning: 4 ranks per machine on 2 cores") and "-n 2 is the most" in warning
+    assert more_ranks_than_cores(["-n=3"], cores=2).startswith("warning: 3 ranks")
+    assert more_ranks_than_cores(["-n", "2", "--backend", "ring"], cores=2) is None
+    assert more_ranks_than_cores(["--backend", "ring"], cores=1) is None  # one rank per host

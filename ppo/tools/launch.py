@@ -92,6 +92,19 @@ def _option(launch: list[str], *names: str) -> str | None:
     return None
 
 
+def more_ranks_than_cores(launch: list[str], cores: int) -> str | None:
+    """A warning when mlx.launch would start more ranks on a machine (-n, per host) than it has
+    cores. Measured on 2 cores (benchmarks/README.md): 4 ranks ran at 0.68-0.88x of 2 on the demo
+    and 0.74x at SmolLM2, since each rank repeats the step's per-operation work and, decoding,
+    reads all the weights for its share of the rows."""
+    per_host = _option(launch, "-n", "--repeat-hosts")
+    if per_host is None or not per_host.isdigit() or int(per_host) <= cores:
+        return None
+    return (f"warning: {per_host} ranks per machine on {cores} cores: ranks beyond one per core make each step "
+            f"slower, not faster (benchmarks/README.md, \"Several processes on one machine\"); -n {cores} is the most "
+            "that helps here")
+
+
 def expected_ranks(launch: list[str]) -> int | None:
     """How many ranks mlx.launch starts: -n per host, hosts from --hosts or --hostfile (None: unknown)."""
     try:
@@ -217,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: ppo-launch needs ppo-train beside this Python; reinstall ppo-mlx (pip install -e .)",
               file=sys.stderr)
         return 2
+    crowded = more_ranks_than_cores(launch, os.cpu_count() or 1)
+    if crowded:
+        print(crowded, file=sys.stderr)
     if _option(launch, "--python") is None:
         launch += ["--python", sys.executable]
     try:
