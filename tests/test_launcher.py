@@ -1,11 +1,14 @@
 """ppo.platform.launcher: mlx.launch without its busy loops (what ppo-launch runs)."""
 
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 from ppo.platform.launcher import select_without_stdin
-from ppo.tools.launch import free_port_block, more_ranks_than_cores
+from ppo.tools.launch import free_port_block, more_ranks_than_cores, read_statuses
 
 
 def test_the_launcher_sleeps_while_its_ranks_work(tmp_path):
@@ -22,13 +25,15 @@ def test_the_launcher_sleeps_while_its_ranks_work(tmp_path):
     assert usage.ru_utime + usage.ru_stime < 1.5
 
 
-def test_the_ranks_output_still_reaches_the_user(tmp_path):
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_the_ranks_output_still_reaches_the_user(tmp_path, unbuffered):
     script = tmp_path / "rank.py"
     script.write_text("import os, sys\nprint('out', os.environ['MLX_RANK'])\nprint('err', os.environ['MLX_RANK'], "
                       "file=sys.stderr)\nsys.exit(int(os.environ['MLX_RANK']) * 3)\n")
     done = subprocess.run([sys.executable, "-m", "ppo.platform.launcher", "-n", "2", "--backend", "ring",
                            "--starting-port", str(free_port_block(4)), "--python", sys.executable, str(script)],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
     assert {"out 0", "out 1"} <= set(done.stdout.split("\n")), done.stdout
     assert "err 0" in done.stderr and "err 1" in done.stderr
     assert "Node with rank 1 exited with code 3" in done.stderr  # mlx.launch's own report, which ppo-launch reads
@@ -52,3 +57,29 @@ def test_more_ranks_than_cores_is_a_warning_naming_the_count_that_helps():
     assert more_ranks_than_cores(["-n=3"], cores=2).startswith("warning: 3 ranks")
     assert more_ranks_than_cores(["-n", "2", "--backend", "ring"], cores=2) is None
     assert more_ranks_than_cores(["--backend", "ring"], cores=1) is None  # one rank per host
+
+
+def test_status_lines_cut_into_each_other_are_all_read():
+    """Two ranks' status lines as mlx.launch relayed them when one arrived in two writes (text,
+    then its newline) around the other's: both ranks are read, and other output on the line kept."""
+    first, second = "ppo-launch-status rank=2 code=0 run_dir=/runs/a", "ppo-launch-status rank=1 code=0 run_dir=/runs/a"
+    assert read_statuses(first + second + "\n") == ([(2, 0, "/runs/a"), (1, 0, "/runs/a")], "")
+    assert read_statuses("step 3ppo-launch-status rank=0 code=137 run_dir=/runs/b c\n") == (
+        [(0, 137, "/runs/b c")], "step 3")
+    assert read_statuses("loss 0.5\n") == ([], "loss 0.5")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_rank_writes_its_status_line_in_one_write_even_unbuffered(tmp_path):
+    """Under PYTHONUNBUFFERED=1 `print` wrote the line and its newline in two write() calls,
+    which let another rank's line fall between them (a finished 4-rank run was called failed)."""
+    trace = tmp_path / "trace"
+    code = "from ppo.tools.cli import _launch_status; _launch_status(0)"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PPO_LAUNCH_STATUS": "1", "MLX_RANK": "3"}
+    done = subprocess.run(["strace", "-e", "trace=write", "-s", "200", "-o", str(trace), sys.executable, "-c", code],
+                          env=env, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 and not trace.exists():
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()[:200]}")
+    assert "ppo-launch-status rank=3 code=0" in done.stderr
+    writes = [line for line in trace.read_text().splitlines() if "ppo-launch-status" in line]
+    assert len(writes) == 1 and 'run_dir=\\n"' in writes[0], trace.read_text()

@@ -47,6 +47,11 @@ def main() -> None:
 
     # The upstream module imported `select` by name (`from select import select`); its relay loops look it up there.
     launch.select = select_without_stdin
+    # Its warnings ("Node with rank 1 exited with code 2", which ppo-launch reads) are printed from
+    # the relay threads: whole lines, even under PYTHONUNBUFFERED=1, where a print writes the text
+    # and its newline separately and two threads' lines came out cut into each other.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=False)
     sys.argv[0] = "mlx.launch"  # its --help and errors name the command whose options these are
     launch.main()
 

@@ -157,14 +157,14 @@ def _launch_status(code: int) -> None:
     """Under ppo-launch (ppo.tools.launch): this rank's exit code, the last line on stderr."""
     import os
 
-    from ppo.tools.launch import ENV, status_line
+    from ppo.tools.launch import ENV, write_status_line
 
     if not os.environ.get(ENV):
         return
     from ppo.train.distributed import launch_rank
 
     run_dir = next((a.split("=", 1)[1] for a in reversed(sys.argv[1:]) if a.startswith("hydra.run.dir=")), "")
-    print(status_line(launch_rank(), code, os.path.abspath(run_dir) if run_dir else ""), file=sys.stderr, flush=True)
+    write_status_line(launch_rank(), code, os.path.abspath(run_dir) if run_dir else "")
 
 
 def version_text() -> str:

@@ -49,7 +49,9 @@ from ppo.platform.cores import ENV_LAUNCH_ID  # one id per launch in every rank'
 # Set (to 1) in every rank's environment; ppo.tools.cli.train_main then prints STATUS_LINE.
 ENV = "PPO_LAUNCH_STATUS"
 STATUS_PREFIX = "ppo-launch-status "
-STATUS_LINE = re.compile(r"ppo-launch-status rank=(\d+) code=(-?\d+) run_dir=(.*)$")
+# A rank's run_dir ends where the line ends or where another rank's status line starts: a line
+# that reached mlx.launch in two writes can share a line with another rank's (see write_status_line).
+STATUS_LINE = re.compile(r"ppo-launch-status rank=(\d+) code=(-?\d+) run_dir=(.*?)(?=ppo-launch-status |$)")
 # mlx.launch's own report of a rank that ended badly (a warning line, in colour on a terminal).
 LAUNCHER_LINE = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
 # The exit code of a rank that died without its status line (as a shell reports SIGKILL).
@@ -62,6 +64,32 @@ VALUE_OPTIONS = {"-n", "--repeat-hosts", "--hosts", "--hostfile", "--backend", "
 def status_line(rank: int, code: int, run_dir: str) -> str:
     """What a rank prints last (stderr) under ppo-launch."""
     return f"{STATUS_PREFIX}rank={rank} code={code} run_dir={run_dir}"
+
+
+def write_status_line(rank: int, code: int, run_dir: str) -> None:
+    """Write this rank's status line to stderr in one write() call.
+
+    mlx.launch relays each rank's output in the pieces it reads and interleaves the ranks'
+    pieces. With PYTHONUNBUFFERED=1 (common in containers and CI) `print` writes the text and
+    its newline in two calls, so a rank's line could be cut in two by another rank's and lose
+    that rank's status: ppo-launch then called a finished run failed (seen 2 times in about 20
+    4-rank runs). One write of less than PIPE_BUF bytes reaches the pipe whole."""
+    data = (status_line(rank, code, run_dir) + "\n").encode()
+    sys.stderr.flush()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced stderr (a test's capture): print is all there is
+        print(data.decode(), end="", file=sys.stderr, flush=True)
+        return
+    os.write(fd, data)
+
+
+def read_statuses(line: str) -> tuple[list[tuple[int, int, str]], str]:
+    """The ranks' status lines in one line of mlx.launch's stderr, as (rank, code, run_dir), and
+    the rest of the line (another rank's output that shared it), without its newline."""
+    text = line.rstrip("\r\n")
+    found = [(int(m.group(1)), int(m.group(2)), m.group(3)) for m in STATUS_LINE.finditer(text)]
+    return found, STATUS_LINE.sub("", text) if found else text
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -252,10 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     run_dirs: dict[int, str] = {}
     for raw in proc.stderr:
         line = raw.decode(errors="replace")
-        found = STATUS_LINE.search(line.rstrip("\r\n"))
+        found, rest = read_statuses(line)
+        for rank, code, run_dir in found:
+            codes[rank], run_dirs[rank] = code, run_dir
         if found:
-            rank = int(found.group(1))
-            codes[rank], run_dirs[rank] = int(found.group(2)), found.group(3)
+            if rest.strip():
+                sys.stderr.write(rest + "\n")
             continue
         reported = LAUNCHER_LINE.search(line)
         if reported:
