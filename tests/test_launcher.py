@@ -83,3 +83,13 @@ def test_a_rank_writes_its_status_line_in_one_write_even_unbuffered(tmp_path):
     assert "ppo-launch-status rank=3 code=0" in done.stderr
     writes = [line for line in trace.read_text().splitlines() if "ppo-launch-status" in line]
     assert len(writes) == 1 and 'run_dir=\\n"' in writes[0], trace.read_text()
+
+
+@pytest.mark.parametrize("args", [["-n", "64", "--help"], ["-n", "2", "--", "--help"]])
+def test_help_is_help_with_exit_0_and_no_error_or_warning(args):
+    """mlx.launch prints its help and starts no rank: ppo-launch said a rank ended without an exit
+    status (exit 137), and warned about more ranks than cores."""
+    launch = str(os.path.join(os.path.dirname(sys.executable), "ppo-launch"))
+    done = subprocess.run([launch, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "usage: mlx.launch" in done.stdout
+    assert done.stderr == ""

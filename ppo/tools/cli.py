@@ -422,6 +422,8 @@ def _tool_main(module: str, interrupted_line: str) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"error: interrupted (SIGINT) {interrupted_line}", file=sys.stderr)
         _exit_interrupted(130)
+    if isinstance(code, int) and code > 128:  # stopped by a signal: a Ctrl-C while Python exits must not
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # turn the exit code into a death by SIGINT (as ppo-train)
     sys.exit(code)
 
 

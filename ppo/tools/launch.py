@@ -258,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: ppo-launch needs ppo-train beside this Python; reinstall ppo-mlx (pip install -e .)",
               file=sys.stderr)
         return 2
+    helping = bool({"-h", "--help"} & set(argv))
     crowded = more_ranks_than_cores(launch, os.cpu_count() or 1)
-    if crowded:
+    if crowded and not helping:  # help trains nothing: no advice about its speed
         print(crowded, file=sys.stderr)
     if _option(launch, "--python") is None:
         launch += ["--python", sys.executable]
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     launch_id = f"ppo-launch-{uuid.uuid4().hex[:12]}"
     # mlx.launch itself, less its busy loops (ppo.platform.launcher): they took 1.5 of 2 cores from the ranks.
     cmd = [sys.executable, "-m", "ppo.platform.launcher", *launch, "--env", f"{ENV}=1", "--env", f"{ENV_LAUNCH_ID}={launch_id}", train_bin, *overrides]
+    if helping:  # mlx.launch prints its help (even for a --help after the command): no rank starts or reports
+        return subprocess.call(cmd)
     # Ctrl-C reaches the ranks and the launcher from the terminal; this process waits for them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, ENV: "1"})
