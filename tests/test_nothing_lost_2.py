@@ -5,6 +5,7 @@ holds a longer run."""
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -511,6 +512,44 @@ def test_ppo_launch_exits_non_zero_when_a_rank_is_killed_after_a_resume(tmp_path
     assert [line for line in err.splitlines() if line.startswith("error: rank")], err[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] != "finished", summary
+
+
+@pytest.mark.slow
+def test_ppo_launch_refused_on_a_finished_run_leaves_it_finished_and_says_the_error_once(
+        tmp_path, tiny_model_dir, prompts_file):
+    """Every rank refuses a mistyped override or a resume with another config: ppo-launch rewrote
+    the finished run's summary.json to `failed`, printed the ranks' error once per rank plus
+    mlx.launch's warnings, and advised resuming."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_distributed import overrides
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "ppo.tools.launch", "-n", "2", "--backend", "ring"]
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    first = subprocess.run([*command, *overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 1})],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = (run_dir / "summary.json").read_text()
+    for change, says in [({"train.nope": 1}, "error: unknown key train.nope"),
+                         ({"train.learning_rate": 0.5}, "error: checkpoint ")]:
+        again = subprocess.run([*command, *overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 1}),
+                                *(f"{k}={v}" for k, v in change.items())],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 2, again.stderr[-3000:]
+        lines = [line for line in again.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(says), again.stderr[-3000:]
+        assert (run_dir / "summary.json").read_text() == summary  # still finished, byte for byte
+
+
+def test_a_launch_began_the_run_only_if_it_wrote_its_summary(tmp_path):
+    assert not ppo_launch.began(tmp_path / "missing", 0.0)
+    assert ppo_launch.began(tmp_path, time.time())  # a new folder: nothing earlier to keep
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "finished", "step": 6}))
+    assert ppo_launch.began(tmp_path, 0.0)
+    assert not ppo_launch.began(tmp_path, time.time() + 10)
 
 
 def test_ppo_launch_marks_a_finished_or_running_summary_failed(tmp_path):

@@ -40,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -53,7 +54,8 @@ STATUS_PREFIX = "ppo-launch-status "
 # that reached mlx.launch in two writes can share a line with another rank's (see write_status_line).
 STATUS_LINE = re.compile(r"ppo-launch-status rank=(\d+) code=(-?\d+) run_dir=(.*?)(?=ppo-launch-status |$)")
 # mlx.launch's own report of a rank that ended badly (a warning line, in colour on a terminal).
-LAUNCHER_LINE = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
+LAUNCHER_LINE = re.compile(r"(?:\x1b\[\d+m)?(?:\[WARN\] )?Node with rank (\d+) (?:exited with code (-?\d+)|was killed) ?"
+                           r"(?:\x1b\[0m)?")
 # The exit code of a rank that died without its status line (as a shell reports SIGKILL).
 KILLED = 128 + signal.SIGKILL
 # mlx.launch's options that take a value (everything else before the overrides is a flag).
@@ -194,6 +196,22 @@ def _beside_python(name: str) -> str | None:
     return str(candidate) if candidate.exists() else shutil.which(name)
 
 
+def began(run_dir: Path, since: float) -> bool:
+    """Whether the ranks of the launch that started at `since` began the run in `run_dir`: the
+    folder exists and its summary.json, if any (an earlier attempt's), was written since (a
+    resume marks it `running` as it starts: ppo.train.loop.mark_running). A launch refused before
+    that (a mistyped override, a resume with another config) must leave the folder as it was: a
+    finished run stays finished."""
+    if not run_dir.is_dir():
+        return False
+    try:
+        return (run_dir / "summary.json").stat().st_mtime >= since
+    except FileNotFoundError:
+        return True  # a new run: nothing earlier to keep
+    except OSError:
+        return True
+
+
 def mark_failed(run_dir: Path, message: str) -> str | None:
     """summary.json of a failed multi-process run: `failed` where it says `finished` or `running`
     (an earlier attempt's, or rank 0's before another rank failed); returns the status it says."""
@@ -276,30 +294,42 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call(cmd)
     # Ctrl-C reaches the ranks and the launcher from the terminal; this process waits for them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    launched_at = time.time()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, ENV: "1"})
     signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
     codes: dict[int, int] = {}
     failures: list[tuple[int, int | None]] = []
     run_dirs: dict[int, str] = {}
+    errors_said: set[str] = set()
     for raw in proc.stderr:
         line = raw.decode(errors="replace")
+        ending = line[len(line.rstrip("\r\n")):]
         found, rest = read_statuses(line)
         for rank, code, run_dir in found:
             codes[rank], run_dirs[rank] = code, run_dir
-        if found:
-            if rest.strip():
-                sys.stderr.write(rest + "\n")
-            continue
-        reported = LAUNCHER_LINE.search(line)
-        if reported:
+        # mlx.launch's "Node with rank N exited with code C": read, not shown (the last line names the rank).
+        for reported in LAUNCHER_LINE.finditer(rest):
             failures.append((int(reported.group(1)), int(reported.group(2)) if reported.group(2) else None))
-        sys.stderr.write(line)
+        rest = LAUNCHER_LINE.sub("", rest)
+        if (found or failures) and not rest.strip():
+            continue
+        if rest.startswith("error: "):  # every rank says the same error (a bad override): once is enough
+            if rest in errors_said:
+                continue
+            errors_said.add(rest)
+        sys.stderr.write(rest + ending)
         sys.stderr.flush()
     launcher = proc.wait()
     code, what = outcome(codes, failures, expected_ranks(launch), launcher)
     if what is None:
         return code
     run_dir = run_dirs.get(0) or next((a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")), "")
+    if run_dir and not began(Path(run_dir), launched_at):  # refused (a bad override, another config) or lost while loading
+        if errors_said:
+            return code  # the ranks' error line said what is wrong and how to fix it
+        print(f"error: {what} before the run began; the run folder {run_dir} is as it was: run the same command "
+              "again", file=sys.stderr)
+        return code
     status = mark_failed(Path(run_dir), what) if run_dir and Path(run_dir).is_dir() else None
     where = (f"the run in {run_dir} is not finished" + (f" (summary.json says {status})" if status else "")
              if run_dir else "the run is not finished")
