@@ -93,3 +93,27 @@ def test_help_is_help_with_exit_0_and_no_error_or_warning(args):
     done = subprocess.run([launch, *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "usage: mlx.launch" in done.stdout
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("ranks", [[], ["-n", "1"]])
+def test_a_launch_of_one_rank_is_one_line_and_exit_2(tmp_path, ranks):
+    """Without -n, mlx.launch starts one rank, whose ring backend failed with a traceback."""
+    launch = str(os.path.join(os.path.dirname(sys.executable), "ppo-launch"))
+    done = subprocess.run([launch, *ranks, "train.iters=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ppo-launch would start one rank: give -n 2") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_whose_process_group_cannot_start_says_so_in_one_line(tmp_path):
+    """mlx.launch -n 1 (not ppo-launch): MLX's ring backend raises at init; the rank exits 2 with one line."""
+    launch = os.path.join(os.path.dirname(sys.executable), "mlx.launch")
+    train = os.path.join(os.path.dirname(sys.executable), "ppo-train")
+    done = subprocess.run([launch, "-n", "1", "--backend", "ring", "--starting-port", str(free_port_block(2)),
+                           "--python", sys.executable, train, "experiment=demo", "train.iters=1", "logger=none",
+                           f"hydra.run.dir={tmp_path / 'run'}"], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "MLX could not start the ranks' process group" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

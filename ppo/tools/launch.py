@@ -280,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     crowded = more_ranks_than_cores(launch, os.cpu_count() or 1)
     if crowded and not helping:  # help trains nothing: no advice about its speed
         print(crowded, file=sys.stderr)
+    if expected_ranks(launch) == 1 and not helping:
+        print("error: ppo-launch would start one rank: give -n 2 or more (one per core; --hosts or --hostfile for "
+              "several machines), or run ppo-train alone for one process", file=sys.stderr)
+        return 2
     if _option(launch, "--python") is None:
         launch += ["--python", sys.executable]
     try:

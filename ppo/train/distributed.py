@@ -70,7 +70,11 @@ class World:
     def current(cls, timeout: float = 300.0) -> "World":
         if not launched():
             return cls(timeout=timeout)
-        group = mx.distributed.init()
+        try:
+            group = mx.distributed.init()
+        except RuntimeError as err:  # e.g. mlx.launch -n 1: the ring backend cannot read a one-rank hostfile
+            raise ConfigError(f"MLX could not start the ranks' process group ({str(err).splitlines()[0]}); launch two "
+                              "or more ranks (ppo-launch -n 2 ...), or run ppo-train alone for one process") from None
         if group.size() == 1:
             return cls(timeout=timeout)
         world = cls(group, group.rank(), group.size(), timeout)
