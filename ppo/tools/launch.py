@@ -312,11 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         for rank, code, run_dir in found:
             codes[rank], run_dirs[rank] = code, run_dir
         # mlx.launch's "Node with rank N exited with code C": read, not shown (the last line names the rank).
-        for reported in LAUNCHER_LINE.finditer(rest):
-            failures.append((int(reported.group(1)), int(reported.group(2)) if reported.group(2) else None))
-        rest = LAUNCHER_LINE.sub("", rest)
-        if (found or failures) and not rest.strip():
-            continue
+        reported = [(int(m.group(1)), int(m.group(2)) if m.group(2) else None) for m in LAUNCHER_LINE.finditer(rest)]
+        failures += reported
+        if reported:
+            rest = LAUNCHER_LINE.sub("", rest)
+        if (found or reported) and not rest.strip():
+            continue  # nothing else was on the line
         if rest.startswith("error: "):  # every rank says the same error (a bad override): once is enough
             if rest in errors_said:
                 continue
