@@ -544,12 +544,52 @@ def test_ppo_launch_refused_on_a_finished_run_leaves_it_finished_and_says_the_er
         assert (run_dir / "summary.json").read_text() == summary  # still finished, byte for byte
 
 
-def test_a_launch_began_the_run_only_if_it_wrote_its_summary(tmp_path):
-    assert not ppo_launch.began(tmp_path / "missing", 0.0)
-    assert ppo_launch.began(tmp_path, time.time())  # a new folder: nothing earlier to keep
+def test_a_launch_began_the_run_only_if_it_holds_the_folder_and_wrote_its_summary(tmp_path):
+    assert not ppo_launch.began(tmp_path / "missing", "L1", 0.0)
+    assert not ppo_launch.began(tmp_path, "L1", 0.0)  # never claimed
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "launch": "L2"}))
+    assert not ppo_launch.began(tmp_path, "L1", 0.0)  # another launch holds it
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "launch": "L1"}))
+    assert ppo_launch.began(tmp_path, "L1", time.time())  # a new run: nothing earlier to keep
     (tmp_path / "summary.json").write_text(json.dumps({"status": "finished", "step": 6}))
-    assert ppo_launch.began(tmp_path, 0.0)
-    assert not ppo_launch.began(tmp_path, time.time() + 10)
+    assert ppo_launch.began(tmp_path, "L1", 0.0)
+    assert not ppo_launch.began(tmp_path, "L1", time.time() + 10)  # an earlier attempt's summary, untouched
+
+
+@pytest.mark.slow
+def test_a_second_launch_into_a_live_run_folder_leaves_that_run_alone(tmp_path, tiny_model_dir, prompts_file):
+    """The second launch is refused by the folder's lock. ppo-launch then called the live run
+    "not finished" and wrote `failed` into its summary.json (if the live run had written one by
+    the time the second launch's ranks ended: the live run finished with `failed` on record)."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_distributed import overrides, rank_pids, rows, wait_for
+
+    if not Path("/proc").is_dir():
+        pytest.skip("finds the ranks through /proc (Linux)")
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "ppo.tools.launch", "-n", "2", "--backend", "ring"]
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    live = overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 300})
+    first = subprocess.Popen([*command, *live], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 1, 300)  # training
+        second = subprocess.run([*command, *live], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr[-3000:]
+        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and " is in use by " in lines[0], second.stderr[-3000:]
+        assert not (run_dir / "summary.json").exists()  # the live run writes its own when it ends
+        assert first.poll() is None  # and it trains on
+    finally:
+        for pid in rank_pids(run_dir).values():
+            os.kill(pid, signal.SIGKILL)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
 
 
 def test_ppo_launch_marks_a_finished_or_running_summary_failed(tmp_path):

@@ -196,16 +196,19 @@ def _beside_python(name: str) -> str | None:
     return str(candidate) if candidate.exists() else shutil.which(name)
 
 
-def began(run_dir: Path, since: float) -> bool:
-    """Whether the ranks of the launch that started at `since` began the run in `run_dir`: the
-    folder exists and its summary.json, if any (an earlier attempt's), was written since (a
-    resume marks it `running` as it starts: ppo.train.loop.mark_running). A launch refused before
-    that (a mistyped override, a resume with another config) must leave the folder as it was: a
-    finished run stays finished."""
-    if not run_dir.is_dir():
+def began(run_dir: Path, launch_id: str, since: float) -> bool:
+    """Whether the ranks of launch `launch_id`, started at `since`, began the run in `run_dir`:
+    its rank 0 claimed the folder (the lock's note names the launch: ppo.train.run_folder.lock)
+    and an earlier attempt's summary.json, if any, was rewritten since (a resume marks it
+    `running` as it starts: ppo.train.loop.mark_running). A launch refused before that (a
+    mistyped override, a resume with another config, a folder another run holds) must leave the
+    folder as it was: a finished run stays finished, a live one untouched."""
+    from ppo.io import LOCK_FILE, SUMMARY_FILE, read_json
+
+    if (read_json(run_dir / LOCK_FILE) or {}).get("launch") != launch_id:
         return False
     try:
-        return (run_dir / "summary.json").stat().st_mtime >= since
+        return (run_dir / SUMMARY_FILE).stat().st_mtime >= since
     except FileNotFoundError:
         return True  # a new run: nothing earlier to keep
     except OSError:
@@ -329,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if what is None:
         return code
     run_dir = run_dirs.get(0) or next((a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")), "")
-    if run_dir and not began(Path(run_dir), launched_at):  # refused (a bad override, another config) or lost while loading
+    if run_dir and not began(Path(run_dir), launch_id, launched_at):  # refused, or lost while loading
         if errors_said:
             return code  # the ranks' error line said what is wrong and how to fix it
         print(f"error: {what} before the run began; the run folder {run_dir} is as it was: run the same command "

@@ -45,7 +45,7 @@ def _holder(lock_path: Path) -> str:
 @contextlib.contextmanager
 def lock(run_dir: Path):
     """Hold RUN_DIR's lock, or raise RunFolderBusy naming the holder (the folder untouched)."""
-    from ppo.platform.cores import launch_rank
+    from ppo.platform.cores import ENV_LAUNCH_ID, launch_rank
 
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())
@@ -66,7 +66,9 @@ def lock(run_dir: Path):
                             "to end (or stop it), or give this run another hydra.run.dir") from None
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "command": " ".join(sys.argv)}
+                "command": " ".join(sys.argv),
+                # which ppo-launch holds it (None outside one): a launch whose ranks failed marks only its own run failed
+                "launch": os.environ.get(ENV_LAUNCH_ID)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
     except OSError:
