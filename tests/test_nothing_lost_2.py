@@ -599,3 +599,66 @@ def test_ppo_launch_marks_a_finished_or_running_summary_failed(tmp_path):
     assert summary == {"status": "failed", "step": 6, "error": "rank 1 of 2 was killed by signal 9 (SIGKILL)"}
     (tmp_path / "summary.json").write_text(json.dumps({"status": "interrupted", "step": 6}))
     assert ppo_launch.mark_failed(tmp_path, "x") == "interrupted"  # already says how it ended
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["ppo-launch", "the process group"])
+def test_sigterm_to_a_launch_stops_its_ranks_after_the_running_step(tmp_path, tiny_model_dir, prompts_file, to):
+    """SIGTERM to ppo-launch went to mlx.launch, which died and left the ranks training as orphans
+    (ppo-launch exited 241, saying nothing). To the whole group (a scheduler), every rank got it
+    twice (directly and passed on) and stopped at once, without saving."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_distributed import overrides, rank_pids, rows, wait_for
+
+    if not Path("/proc").is_dir():
+        pytest.skip("finds the ranks through /proc (Linux)")
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "ppo.tools.launch", "-n", "2", "--backend", "ring"]
+    launch = subprocess.Popen([*command, *overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 300})],
+                              cwd=ROOT, env={**os.environ, "WANDB_SILENT": "true"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 2, 300)
+        ranks = rank_pids(run_dir)
+        assert set(ranks) == {0, 1}, ranks
+        if to == "ppo-launch":
+            launch.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(launch.pid, signal.SIGTERM)
+        _, err = launch.communicate(timeout=120)
+        assert launch.returncode == 128 + signal.SIGTERM, err[-3000:]
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: stopped by signal 15 after step "), err[-3000:]
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+        assert checkpoint.latest(run_dir) is not None  # the running step was finished and saved
+        assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ranks.values()), 30)  # no orphans
+    finally:
+        for pid in rank_pids(run_dir).values():
+            os.kill(pid, signal.SIGKILL)
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+            launch.communicate()
+
+
+def test_a_sigterm_twice_within_a_second_under_ppo_launch_is_one_request():
+    import signal as signals
+
+    from ppo.errors import TrainingAborted
+    from ppo.train.stopping import StopRequests
+
+    launched = StopRequests(duplicate_seconds=1.0)
+    launched.handle(signals.SIGTERM, None)
+    launched.handle(signals.SIGTERM, None)  # the group's and ppo-launch's: one request
+    assert launched.signals == [signals.SIGTERM]
+    launched.first_at -= 2.0  # a second one later is a second request: stop at once
+    with pytest.raises(TrainingAborted):
+        launched.handle(signals.SIGTERM, None)
+    typed = StopRequests(duplicate_seconds=1.0)
+    typed.handle(signals.SIGINT, None)
+    with pytest.raises(TrainingAborted):  # a person's second Ctrl-C is never taken for a duplicate
+        typed.handle(signals.SIGINT, None)
+    assert StopRequests().duplicate_seconds == (1.0 if os.environ.get("PPO_LAUNCH_STATUS") else 0.0)

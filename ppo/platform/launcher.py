@@ -20,6 +20,7 @@ ppo.judges.factory), and `mlx.launch` itself is unchanged for whoever needs it.
 from __future__ import annotations
 
 import select as _select_module
+import signal
 import sys
 import time
 
@@ -42,6 +43,10 @@ def select_without_stdin(rlist, wlist, xlist, timeout=None):
     return ready, [], errors
 
 
+def _keep_relaying(signum, frame) -> None:
+    """SIGTERM: the ranks got it too (it went to the process group) and stop by themselves."""
+
+
 def main() -> None:
     from mlx._distributed_utils import launch
 
@@ -52,6 +57,10 @@ def main() -> None:
     # and its newline separately and two threads' lines came out cut into each other.
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True, write_through=False)
+    # A SIGTERM sent to the whole process group (a scheduler, systemd) would end mlx.launch at once
+    # and leave its ranks writing into closed pipes while they save: it keeps relaying until they
+    # end. ppo-launch passes its own SIGTERM to the ranks, not here (ppo.tools.launch.stop_ranks).
+    signal.signal(signal.SIGTERM, _keep_relaying)
     sys.argv[0] = "mlx.launch"  # its --help and errors name the command whose options these are
     launch.main()
 

@@ -215,6 +215,40 @@ def began(run_dir: Path, launch_id: str, since: float) -> bool:
         return True
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid`: /proc on Linux, else `pgrep -P` (macOS)."""
+    if Path("/proc/self/stat").exists():
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state_and_parent = stat.read_text().rsplit(")", 1)[1].split()  # "pid (name) state ppid ..."
+            except (OSError, IndexError):
+                continue  # ended meanwhile
+            if state_and_parent[1:2] == [str(pid)]:
+                children.append(int(stat.parent.name))
+        return children
+    try:
+        listed = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(p) for p in listed.split()]
+
+
+def stop_ranks(launcher: subprocess.Popen, signum: int) -> None:
+    """Pass a SIGTERM sent to ppo-launch to the ranks (the launcher's children, local ones as
+    themselves, remote ones as their ssh), which stop as ppo-train does: after the running step,
+    saved. Sent to mlx.launch itself it killed the launcher and left the ranks training, orphans,
+    with no line said. With no child found (none started yet), the launcher gets it as before."""
+    ranks = child_pids(launcher.pid)
+    for pid in ranks:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    if not ranks and launcher.poll() is None:
+        launcher.send_signal(signum)
+
+
 def mark_failed(run_dir: Path, message: str) -> str | None:
     """summary.json of a failed multi-process run: `failed` where it says `finished` or `running`
     (an earlier attempt's, or rank 0's before another rank failed); returns the status it says."""
@@ -303,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     launched_at = time.time()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, ENV: "1"})
-    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_ranks(proc, signum))
     codes: dict[int, int] = {}
     failures: list[tuple[int, int | None]] = []
     run_dirs: dict[int, str] = {}
@@ -339,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
               "again", file=sys.stderr)
         return code
     status = mark_failed(Path(run_dir), what) if run_dir and Path(run_dir).is_dir() else None
+    if status == "interrupted" and errors_said:
+        return code  # stopped by Ctrl-C or SIGTERM: rank 0's line said where and how to continue
     where = (f"the run in {run_dir} is not finished" + (f" (summary.json says {status})" if status else "")
              if run_dir else "the run is not finished")
     print(f"error: {what}; {where}; its newest complete checkpoint is intact: run the same command again to "

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import time
 
 from ppo.errors import TrainingAborted
 
@@ -24,10 +26,22 @@ class StopRequests:
     not saved; the newest complete checkpoint stays the resume point.
     """
 
-    def __init__(self):
+    # Under ppo-launch a SIGTERM sent to the whole process group (a scheduler, systemd, `kill --
+    # -PGID`) reaches each rank twice: directly, and passed on by ppo-launch
+    # (ppo.tools.launch.stop_ranks). A second SIGTERM this soon after the first is that same
+    # request, not a second one; a person's second Ctrl-C (SIGINT) still stops at once.
+    LAUNCHED_DUPLICATE_SECONDS = 1.0
+
+    def __init__(self, duplicate_seconds: float | None = None):
         self.signals: list[int] = []
         self.in_save = False
         self.abort_after_save = False
+        self.first_at = 0.0
+        if duplicate_seconds is None:
+            from ppo.tools.launch import ENV
+
+            duplicate_seconds = self.LAUNCHED_DUPLICATE_SECONDS if os.environ.get(ENV) else 0.0
+        self.duplicate_seconds = duplicate_seconds
 
     def __bool__(self) -> bool:
         return bool(self.signals)
@@ -37,8 +51,12 @@ class StopRequests:
         return self.signals[0]
 
     def handle(self, signum, frame) -> None:
+        if (signum == signal.SIGTERM and self.signals == [signal.SIGTERM]
+                and time.monotonic() - self.first_at < self.duplicate_seconds):
+            return
         self.signals.append(signum)
         if len(self.signals) == 1:
+            self.first_at = time.monotonic()
             log.warning("signal %d: stopping after the running step (it is finished and saved); "
                         "send it again (a second Ctrl-C) to stop at once without saving that step", signum)
         elif self.in_save:
