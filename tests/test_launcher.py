@@ -117,3 +117,14 @@ def test_a_rank_whose_process_group_cannot_start_says_so_in_one_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "MLX could not start the ranks' process group" in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_a_sweep_under_ppo_launch_is_the_ranks_one_line(tmp_path):
+    """Every rank refuses -m; ppo-launch added "the run is not finished ... resume" for a run that never began."""
+    launch = str(os.path.join(os.path.dirname(sys.executable), "ppo-launch"))
+    done = subprocess.run([launch, "-n", "2", "--backend", "ring", "-m", "experiment=demo", "train.iters=1",
+                           "logger=none", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: a sweep (-m) cannot run under mlx.launch"), done.stderr

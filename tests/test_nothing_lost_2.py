@@ -539,7 +539,7 @@ def test_ppo_launch_refused_on_a_finished_run_leaves_it_finished_and_says_the_er
                                 *(f"{k}={v}" for k, v in change.items())],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 2, again.stderr[-3000:]
-        lines = [line for line in again.stderr.splitlines() if line.strip()]
+        lines = [line for line in again.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
         assert len(lines) == 1 and lines[0].startswith(says), again.stderr[-3000:]
         assert (run_dir / "summary.json").read_text() == summary  # still finished, byte for byte
 
@@ -580,7 +580,7 @@ def test_a_second_launch_into_a_live_run_folder_leaves_that_run_alone(tmp_path, 
         assert wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 1, 300)  # training
         second = subprocess.run([*command, *live], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2, second.stderr[-3000:]
-        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        lines = [line for line in second.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
         assert len(lines) == 1 and " is in use by " in lines[0], second.stderr[-3000:]
         assert not (run_dir / "summary.json").exists()  # the live run writes its own when it ends
         assert first.poll() is None  # and it trains on
@@ -631,7 +631,7 @@ def test_sigterm_to_a_launch_stops_its_ranks_after_the_running_step(tmp_path, ti
             os.killpg(launch.pid, signal.SIGTERM)
         _, err = launch.communicate(timeout=120)
         assert launch.returncode == 128 + signal.SIGTERM, err[-3000:]
-        lines = [line for line in err.splitlines() if line.strip()]
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
         assert len(lines) == 1 and lines[0].startswith("error: stopped by signal 15 after step "), err[-3000:]
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
         assert checkpoint.latest(run_dir) is not None  # the running step was finished and saved

@@ -366,9 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     if what is None:
         return code
     run_dir = run_dirs.get(0) or next((a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")), "")
-    if run_dir and not began(Path(run_dir), launch_id, launched_at):  # refused, or lost while loading
-        if errors_said:
-            return code  # the ranks' error line said what is wrong and how to fix it
+    if errors_said and not (run_dir and began(Path(run_dir), launch_id, launched_at)):
+        return code  # refused before the run began: the ranks' error line said what is wrong and how to fix it
+    if run_dir and not began(Path(run_dir), launch_id, launched_at):  # lost while loading
         print(f"error: {what} before the run began; the run folder {run_dir} is as it was: run the same command "
               "again", file=sys.stderr)
         return code
