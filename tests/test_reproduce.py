@@ -70,6 +70,22 @@ def test_reproduce_bad_input_is_one_line_error(original, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_run_trained_on_two_ranks_is_refused_with_the_command_that_repeats_it(original, tmp_path, capsys):
+    """One process draws other random streams than 2 ranks: ppo-reproduce trained a whole run
+    and then said "not reproduced: the metrics differ"."""
+    import shutil
+
+    source = tmp_path / "two-ranks"
+    shutil.copytree(original, source)
+    summary = json.loads((source / "summary.json").read_text())
+    (source / "summary.json").write_text(json.dumps({**summary, "world_size": 2}))
+    assert reproduce_main([str(source)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {source} was trained on 2 ranks") and err.strip().count("\n") == 0, err
+    assert "ppo-launch -n 2 --backend ring " in err and "seed=11" in err and f"hydra.run.dir={source}-ranks2" in err
+    assert not (tmp_path / "two-ranks-reproduce").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("delay", [1.0, 2.5])
 def test_ctrl_c_while_reproducing_is_one_line_and_exit_130(original, tmp_path, delay):

@@ -275,6 +275,7 @@ def reproduce_and_compare(source: str, overrides: list[str] | None = None,
     overrides = list(overrides or [])
     loaded = load_source(source)
     config, run_dir = loaded[0], loaded[3]
+    refuse_a_multi_rank_source(run_dir, loaded[1])
     saved = config_fingerprint(build_config(config, []))
     recorded = original_fingerprint(run_dir)
     # Keys the saved config holds other than the original run trained with (a hand edit), and
@@ -305,6 +306,22 @@ def reproduce_and_compare(source: str, overrides: list[str] | None = None,
         print(f"{line}, as the overrides change {', '.join(wanted)}")
         return out, summary, verdict
     return out, summary, [line] + verdict
+
+
+def refuse_a_multi_rank_source(run_dir: Path | None, original_overrides: list[str]) -> None:
+    """A run trained on several ranks (summary.json's world_size) drew one random stream per rank:
+    one process cannot repeat it, and would only report that the metrics differ. Refused before
+    anything is written, naming the command that trains it again on as many ranks."""
+    from ppo.io import SUMMARY_FILE, read_json
+
+    ranks = (read_json(run_dir / SUMMARY_FILE) or {}).get("world_size", 1) if run_dir is not None else 1
+    if not isinstance(ranks, int) or ranks < 2:
+        return
+    again = " ".join([*(o for o in original_overrides if not o.startswith("hydra.run.dir=")),
+                      f"hydra.run.dir={run_dir}-ranks{ranks}"])
+    raise ReproduceError(f"{run_dir} was trained on {ranks} ranks, each drawing its own random stream, which one "
+                         f"process cannot repeat (nothing was written); train it again on {ranks} ranks: "
+                         f"ppo-launch -n {ranks} --backend ring {again}")
 
 
 def rerun(loaded: tuple, overrides: list[str], out: Path | None) -> tuple[Path, dict]:
