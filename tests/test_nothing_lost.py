@@ -341,6 +341,8 @@ def test_sigint_at_any_moment_gives_one_line(tmp_path, tiny_model_dir, prompts_f
     assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, err[-3000:]
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err[-3000:]
+    summary = run_dir / "summary.json"  # "failed" after a Ctrl-C in the step-0 evaluation, before the fix
+    assert not summary.exists() or json.loads(summary.read_text())["status"] == "interrupted"
 
 
 # 6. Bytes and files.

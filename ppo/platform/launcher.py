@@ -44,7 +44,7 @@ def select_without_stdin(rlist, wlist, xlist, timeout=None):
 
 
 def _keep_relaying(signum, frame) -> None:
-    """SIGTERM: the ranks got it too (it went to the process group) and stop by themselves."""
+    """SIGTERM or SIGINT: the ranks got it too (it went to the process group) and stop by themselves."""
 
 
 def main() -> None:
@@ -61,6 +61,7 @@ def main() -> None:
     # and leave its ranks writing into closed pipes while they save: it keeps relaying until they
     # end. ppo-launch passes its own SIGTERM to the ranks, not here (ppo.tools.launch.stop_ranks).
     signal.signal(signal.SIGTERM, _keep_relaying)
+    signal.signal(signal.SIGINT, _keep_relaying)  # Ctrl-C reached the ranks too: no KeyboardInterrupt here
     sys.argv[0] = "mlx.launch"  # its --help and errors name the command whose options these are
     launch.main()
 

@@ -305,6 +305,10 @@ def outcome(codes: dict[int, int], failures: list[tuple[int, int | None]], expec
     return (launcher, f"mlx.launch exited with code {launcher}") if launcher else (0, None)
 
 
+def _waiting_for_the_ranks(signum, frame) -> None:
+    """SIGINT (Ctrl-C): the ranks got it from the terminal too and stop by themselves."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     launch, overrides = split_args(argv)
@@ -334,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     if helping:  # mlx.launch prints its help (even for a --help after the command): no rank starts or reports
         return subprocess.call(cmd)
     # Ctrl-C reaches the ranks and the launcher from the terminal; this process waits for them.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Not SIG_IGN: an ignored signal stays ignored across exec, and the launcher and the ranks
+    # would inherit it (a Ctrl-C while the ranks loaded did nothing); a handler is reset there.
+    signal.signal(signal.SIGINT, _waiting_for_the_ranks)
     launched_at = time.time()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, ENV: "1"})
     signal.signal(signal.SIGTERM, lambda signum, frame: stop_ranks(proc, signum))
@@ -366,15 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     if what is None:
         return code
     run_dir = run_dirs.get(0) or next((a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")), "")
-    if errors_said and not (run_dir and began(Path(run_dir), launch_id, launched_at)):
-        return code  # refused before the run began: the ranks' error line said what is wrong and how to fix it
+    stopped = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    if errors_said and (stopped or not (run_dir and began(Path(run_dir), launch_id, launched_at))):
+        return code  # refused, or stopped by a signal: the ranks' line said what happened and what to run
     if run_dir and not began(Path(run_dir), launch_id, launched_at):  # lost while loading
         print(f"error: {what} before the run began; the run folder {run_dir} is as it was: run the same command "
               "again", file=sys.stderr)
         return code
     status = mark_failed(Path(run_dir), what) if run_dir and Path(run_dir).is_dir() else None
-    if status == "interrupted" and errors_said:
-        return code  # stopped by Ctrl-C or SIGTERM: rank 0's line said where and how to continue
     where = (f"the run in {run_dir} is not finished" + (f" (summary.json says {status})" if status else "")
              if run_dir else "the run is not finished")
     print(f"error: {what}; {where}; its newest complete checkpoint is intact: run the same command again to "

@@ -218,6 +218,14 @@ class World:
         self._wait(out)
         return out
 
+    def stop_signal(self, signum: int | None) -> int | None:
+        """The signal that stops the run after this step, agreed by every rank (None: none got
+        one). Signals reach the ranks microseconds apart: a rank that saw its own only after this
+        step's check went on alone into the next step and lost the ranks that stopped."""
+        if self.size == 1:
+            return signum
+        return next((s for s in self.gather_objects(signum) if s), None)
+
     def gather_objects(self, obj) -> list:
         """Every rank's JSON-serialisable `obj`, in rank order (a list of one for a single process)."""
         if self.size == 1:

@@ -383,17 +383,18 @@ def _train(cfg, run_dir: Path, world: World) -> dict:
                     warn_judge_invalid(step, reported, run.judge.kind, state.window)
                     state.window = []
                     progress.update(reported, step)
-                if stop or step % train_cfg.save_every == 0 or is_last:
+                stopping = world.stop_signal(stop.signum if stop else None)
+                if stopping or step % train_cfg.save_every == 0 or is_last:
                     with stop.saving():
                         save(run, state, step, tracker)
-                if stop:
-                    raise TrainingInterrupted(stop.signum, step, run_folder.continue_command(run_dir))
+                if stopping:
+                    raise TrainingInterrupted(stopping, step, run_folder.continue_command(run_dir))
         if world.size > 1:
             state.ranks_in_sync = world.in_sync(run.policy.trainable_parameters())
             if not state.ranks_in_sync:
                 log.error("the ranks' weights differ at the end of the run (report this as a bug)")
         status = "finished"
-    except TrainingInterrupted:
+    except (TrainingInterrupted, KeyboardInterrupt):  # KeyboardInterrupt: a Ctrl-C in the step-0 evaluation
         status = "interrupted"
         raise
     except TrainingAborted as err:
