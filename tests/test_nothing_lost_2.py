@@ -427,6 +427,38 @@ def test_the_lock_is_held_while_the_report_is_written(tmp_path, tiny_model_dir, 
 from ppo.tools import launch as ppo_launch  # noqa: E402
 
 
+def _said(stderr: str) -> list[str]:
+    """ppo-launch's stderr lines, less blank ones and the more-ranks-than-cores warning (1-core machines)."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+
+
+def _start_launch(run_dir, tiny_model_dir, prompts_file, iters: int):
+    """`ppo-launch -n 2` of a small run in its own process group (so that a test can signal all of it)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_distributed import overrides
+
+    command = [sys.executable, "-m", "ppo.tools.launch", "-n", "2", "--backend", "ring"]
+    return subprocess.Popen([*command, *overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": iters})],
+                            cwd=ROOT, env={**os.environ, "WANDB_SILENT": "true"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _end_launch(launch, run_dir) -> None:
+    """A test's launch, ended whatever happened: its ranks (found through /proc) and its process group."""
+    import signal
+
+    from test_distributed import rank_pids
+
+    for pid in rank_pids(run_dir).values():
+        os.kill(pid, signal.SIGKILL)
+    if launch.poll() is None:
+        os.killpg(launch.pid, signal.SIGKILL)
+    launch.communicate()
+
+
 def test_ppo_launch_splits_its_arguments_and_names_the_failed_rank(tmp_path):
     assert ppo_launch.split_args(["-n", "2", "--backend", "ring", "--verbose", "train.iters=4", "seed=1"]) == (
         ["-n", "2", "--backend", "ring", "--verbose"], ["train.iters=4", "seed=1"])
@@ -539,7 +571,7 @@ def test_ppo_launch_refused_on_a_finished_run_leaves_it_finished_and_says_the_er
                                 *(f"{k}={v}" for k, v in change.items())],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 2, again.stderr[-3000:]
-        lines = [line for line in again.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+        lines = _said(again.stderr)
         assert len(lines) == 1 and lines[0].startswith(says), again.stderr[-3000:]
         assert (run_dir / "summary.json").read_text() == summary  # still finished, byte for byte
 
@@ -561,12 +593,11 @@ def test_a_second_launch_into_a_live_run_folder_leaves_that_run_alone(tmp_path, 
     """The second launch is refused by the folder's lock. ppo-launch then called the live run
     "not finished" and wrote `failed` into its summary.json (if the live run had written one by
     the time the second launch's ranks ended: the live run finished with `failed` on record)."""
-    import signal
     import subprocess
     import sys
 
     from conftest import ROOT
-    from test_distributed import overrides, rank_pids, rows, wait_for
+    from test_distributed import overrides, rows, wait_for
 
     if not Path("/proc").is_dir():
         pytest.skip("finds the ranks through /proc (Linux)")
@@ -580,16 +611,12 @@ def test_a_second_launch_into_a_live_run_folder_leaves_that_run_alone(tmp_path, 
         assert wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 1, 300)  # training
         second = subprocess.run([*command, *live], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2, second.stderr[-3000:]
-        lines = [line for line in second.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+        lines = _said(second.stderr)
         assert len(lines) == 1 and " is in use by " in lines[0], second.stderr[-3000:]
         assert not (run_dir / "summary.json").exists()  # the live run writes its own when it ends
         assert first.poll() is None  # and it trains on
     finally:
-        for pid in rank_pids(run_dir).values():
-            os.kill(pid, signal.SIGKILL)
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-        first.communicate()
+        _end_launch(first, run_dir)
 
 
 def test_ppo_launch_marks_a_finished_or_running_summary_failed(tmp_path):
@@ -608,19 +635,13 @@ def test_sigterm_to_a_launch_stops_its_ranks_after_the_running_step(tmp_path, ti
     (ppo-launch exited 241, saying nothing). To the whole group (a scheduler), every rank got it
     twice (directly and passed on) and stopped at once, without saving."""
     import signal
-    import subprocess
-    import sys
 
-    from conftest import ROOT
-    from test_distributed import overrides, rank_pids, rows, wait_for
+    from test_distributed import rank_pids, rows, wait_for
 
     if not Path("/proc").is_dir():
         pytest.skip("finds the ranks through /proc (Linux)")
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "ppo.tools.launch", "-n", "2", "--backend", "ring"]
-    launch = subprocess.Popen([*command, *overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 300})],
-                              cwd=ROOT, env={**os.environ, "WANDB_SILENT": "true"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    launch = _start_launch(run_dir, tiny_model_dir, prompts_file, iters=300)
     try:
         assert wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 2, 300)
         ranks = rank_pids(run_dir)
@@ -631,17 +652,13 @@ def test_sigterm_to_a_launch_stops_its_ranks_after_the_running_step(tmp_path, ti
             os.killpg(launch.pid, signal.SIGTERM)
         _, err = launch.communicate(timeout=120)
         assert launch.returncode == 128 + signal.SIGTERM, err[-3000:]
-        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
+        lines = _said(err)
         assert len(lines) == 1 and lines[0].startswith("error: stopped by signal 15 after step "), err[-3000:]
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
         assert checkpoint.latest(run_dir) is not None  # the running step was finished and saved
         assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ranks.values()), 30)  # no orphans
     finally:
-        for pid in rank_pids(run_dir).values():
-            os.kill(pid, signal.SIGKILL)
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGKILL)
-            launch.communicate()
+        _end_launch(launch, run_dir)
 
 
 def test_a_sigterm_twice_within_a_second_under_ppo_launch_is_one_request():
@@ -672,30 +689,18 @@ def test_ctrl_c_while_a_launch_loads_stops_it_in_one_line(tmp_path, tiny_model_d
     """ppo-launch ignored SIGINT with SIG_IGN, which its launcher and ranks inherited: a Ctrl-C
     before training began did nothing, and the run trained to its end."""
     import signal
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-    from test_distributed import overrides, rank_pids
 
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "ppo.tools.launch", "-n", "2", "--backend", "ring"]
-    launch = subprocess.Popen([*command, *overrides(tiny_model_dir, prompts_file, run_dir, **{"train.iters": 500})],
-                              cwd=ROOT, env={**os.environ, "WANDB_SILENT": "true"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    launch = _start_launch(run_dir, tiny_model_dir, prompts_file, iters=500)
     try:
         time.sleep(delay)
         os.killpg(launch.pid, signal.SIGINT)  # what the terminal does: the whole foreground group
         out, err = launch.communicate(timeout=120)
         assert launch.returncode == 128 + signal.SIGINT, err[-3000:]
         assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, err[-3000:]
-        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
+        lines = _said(err)
         assert len(lines) == 1 and lines[0].startswith(("error: interrupted (SIGINT)", "error: stopped by signal 2")), err
         summary = run_dir / "summary.json"
         assert not summary.exists() or json.loads(summary.read_text())["status"] == "interrupted"
     finally:
-        if launch.poll() is None:
-            for pid in rank_pids(run_dir).values():
-                os.kill(pid, signal.SIGKILL)
-            os.killpg(launch.pid, signal.SIGKILL)
-            launch.communicate()
+        _end_launch(launch, run_dir)

@@ -112,6 +112,8 @@ def train_main() -> None:
             advice = f"to continue, run: {continue_command(_run_folders[-1])}"
         else:
             advice = "run the same command again"
+        if _launch_speaks_for_this_rank():
+            raise SystemExit(130)
         _fail("interrupted (SIGINT) before training could save anything new; the run folder's newest checkpoint, "
               f"if any, is intact; {advice}", 130)
     except SystemExit as exit_:
@@ -151,6 +153,17 @@ def _exit_interrupted(code: int) -> None:
         except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said there
             pass
     os._exit(code)
+
+
+def _launch_speaks_for_this_rank() -> bool:
+    """Under ppo-launch, a Ctrl-C reaches every rank at once and rank 0's line says it for all:
+    the others, which may not yet know the run folder, would add a second, different line."""
+    import os
+
+    from ppo.platform.cores import launch_rank
+    from ppo.tools.launch import ENV
+
+    return bool(os.environ.get(ENV)) and launch_rank() > 0
 
 
 def _launch_status(code: int) -> None:
